@@ -1,0 +1,145 @@
+"""Disjoint LinUCB over stacked per-arm arrays, with lazy geometric forgetting.
+
+All arms live in (K, d, d) / (K, d) arrays so that scoring is a handful of numpy calls with no
+Python loop over arms. Time t counts routed requests; the owner advances it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.config import BanditConfig
+
+ARRAY_FIELDS = (
+    "A", "A_inv", "b", "theta", "last_update", "last_pull", "ridge_floor", "pulls", "updates",
+    "since_refresh",
+)
+# Largest max_decay_steps for which estimates() reads the staleness divisor from a table.
+_SHRINK_TABLE_MAX = 1 << 16
+
+
+class LinUCB:
+    def __init__(self, config: BanditConfig, n_arms: int = 0) -> None:
+        self.config = config
+        d = config.dim
+        self.t = 0
+        self.A = np.zeros((0, d, d))
+        self.A_inv = np.zeros((0, d, d))
+        self.b = np.zeros((0, d))
+        self.theta = np.zeros((0, d))
+        self.last_update = np.zeros(0, dtype=np.int64)
+        self.last_pull = np.zeros(0, dtype=np.int64)
+        # The ridge still contained in A after decay; refreshed when it decays too far.
+        self.ridge_floor = np.zeros(0)
+        self.pulls = np.zeros(0, dtype=np.int64)
+        self.updates = np.zeros(0, dtype=np.int64)
+        self.since_refresh = np.zeros(0, dtype=np.int64)
+        # Hot-path constants. The staleness divisor max(gamma^min(dt, cap), floor) is read from a
+        # table built with the same numpy power, so the values are bit-identical to computing it.
+        self._eye = np.eye(d)
+        self._outer = np.empty((d, d))
+        cap = config.max_decay_steps
+        self._shrink = (
+            np.maximum(config.gamma ** np.arange(cap + 1), config.min_staleness_divisor)
+            if cap <= _SHRINK_TABLE_MAX
+            else None
+        )
+        for _ in range(n_arms):
+            self.add_arm()
+
+    @property
+    def n_arms(self) -> int:
+        return self.A.shape[0]
+
+    def add_arm(self) -> int:
+        """Append an arm at l0*I, 0; returns its slot."""
+        d, l0 = self.config.dim, self.config.ridge
+        self.A = np.concatenate([self.A, (l0 * self._eye)[None]])
+        self.A_inv = np.concatenate([self.A_inv, (self._eye / l0)[None]])
+        self.b = np.concatenate([self.b, np.zeros((1, d))])
+        self.theta = np.concatenate([self.theta, np.zeros((1, d))])
+        self.last_update = np.append(self.last_update, self.t)
+        self.last_pull = np.append(self.last_pull, self.t)
+        self.ridge_floor = np.append(self.ridge_floor, l0)
+        self.pulls = np.append(self.pulls, 0)
+        self.updates = np.append(self.updates, 0)
+        self.since_refresh = np.append(self.since_refresh, 0)
+        return self.n_arms - 1
+
+    def load_prior(self, slot: int, A: np.ndarray, b: np.ndarray, ridge_floor: float) -> None:
+        """Replace an arm's statistics (a warm-start prior) and mark it fresh at time t."""
+        self.A[slot] = A
+        self.b[slot] = b
+        self.A_inv[slot] = np.linalg.inv(A)
+        self.theta[slot] = self.A_inv[slot] @ b
+        self.ridge_floor[slot] = ridge_floor
+        self.last_update[slot] = self.t
+        self.since_refresh[slot] = 0
+
+    def estimates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-arm estimated reward theta^T x and UCB bonus alpha*sqrt(v), v inflated by staleness.
+
+        v = max(x^T A^-1 x, 0) / max(gamma^min(dt, cap), floor), dt = t - last update or pull.
+        """
+        c = self.config
+        quad = np.dot(self.A_inv @ x, x)
+        np.maximum(quad, 0.0, out=quad)
+        dt = self.t - np.maximum(self.last_update, self.last_pull)
+        if self._shrink is not None and dt.min(initial=0) >= 0:
+            # mode="clip" maps dt > cap to the table's last entry, i.e. gamma^cap.
+            quad /= self._shrink.take(dt, mode="clip")
+        else:
+            quad /= np.maximum(c.gamma ** np.minimum(dt, c.max_decay_steps), c.min_staleness_divisor)
+        np.sqrt(quad, out=quad)
+        quad *= c.alpha
+        return np.dot(self.theta, x), quad
+
+    def mark_pull(self, slot: int) -> None:
+        self.last_pull[slot] = self.t
+        self.pulls[slot] += 1
+
+    def update(self, slot: int, x: np.ndarray, reward: float) -> None:
+        """Forget lazily since the arm's last update, then a rank-1 Sherman-Morrison step."""
+        c = self.config
+        t = self.t
+        steps = min(t - int(self.last_update[slot]), c.max_decay_steps)
+        A, A_inv, b = self.A[slot], self.A_inv[slot], self.b[slot]
+        floor = float(self.ridge_floor[slot])
+        if steps > 0 and c.gamma < 1.0:
+            decay = c.gamma**steps
+            A *= decay
+            b *= decay
+            A_inv /= decay
+            floor *= decay
+        exact = False
+        if floor < c.ridge_floor_fraction * c.ridge:
+            A += (c.ridge - floor) * self._eye
+            floor = c.ridge
+            exact = True
+        self.ridge_floor[slot] = floor
+        u = np.dot(A_inv, x)
+        denom = 1.0 + float(np.dot(x, u))
+        outer = self._outer
+        np.multiply(x[:, None], x, out=outer)
+        A += outer
+        b += reward * x
+        since = int(self.since_refresh[slot]) + 1
+        if exact or not denom > 1e-9 or since >= c.refresh_every:
+            # Lost positive definiteness, a ridge refresh, or periodic drift control.
+            A_inv[...] = np.linalg.inv(A)
+            since = 0
+        else:
+            np.multiply(u[:, None], u / denom, out=outer)
+            A_inv -= outer
+        self.since_refresh[slot] = since
+        np.dot(A_inv, b, out=self.theta[slot])
+        self.last_update[slot] = t
+        self.updates[slot] += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ARRAY_FIELDS}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], t: int) -> None:
+        for name in ARRAY_FIELDS:
+            setattr(self, name, np.array(arrays[name]))
+        self.t = t

@@ -1,0 +1,61 @@
+"""Pydantic configuration objects for the method, carrying the paper's defaults."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BanditConfig(_Frozen):
+    """Disjoint LinUCB with geometric forgetting (paper section 3)."""
+
+    dim: int = Field(26, ge=2, description="context dimension, bias term included")
+    alpha: float = Field(0.01, ge=0.0, description="UCB exploration weight")
+    ridge: float = Field(1.0, gt=0.0, description="l0: A starts at l0*I")
+    gamma: float = Field(0.997, gt=0.0, le=1.0, description="forgetting factor per request")
+    max_decay_steps: int = Field(1000, ge=1, description="cap on the exponent of gamma")
+    min_staleness_divisor: float = Field(1 / 200, gt=0.0, le=1.0)
+    ridge_floor_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, description="re-add ridge when the decayed floor < this * l0"
+    )
+    cost_weight: float = Field(0.0, ge=0.0, description="lambda_c, a static cost weight")
+    refresh_every: int = Field(
+        2000, ge=1, description="recompute A^-1 exactly every N rank-1 updates of an arm"
+    )
+
+
+class PacerMode(str, Enum):
+    HARD = "hard"
+    SOFT = "soft"
+    ADAPTIVE = "adaptive"
+
+
+class PacerConfig(_Frozen):
+    """Online primal-dual budget pacer."""
+
+    budget_usd: float = Field(..., gt=0.0, description="target spend per request, US$")
+    mode: PacerMode = PacerMode.ADAPTIVE
+    ema: float = Field(0.95, ge=0.0, lt=1.0, description="cbar <- ema*cbar + (1-ema)*c")
+    step: float = Field(0.05, gt=0.0, description="dual step size eta")
+    lambda_max: float = Field(5.0, gt=0.0)
+
+
+class CostScaleConfig(_Frozen):
+    """Log-price normalisation of the cost term c~ (prices in $ per 1k tokens)."""
+
+    price_lo: float = Field(1e-4, gt=0.0)
+    price_hi: float = Field(0.1, gt=0.0)
+
+
+class RouterConfig(_Frozen):
+    bandit: BanditConfig = BanditConfig()
+    pacer: PacerConfig
+    cost_scale: CostScaleConfig = CostScaleConfig()
+    forced_exploration_pulls: int = Field(20, ge=0, description="pulls given to a new arm")
+    max_pending: int = Field(100_000, ge=1, description="routed requests awaiting feedback")
+    seed: int = 0

@@ -1,0 +1,63 @@
+"""Online primal-dual budget pacer: a dual variable lambda that prices spend above budget."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.config import PacerConfig, PacerMode
+
+
+@dataclass
+class PacerState:
+    cost_ema: float
+    dual: float
+    charges: int = 0
+    total_spend: float = 0.0
+
+
+class BudgetPacer:
+    def __init__(self, config: PacerConfig, state: PacerState | None = None) -> None:
+        self.config = config
+        self.state = state or PacerState(cost_ema=config.budget_usd, dual=0.0)
+
+    @property
+    def budget(self) -> float:
+        return self.config.budget_usd
+
+    @property
+    def dual(self) -> float:
+        return self.state.dual
+
+    @property
+    def over_budget(self) -> bool:
+        return self.state.cost_ema > self.config.budget_usd
+
+    def set_budget(self, budget_usd: float) -> None:
+        if not (math.isfinite(budget_usd) and budget_usd > 0):
+            raise ValueError(f"budget_usd must be a positive finite number, got {budget_usd!r}")
+        self.config = self.config.model_copy(update={"budget_usd": budget_usd})
+
+    def charge(self, cost_usd: float) -> None:
+        """Charge one request's realised cost: EMA of spend, then a projected dual step."""
+        if not (math.isfinite(cost_usd) and cost_usd >= 0):
+            raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
+        c = self.config
+        s = self.state
+        s.cost_ema = c.ema * s.cost_ema + (1.0 - c.ema) * cost_usd
+        s.dual = min(max(s.dual + c.step * (s.cost_ema / c.budget_usd - 1.0), 0.0), c.lambda_max)
+        s.charges += 1
+        s.total_spend += cost_usd
+
+    def soft_weight(self) -> float:
+        """The dual's weight on c~ in the score (0 when the soft mode is off)."""
+        return self.state.dual if self.config.mode != PacerMode.HARD else 0.0
+
+    def ceiling_mask(self, prices: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Hard mode: arms whose blended price is at most max price / (1 + lambda)."""
+        if self.config.mode == PacerMode.SOFT or self.state.dual <= 0.0 or not active.any():
+            return np.ones_like(active)
+        ceiling = prices[active].max() / (1.0 + self.state.dual)
+        return prices <= ceiling

@@ -1,0 +1,137 @@
+"""The model table: specs, runtime changes, and a version number bumped by every change."""
+
+from __future__ import annotations
+
+import math
+import time
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.costs import blended_price_per_1k
+
+
+class SpeedClass(str, Enum):
+    FAST = "fast"
+    BALANCED = "balanced"
+    SLOW = "slow"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=200, description="the id clients use")
+    provider: str = Field("simulated", min_length=1, description="provider client name")
+    provider_model: str | None = Field(None, description="provider-side name (default: id)")
+    input_per_m: float = Field(..., gt=0.0, description="US$ per million input tokens")
+    output_per_m: float = Field(..., gt=0.0, description="US$ per million output tokens")
+    context_length: int = Field(128_000, gt=0)
+    base_url: str | None = None
+    speed: SpeedClass = SpeedClass.BALANCED
+
+    @field_validator("input_per_m", "output_per_m")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("price must be finite")
+        return v
+
+    @property
+    def upstream_name(self) -> str:
+        return self.provider_model or self.id
+
+    @property
+    def blended_price(self) -> float:
+        return blended_price_per_1k(self.input_per_m, self.output_per_m)
+
+
+class ChangeKind(str, Enum):
+    ADD = "add"
+    REMOVE = "remove"
+    REPRICE = "reprice"
+
+
+class RegistryChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    kind: ChangeKind
+    model_id: str
+    spec: ModelSpec | None = None
+    at_unix: float
+
+
+class RegistryError(ValueError):
+    pass
+
+
+class ModelRegistry:
+    """Active models plus the specs of removed ones (so a re-add can resume its arm)."""
+
+    def __init__(self, models: list[ModelSpec] | None = None) -> None:
+        self.specs: dict[str, ModelSpec] = {}
+        self.active: dict[str, bool] = {}
+        self.changes: list[RegistryChange] = []
+        for spec in models or []:
+            self.add(spec)
+
+    @property
+    def version(self) -> int:
+        return len(self.changes)
+
+    def active_models(self) -> list[ModelSpec]:
+        return [s for mid, s in self.specs.items() if self.active[mid]]
+
+    def get(self, model_id: str) -> ModelSpec:
+        if not self.active.get(model_id):
+            raise RegistryError(f"unknown model {model_id!r}")
+        return self.specs[model_id]
+
+    def _record(self, kind: ChangeKind, model_id: str, spec: ModelSpec | None) -> RegistryChange:
+        change = RegistryChange(
+            version=self.version + 1, kind=kind, model_id=model_id, spec=spec, at_unix=time.time()
+        )
+        self.changes.append(change)
+        return change
+
+    def add(self, spec: ModelSpec) -> RegistryChange:
+        if self.active.get(spec.id):
+            raise RegistryError(f"model {spec.id!r} is already registered")
+        self.specs[spec.id] = spec
+        self.active[spec.id] = True
+        return self._record(ChangeKind.ADD, spec.id, spec)
+
+    def remove(self, model_id: str) -> RegistryChange:
+        self.get(model_id)
+        if sum(self.active.values()) == 1:
+            raise RegistryError(f"cannot remove {model_id!r}: it is the last active model")
+        self.active[model_id] = False
+        return self._record(ChangeKind.REMOVE, model_id, None)
+
+    def reprice(
+        self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
+    ) -> RegistryChange:
+        old = self.get(model_id)
+        update = {k: v for k, v in (("input_per_m", input_per_m), ("output_per_m", output_per_m))
+                  if v is not None}
+        if not update:
+            raise RegistryError("reprice needs input_per_m or output_per_m")
+        # Validate through the model so bad prices are rejected before anything changes.
+        new = ModelSpec.model_validate({**old.model_dump(), **update})
+        self.specs[model_id] = new
+        return self._record(ChangeKind.REPRICE, model_id, new)
+
+    def to_json(self) -> dict:
+        return {
+            "specs": [s.model_dump(mode="json") for s in self.specs.values()],
+            "active": self.active,
+            "changes": [c.model_dump(mode="json") for c in self.changes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelRegistry:
+        reg = cls()
+        reg.specs = {s["id"]: ModelSpec.model_validate(s) for s in data["specs"]}
+        reg.active = {k: bool(v) for k, v in data["active"].items()}
+        reg.changes = [RegistryChange.model_validate(c) for c in data["changes"]]
+        return reg

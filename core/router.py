@@ -1,0 +1,316 @@
+"""The router facade: decide (route), account spend (charge), learn (feedback), administer."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.bandit import LinUCB
+from core.config import RouterConfig
+from core.costs import cost_term
+from core.errors import InvalidFeedbackError, NoEligibleModelError, UnknownRequestError
+from core.pacer import BudgetPacer
+from core.priors import Priors, mean_preserving_load
+from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+
+
+class RouteLimits(BaseModel):
+    """A caller's own limits for one request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_blended_per_m: float | None = Field(
+        None, gt=0.0, description="max blended list price, US$ per million tokens"
+    )
+    allowed_models: tuple[str, ...] | None = Field(None, min_length=1)
+
+
+class FeedbackStatus(str, Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Decision:
+    request_id: str
+    model: str
+    t: int
+    dual: float
+    forced: bool
+    direct: bool
+    models: tuple[str, ...]
+    quality: np.ndarray
+    bonus: np.ndarray
+    penalty: np.ndarray
+    eligible: np.ndarray
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def explain(self) -> dict[str, dict]:
+        """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
+        return {
+            m: {
+                "quality": float(self.quality[i]),
+                "bonus": float(self.bonus[i]),
+                "cost_penalty": float(self.penalty[i]),
+                "score": float(self.quality[i] + self.bonus[i] - self.penalty[i]),
+                "eligible": bool(self.eligible[i]),
+                **({"reason": self.reasons[m]} if m in self.reasons else {}),
+            }
+            for i, m in enumerate(self.models)
+        }
+
+
+@dataclass
+class _Pending:
+    slot: int
+    x: np.ndarray
+    t: int
+    forced: bool
+    charged: bool = False
+    rewarded: bool = False
+
+
+class Router:
+    def __init__(self, config: RouterConfig, models: list[ModelSpec] | None = None) -> None:
+        self.config = config
+        self.bandit = LinUCB(config.bandit)
+        self.pacer = BudgetPacer(config.pacer)
+        self.registry = ModelRegistry()
+        self.slot_models: list[str] = []
+        self.slots: dict[str, int] = {}
+        self.prices = np.zeros(0)  # blended $ per 1k tokens, per slot
+        self.cost_terms = np.zeros(0)
+        self.active = np.zeros(0, dtype=bool)
+        self.forced_left = np.zeros(0, dtype=np.int64)
+        self.rng = np.random.default_rng(config.seed)
+        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.applied: OrderedDict[str, None] = OrderedDict()
+        self.context_sum = np.zeros(config.bandit.dim)
+        for spec in models or []:
+            self.add_model(spec, explore=False)
+
+    # ---- administration -------------------------------------------------------------------
+
+    @property
+    def t(self) -> int:
+        return self.bandit.t
+
+    def _set_price(self, slot: int, spec: ModelSpec) -> None:
+        self.prices[slot] = spec.blended_price
+        self.cost_terms[slot] = cost_term(np.array([spec.blended_price]), self.config.cost_scale)[0]
+
+    def add_model(self, spec: ModelSpec, explore: bool = True) -> RegistryChange:
+        """Register a model; a new arm starts at l0*I, 0 with forced exploration, a re-add resumes."""
+        change = self.registry.add(spec)
+        if spec.id in self.slots:
+            slot = self.slots[spec.id]
+        else:
+            slot = self.bandit.add_arm()
+            self.slots[spec.id] = slot
+            self.slot_models.append(spec.id)
+            self.prices = np.append(self.prices, 0.0)
+            self.cost_terms = np.append(self.cost_terms, 0.0)
+            self.active = np.append(self.active, False)
+            pulls = self.config.forced_exploration_pulls if explore else 0
+            self.forced_left = np.append(self.forced_left, pulls)
+        self.active[slot] = True
+        self._set_price(slot, spec)
+        return change
+
+    def remove_model(self, model_id: str) -> RegistryChange:
+        """Stop choosing the model at once; its statistics are kept for a re-add."""
+        change = self.registry.remove(model_id)
+        self.active[self.slots[model_id]] = False
+        return change
+
+    def reprice(
+        self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
+    ) -> RegistryChange:
+        change = self.registry.reprice(model_id, input_per_m, output_per_m)
+        self._set_price(self.slots[model_id], self.registry.specs[model_id])
+        return change
+
+    def set_budget(self, usd_per_request: float) -> None:
+        self.pacer.set_budget(usd_per_request)
+
+    def load_priors(self, priors: Priors, projection_fingerprint: str | None = None) -> list[str]:
+        """Warm-start the arms named in the priors; returns the models that got one."""
+        if priors.dim != self.config.bandit.dim:
+            raise ValueError(f"priors have dim {priors.dim}, router has {self.config.bandit.dim}")
+        if (
+            projection_fingerprint
+            and priors.projection_fingerprint
+            and priors.projection_fingerprint != projection_fingerprint
+        ):
+            raise ValueError("priors were built with a different feature projection")
+        loaded = []
+        for model_id, prior in priors.arms.items():
+            if model_id in self.slots:
+                A, b = mean_preserving_load(prior, self.config.bandit.ridge)
+                self.bandit.load_prior(self.slots[model_id], A, b, self.config.bandit.ridge)
+                loaded.append(model_id)
+        return loaded
+
+    # ---- the request path -----------------------------------------------------------------
+
+    def _eligible(self, limits: RouteLimits | None) -> tuple[np.ndarray, dict[str, str]]:
+        mask = self.active.copy()
+        reasons = {m: "removed" for m, s in self.slots.items() if not self.active[s]}
+        if limits is not None:
+            if limits.allowed_models is not None:
+                unknown = set(limits.allowed_models) - set(self.slots)
+                if unknown:
+                    raise NoEligibleModelError({m: "not registered" for m in sorted(unknown)})
+                allowed = np.zeros_like(mask)
+                allowed[[self.slots[m] for m in limits.allowed_models]] = True
+                for m, s in self.slots.items():
+                    if mask[s] and not allowed[s]:
+                        reasons[m] = "not in allowed_models"
+                mask &= allowed
+            if limits.max_blended_per_m is not None:
+                cheap = self.prices * 1000.0 <= limits.max_blended_per_m
+                for m, s in self.slots.items():
+                    if mask[s] and not cheap[s]:
+                        reasons[m] = (
+                            f"blended price {self.prices[s] * 1000:.4g} $/M exceeds "
+                            f"max_blended_per_m {limits.max_blended_per_m:.4g}"
+                        )
+                mask &= cheap
+        return mask, reasons
+
+    def route(
+        self, x: np.ndarray, limits: RouteLimits | None = None, model: str | None = None
+    ) -> Decision:
+        """Pick a model for context x (or record an explicit `model`, bypassing the bandit)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.config.bandit.dim,) or not np.isfinite(x).all():
+            raise ValueError(f"context must be {self.config.bandit.dim} finite numbers")
+        if model is not None:
+            if model not in self.slots or not self.active[self.slots[model]]:
+                raise NoEligibleModelError({model: "not registered"})
+            mask, reasons = self.active.copy(), {}
+        else:
+            mask, reasons = self._eligible(limits)
+            if not mask.any():
+                raise NoEligibleModelError(reasons)
+        self.bandit.t += 1
+        quality, bonus = self.bandit.estimates(x)
+        penalty = (self.config.bandit.cost_weight + self.pacer.soft_weight()) * self.cost_terms
+        forced = False
+        if model is not None:
+            slot = self.slots[model]
+        else:
+            ceiling = self.pacer.ceiling_mask(self.prices, self.active) & mask
+            if ceiling.any():
+                for m, s in self.slots.items():
+                    if mask[s] and not ceiling[s]:
+                        reasons[m] = f"above the pacer's price ceiling (lambda={self.pacer.dual:.3f})"
+                mask = ceiling
+            explore = mask & (self.forced_left > 0)
+            if explore.any() and not self.pacer.over_budget:
+                slot = int(np.flatnonzero(explore)[0])
+                self.forced_left[slot] -= 1
+                forced = True
+            else:
+                score = np.where(mask, quality + bonus - penalty, -np.inf)
+                best = np.flatnonzero(score >= score.max() - 1e-12)
+                slot = int(best[0] if len(best) == 1 else self.rng.choice(best))
+        self.bandit.mark_pull(slot)
+        self.context_sum += x
+        request_id = uuid.uuid4().hex
+        self.pending[request_id] = _Pending(slot=slot, x=x, t=self.t, forced=forced)
+        if len(self.pending) > self.config.max_pending:
+            self.pending.popitem(last=False)
+        return Decision(
+            request_id=request_id, model=self.slot_models[slot], t=self.t, dual=self.pacer.dual,
+            forced=forced, direct=model is not None, models=tuple(self.slot_models),
+            quality=quality, bonus=bonus, penalty=penalty, eligible=mask, reasons=reasons,
+        )
+
+    def _lookup(self, request_id: str) -> _Pending:
+        try:
+            return self.pending[request_id]
+        except KeyError:
+            raise UnknownRequestError(request_id) from None
+
+    def _settle(self, request_id: str, entry: _Pending) -> None:
+        if entry.charged and entry.rewarded:
+            del self.pending[request_id]
+
+    def charge(self, request_id: str, cost_usd: float) -> FeedbackStatus:
+        """Charge the realised cost of a routed request to the pacer (once per request)."""
+        if not (isinstance(cost_usd, int | float) and math.isfinite(cost_usd) and cost_usd >= 0):
+            raise InvalidFeedbackError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
+        if request_id in self.applied and request_id not in self.pending:
+            return FeedbackStatus.DUPLICATE
+        entry = self._lookup(request_id)
+        if entry.charged:
+            return FeedbackStatus.DUPLICATE
+        self.pacer.charge(float(cost_usd))
+        entry.charged = True
+        self._settle(request_id, entry)
+        return FeedbackStatus.APPLIED
+
+    def feedback(self, request_id: str, reward: float) -> FeedbackStatus:
+        """Learn from a reward in [0, 1]; a repeat is reported as a duplicate and not applied."""
+        if not (isinstance(reward, int | float) and math.isfinite(reward) and 0 <= reward <= 1):
+            raise InvalidFeedbackError(f"reward must be a finite number in [0, 1], got {reward!r}")
+        if request_id in self.applied:
+            return FeedbackStatus.DUPLICATE
+        entry = self._lookup(request_id)
+        self.bandit.update(entry.slot, entry.x, float(reward))
+        entry.rewarded = True
+        self.applied[request_id] = None
+        if len(self.applied) > self.config.max_pending:
+            self.applied.popitem(last=False)
+        self._settle(request_id, entry)
+        return FeedbackStatus.APPLIED
+
+    def explain(self, x: np.ndarray, limits: RouteLimits | None = None) -> dict[str, dict]:
+        """What route() would weigh for x now, without routing or advancing time."""
+        mask, reasons = self._eligible(limits)
+        quality, bonus = self.bandit.estimates(np.asarray(x, dtype=np.float64))
+        penalty = (self.config.bandit.cost_weight + self.pacer.soft_weight()) * self.cost_terms
+        return Decision(
+            request_id="", model="", t=self.t, dual=self.pacer.dual, forced=False, direct=False,
+            models=tuple(self.slot_models), quality=quality, bonus=bonus, penalty=penalty,
+            eligible=mask, reasons=reasons,
+        ).explain()
+
+    # ---- observability --------------------------------------------------------------------
+
+    def state(self) -> dict:
+        s = self.pacer.state
+        mean_x = self.context_sum / max(self.t, 1)
+        return {
+            "t": self.t,
+            "budget_usd_per_request": self.pacer.budget,
+            "dual": s.dual,
+            "spend_ema_usd": s.cost_ema,
+            "charges": s.charges,
+            "total_spend_usd": s.total_spend,
+            "registry_version": self.registry.version,
+            "pending": len(self.pending),
+            "models": {
+                m: {
+                    "active": bool(self.active[i]),
+                    "pulls": int(self.bandit.pulls[i]),
+                    "updates": int(self.bandit.updates[i]),
+                    "forced_pulls_left": int(self.forced_left[i]),
+                    "blended_usd_per_m": float(self.prices[i] * 1000),
+                    "estimated_quality": float(self.bandit.theta[i] @ mean_x) if self.t else None,
+                }
+                for i, m in enumerate(self.slot_models)
+            },
+        }
+
+
+__all__ = [
+    "Decision", "FeedbackStatus", "RegistryError", "RouteLimits", "Router",
+]

@@ -1,0 +1,82 @@
+"""Snapshot and restore of a whole Router: bandit arrays, time, pacer, registry, RNG, pending."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from core.config import RouterConfig
+from core.pacer import PacerState
+from core.persistence import pack, unpack, write_atomic
+from core.registry import ModelRegistry
+from core.router import Router, _Pending
+
+SNAPSHOT_FORMAT = "paretoserve.router/1"
+
+
+def snapshot(router: Router) -> bytes:
+    ids = list(router.pending)
+    entries = list(router.pending.values())
+    d = router.config.bandit.dim
+    arrays = {
+        **router.bandit.arrays(),
+        "forced_left": router.forced_left,
+        "context_sum": router.context_sum,
+        "pending_x": np.array([e.x for e in entries]).reshape(len(entries), d),
+    }
+    meta = {
+        "format": SNAPSHOT_FORMAT,
+        "config": router.config.model_dump(mode="json"),
+        "t": router.t,
+        "pacer": vars(router.pacer.state),
+        "budget_usd": router.pacer.budget,
+        "registry": router.registry.to_json(),
+        "slot_models": router.slot_models,
+        "rng": router.rng.bit_generator.state,
+        "pending": [
+            {"id": i, "slot": e.slot, "t": e.t, "forced": e.forced, "charged": e.charged,
+             "rewarded": e.rewarded}
+            for i, e in zip(ids, entries, strict=True)
+        ],
+        "applied": list(router.applied),
+    }
+    return pack(arrays, meta)
+
+
+def restore(data: bytes) -> Router:
+    arrays, meta = unpack(data)
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"not a router snapshot of format {SNAPSHOT_FORMAT}: {meta.get('format')!r}")
+    config = RouterConfig.model_validate(meta["config"])
+    router = Router(config)
+    router.bandit.load_arrays(arrays, meta["t"])
+    router.pacer.state = PacerState(**meta["pacer"])
+    router.pacer.set_budget(meta["budget_usd"])
+    router.registry = ModelRegistry.from_json(meta["registry"])
+    router.slot_models = list(meta["slot_models"])
+    router.slots = {m: i for i, m in enumerate(router.slot_models)}
+    k = len(router.slot_models)
+    router.prices, router.cost_terms = np.zeros(k), np.zeros(k)
+    router.active = np.array([router.registry.active[m] for m in router.slot_models], dtype=bool)
+    for m, i in router.slots.items():
+        router._set_price(i, router.registry.specs[m])
+    router.forced_left = arrays["forced_left"].astype(np.int64)
+    router.context_sum = arrays["context_sum"]
+    router.rng.bit_generator.state = meta["rng"]
+    router.pending = OrderedDict(
+        (p["id"], _Pending(slot=p["slot"], x=arrays["pending_x"][j], t=p["t"], forced=p["forced"],
+                           charged=p["charged"], rewarded=p["rewarded"]))
+        for j, p in enumerate(meta["pending"])
+    )
+    router.applied = OrderedDict.fromkeys(meta["applied"])
+    return router
+
+
+def save_snapshot(router: Router, path: Path) -> None:
+    write_atomic(path, snapshot(router))
+
+
+def load_snapshot(path: Path) -> Router:
+    return restore(Path(path).read_bytes())

@@ -1,0 +1,58 @@
+"""Reward files -> routing contexts through the real MiniLM encoder + projection, disk-cached."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from core.data import PriceEntry, RewardData, load_prices
+from core.embedding_cache import cached_encode
+from core.features import Projection, load_projection
+from core.minilm import MiniLMEncoder, encoder_name
+from core.registry import ModelSpec
+
+
+class LazyMiniLM:
+    """The MiniLM encoder, loaded only on a cache miss (loading it takes seconds)."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self.name = encoder_name()
+        self._encoder: MiniLMEncoder | None = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self._encoder is None:
+            self._encoder = MiniLMEncoder()
+        return self._encoder.encode(texts)
+
+
+def contexts_for(data: RewardData, projection: Projection | None = None) -> np.ndarray:
+    projection = projection or load_projection()
+    return projection.apply(cached_encode(data.prompts, LazyMiniLM()))
+
+
+def default_prices_path(warmup: Path | None, data: Path) -> Path:
+    """prices.json next to the warm-up file, else next to the data file."""
+    for base in (warmup, data):
+        if base is not None and (Path(base).parent / "prices.json").exists():
+            return Path(base).parent / "prices.json"
+    raise FileNotFoundError(f"no prices.json next to {warmup or data}; pass --prices FILE")
+
+
+def model_specs(prices: dict[str, PriceEntry]) -> dict[str, ModelSpec]:
+    return {
+        m: ModelSpec(id=m, provider="simulated", input_per_m=p.input_per_m,
+                     output_per_m=p.output_per_m, context_length=p.context_length, speed=p.speed)
+        for m, p in prices.items()
+    }
+
+
+def load_specs(path: Path, needed: Sequence[str]) -> dict[str, ModelSpec]:
+    specs = model_specs(load_prices(path))
+    missing = [m for m in needed if m not in specs]
+    if missing:
+        raise ValueError(f"{path} has no prices for: {', '.join(missing)}")
+    return specs

@@ -1,0 +1,83 @@
+"""`paretoserve features fit`: fit the whitened PCA projection on reward-file prompts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from core.data import load_reward_file
+from core.embedding_cache import cached_encode
+from core.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_projection
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("features", help="prompt features (embedding projection)")
+    sub = parser.add_subparsers(dest="features_command", required=True)
+    fit = sub.add_parser(
+        "fit",
+        help="fit the PCA projection on reward-file prompts",
+        description="Embed the (deduplicated) prompts of the reward files with MiniLM and fit "
+        "the whitened PCA projection the router uses. Only numbers are written, never prompts.",
+    )
+    fit.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="reward file (JSON lines); repeat for several",
+    )
+    fit.add_argument(
+        "--components",
+        type=int,
+        default=DEFAULT_COMPONENTS,
+        help="PCA components k; the context dimension is k+1 (default %(default)s)",
+    )
+    fit.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_PROJECTION_PATH,
+        help="where to write the projection JSON (default: the packaged artifact)",
+    )
+    fit.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache (default: $PARETOSERVE_CACHE_DIR/embeddings or "
+        "~/.cache/paretoserve/embeddings)",
+    )
+    fit.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    fit.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    # Weights are bundled; make sure no library reaches for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from core.minilm import MiniLMEncoder  # loads torch only when this command runs
+
+    parts, prompts = [], {}
+    for path in args.data:
+        data = load_reward_file(path)
+        parts.append(f"{Path(path).name} ({len(data)} rows)")
+        prompts.update(dict.fromkeys(data.prompts))  # dedupe, keep first-seen order
+    texts = list(prompts)
+    fitted_on = f"{', '.join(parts)}; {len(texts)} unique prompts"
+
+    encoder = MiniLMEncoder(device=args.device)
+    start = time.perf_counter()
+    embeddings = cached_encode(texts, encoder, args.cache_dir)
+    encode_s = time.perf_counter() - start
+
+    projection = fit_projection(
+        embeddings, args.components, encoder_name=encoder.name, fitted_on=fitted_on
+    )
+    projection.save(args.out)
+    print(
+        f"features fit: {len(texts)} prompts ({fitted_on.split(';')[0]}), {encoder.name} on "
+        f"{encoder.device}, encode {encode_s:.1f}s; k={projection.n_components} "
+        f"(dim {projection.dim}) keeps {projection.explained_variance:.1%} of variance; "
+        f"fingerprint {projection.fingerprint} -> {args.out}"
+    )
+    return 0

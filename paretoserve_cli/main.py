@@ -1,0 +1,34 @@
+"""The `paretoserve` command: one sub-command per module, each exposing register(subparsers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from paretoserve_cli import bench_cmd, features_cmd, priors_cmd, replay_cmd
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paretoserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (replay_cmd, priors_cmd, bench_cmd, features_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, FileNotFoundError, ValueError) as exc:
+        print(f"paretoserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures. Pure unit tests (tests/unit) run with Ray made impossible to start."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "val.jsonl").exists():
+        pytest.skip(f"reward data not found at {SHARED_DATA} (../shared/data is absent)")
+    return SHARED_DATA
+
+
+class _RayForbidden:
+    """Stands in for the ray package: any use in a unit test is an error."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(f"unit tests must not use Ray (ray.{name})")
+
+
+@pytest.fixture(autouse=True)
+def _forbid_ray_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    if "tests/unit" in str(request.node.path).replace(os.sep, "/"):
+        for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, "ray", _RayForbidden())
+    yield
