@@ -11,11 +11,43 @@ import numpy as np
 from core.config import BanditConfig
 
 ARRAY_FIELDS = (
-    "A", "A_inv", "b", "theta", "last_update", "last_pull", "ridge_floor", "pulls", "updates",
+    "A",
+    "A_inv",
+    "b",
+    "theta",
+    "last_update",
+    "last_pull",
+    "ridge_floor",
+    "pulls",
+    "updates",
     "since_refresh",
 )
 # Largest max_decay_steps for which estimates() reads the staleness divisor from a table.
 _SHRINK_TABLE_MAX = 1 << 16
+_F64 = np.dtype(np.float64)
+
+
+class _HotPath:
+    """Constants and scratch buffers of the hot path, derived from one config object.
+
+    Numpy calls on arrays this small cost their dispatch, not their arithmetic: 0-d arrays as
+    operands dispatch faster than Python floats, and a table lookup replaces two ufunc calls.
+    """
+
+    def __init__(self, config: BanditConfig) -> None:
+        d, cap = config.dim, config.max_decay_steps
+        self.config = config
+        self.eye = np.eye(d)
+        self.outer = np.empty((d, d))
+        self.zero = np.zeros(())
+        self.alpha = np.array(config.alpha)
+        # shrink[k] = max(gamma^k, floor) for k = 0..cap, by the same numpy power as the direct
+        # formula, so the values are bit-identical; None when the cap makes the table too big.
+        self.shrink = (
+            np.maximum(config.gamma ** np.arange(cap + 1), config.min_staleness_divisor)
+            if cap <= _SHRINK_TABLE_MAX
+            else None
+        )
 
 
 class LinUCB:
@@ -34,18 +66,15 @@ class LinUCB:
         self.pulls = np.zeros(0, dtype=np.int64)
         self.updates = np.zeros(0, dtype=np.int64)
         self.since_refresh = np.zeros(0, dtype=np.int64)
-        # Hot-path constants. The staleness divisor max(gamma^min(dt, cap), floor) is read from a
-        # table built with the same numpy power, so the values are bit-identical to computing it.
-        self._eye = np.eye(d)
-        self._outer = np.empty((d, d))
-        cap = config.max_decay_steps
-        self._shrink = (
-            np.maximum(config.gamma ** np.arange(cap + 1), config.min_staleness_divisor)
-            if cap <= _SHRINK_TABLE_MAX
-            else None
-        )
+        self._hot: _HotPath = _HotPath(config)
         for _ in range(n_arms):
             self.add_arm()
+
+    def _consts(self) -> _HotPath:
+        hot = self._hot
+        if hot.config is not self.config:  # the config object was replaced
+            hot = self._hot = _HotPath(self.config)
+        return hot
 
     @property
     def n_arms(self) -> int:
@@ -54,8 +83,9 @@ class LinUCB:
     def add_arm(self) -> int:
         """Append an arm at l0*I, 0; returns its slot."""
         d, l0 = self.config.dim, self.config.ridge
-        self.A = np.concatenate([self.A, (l0 * self._eye)[None]])
-        self.A_inv = np.concatenate([self.A_inv, (self._eye / l0)[None]])
+        eye = self._consts().eye
+        self.A = np.concatenate([self.A, (l0 * eye)[None]])
+        self.A_inv = np.concatenate([self.A_inv, (eye / l0)[None]])
         self.b = np.concatenate([self.b, np.zeros((1, d))])
         self.theta = np.concatenate([self.theta, np.zeros((1, d))])
         self.last_update = np.append(self.last_update, self.t)
@@ -79,20 +109,23 @@ class LinUCB:
     def estimates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-arm estimated reward theta^T x and UCB bonus alpha*sqrt(v), v inflated by staleness.
 
-        v = max(x^T A^-1 x, 0) / max(gamma^min(dt, cap), floor), dt = t - last update or pull.
+        v = max(x^T A^-1 x, 0) / max(gamma^min(dt, cap), floor) with dt = t - max(last update,
+        last pull) >= 0 (time only moves forward).
         """
-        c = self.config
-        quad = np.dot(self.A_inv @ x, x)
-        np.maximum(quad, 0.0, out=quad)
+        hot = self._consts()
+        quad = (self.A_inv @ x).dot(x)
+        np.maximum(quad, hot.zero, out=quad)
         dt = self.t - np.maximum(self.last_update, self.last_pull)
-        if self._shrink is not None and dt.min(initial=0) >= 0:
-            # mode="clip" maps dt > cap to the table's last entry, i.e. gamma^cap.
-            quad /= self._shrink.take(dt, mode="clip")
+        if hot.shrink is not None:
+            quad /= hot.shrink.take(dt, mode="clip")  # clip: dt > cap reads gamma^cap
         else:
-            quad /= np.maximum(c.gamma ** np.minimum(dt, c.max_decay_steps), c.min_staleness_divisor)
+            c = self.config
+            quad /= np.maximum(
+                c.gamma ** np.minimum(dt, c.max_decay_steps), c.min_staleness_divisor
+            )
         np.sqrt(quad, out=quad)
-        quad *= c.alpha
-        return np.dot(self.theta, x), quad
+        np.multiply(quad, hot.alpha, out=quad)
+        return self.theta.dot(x), quad
 
     def mark_pull(self, slot: int) -> None:
         self.last_pull[slot] = self.t
@@ -101,6 +134,7 @@ class LinUCB:
     def update(self, slot: int, x: np.ndarray, reward: float) -> None:
         """Forget lazily since the arm's last update, then a rank-1 Sherman-Morrison step."""
         c = self.config
+        hot = self._consts()
         t = self.t
         steps = min(t - int(self.last_update[slot]), c.max_decay_steps)
         A, A_inv, b = self.A[slot], self.A_inv[slot], self.b[slot]
@@ -113,26 +147,35 @@ class LinUCB:
             floor *= decay
         exact = False
         if floor < c.ridge_floor_fraction * c.ridge:
-            A += (c.ridge - floor) * self._eye
+            A += (c.ridge - floor) * hot.eye
             floor = c.ridge
             exact = True
         self.ridge_floor[slot] = floor
-        u = np.dot(A_inv, x)
-        denom = 1.0 + float(np.dot(x, u))
-        outer = self._outer
-        np.multiply(x[:, None], x, out=outer)
-        A += outer
+        u = A_inv.dot(x)
+        denom = 1.0 + float(x.dot(u))
+        # Outer products as k=1 matrix products into a scratch buffer: the same products x_i*x_j
+        # as np.outer, without its allocation and broadcasting (float64 x, the router's case).
+        d = x.shape[0]
+        fast = x.dtype == _F64
+        outer = hot.outer
+        if fast:
+            x.reshape(d, 1).dot(x.reshape(1, d), out=outer)
+            A += outer
+        else:
+            A += np.outer(x, x)
         b += reward * x
         since = int(self.since_refresh[slot]) + 1
         if exact or not denom > 1e-9 or since >= c.refresh_every:
             # Lost positive definiteness, a ridge refresh, or periodic drift control.
             A_inv[...] = np.linalg.inv(A)
             since = 0
-        else:
-            np.multiply(u[:, None], u / denom, out=outer)
+        elif fast:
+            u.reshape(d, 1).dot((u / denom).reshape(1, d), out=outer)
             A_inv -= outer
+        else:
+            A_inv -= np.outer(u, u / denom)
         self.since_refresh[slot] = since
-        np.dot(A_inv, b, out=self.theta[slot])
+        A_inv.dot(b, out=self.theta[slot])
         self.last_update[slot] = t
         self.updates[slot] += 1
 
@@ -141,5 +184,5 @@ class LinUCB:
 
     def load_arrays(self, arrays: dict[str, np.ndarray], t: int) -> None:
         for name in ARRAY_FIELDS:
-            setattr(self, name, np.array(arrays[name]))
+            setattr(self, name, np.array(arrays[name], order="C"))
         self.t = t

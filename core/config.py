@@ -35,6 +35,11 @@ class PacerMode(str, Enum):
     ADAPTIVE = "adaptive"
 
 
+class CostSignal(str, Enum):
+    LIST_PRICE = "list-price"  # the paper: c~ from log list prices
+    EXPECTED_COST = "expected-cost"  # per-arm expected realised cost, relative to the budget
+
+
 class PacerConfig(_Frozen):
     """Online primal-dual budget pacer."""
 
@@ -43,6 +48,10 @@ class PacerConfig(_Frozen):
     ema: float = Field(0.95, ge=0.0, lt=1.0, description="cbar <- ema*cbar + (1-ema)*c")
     step: float = Field(0.05, gt=0.0, description="dual step size eta")
     lambda_max: float = Field(5.0, gt=0.0)
+    cost_signal: CostSignal = CostSignal.LIST_PRICE
+    usage_ema: float = Field(
+        0.98, ge=0.0, lt=1.0, description="per-arm EMA of realised cost / list price"
+    )
 
 
 class CostScaleConfig(_Frozen):

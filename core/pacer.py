@@ -40,14 +40,16 @@ class BudgetPacer:
             raise ValueError(f"budget_usd must be a positive finite number, got {budget_usd!r}")
         self.config = self.config.model_copy(update={"budget_usd": budget_usd})
 
-    def charge(self, cost_usd: float) -> None:
-        """Charge one request's realised cost: EMA of spend, then a projected dual step."""
+    def charge(self, cost_usd: float, step_scale: float = 1.0) -> None:
+        """Charge one request's realised cost: EMA of spend, then a projected dual step
+        (scaled by `step_scale` in (0, 1], see Router._dual_step_scale)."""
         if not (math.isfinite(cost_usd) and cost_usd >= 0):
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         c = self.config
         s = self.state
         s.cost_ema = c.ema * s.cost_ema + (1.0 - c.ema) * cost_usd
-        s.dual = min(max(s.dual + c.step * (s.cost_ema / c.budget_usd - 1.0), 0.0), c.lambda_max)
+        step = c.step * step_scale
+        s.dual = min(max(s.dual + step * (s.cost_ema / c.budget_usd - 1.0), 0.0), c.lambda_max)
         s.charges += 1
         s.total_spend += cost_usd
 

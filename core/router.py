@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -12,12 +13,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.bandit import LinUCB
-from core.config import RouterConfig
+from core.config import CostSignal, RouterConfig
 from core.costs import cost_term
 from core.errors import InvalidFeedbackError, NoEligibleModelError, UnknownRequestError
 from core.pacer import BudgetPacer
 from core.priors import Priors, mean_preserving_load
 from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
 
 
 class RouteLimits(BaseModel):
@@ -88,6 +93,8 @@ class Router:
         self.cost_terms = np.zeros(0)
         self.active = np.zeros(0, dtype=bool)
         self.forced_left = np.zeros(0, dtype=np.int64)
+        # Per-arm EMA of realised cost / blended price: thousands of tokens per request.
+        self.usage_k = np.zeros(0)
         self.rng = np.random.default_rng(config.seed)
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self.applied: OrderedDict[str, None] = OrderedDict()
@@ -106,7 +113,8 @@ class Router:
         self.cost_terms[slot] = cost_term(np.array([spec.blended_price]), self.config.cost_scale)[0]
 
     def add_model(self, spec: ModelSpec, explore: bool = True) -> RegistryChange:
-        """Register a model; a new arm starts at l0*I, 0 with forced exploration, a re-add resumes."""
+        """Register a model: a new arm starts at l0*I, 0 with forced exploration; a re-add
+        resumes its kept statistics."""
         change = self.registry.add(spec)
         if spec.id in self.slots:
             slot = self.slots[spec.id]
@@ -117,6 +125,7 @@ class Router:
             self.prices = np.append(self.prices, 0.0)
             self.cost_terms = np.append(self.cost_terms, 0.0)
             self.active = np.append(self.active, False)
+            self.usage_k = np.append(self.usage_k, np.nan)
             pulls = self.config.forced_exploration_pulls if explore else 0
             self.forced_left = np.append(self.forced_left, pulls)
         self.active[slot] = True
@@ -135,6 +144,32 @@ class Router:
         change = self.registry.reprice(model_id, input_per_m, output_per_m)
         self._set_price(self.slots[model_id], self.registry.specs[model_id])
         return change
+
+    def expected_costs(self) -> np.ndarray:
+        """Per-arm expected cost of a request in US$: list price x learned usage (an arm with no
+        charges yet borrows the mean usage of the others, so a re-price applies at once)."""
+        known = self.usage_k[~np.isnan(self.usage_k)]
+        fallback = known.mean() if len(known) else 1.0
+        return self.prices * np.where(np.isnan(self.usage_k), fallback, self.usage_k)
+
+    def _cost_signal(self) -> tuple[np.ndarray, np.ndarray]:
+        """(what the dual multiplies in the score, what the hard ceiling compares)."""
+        if self.config.pacer.cost_signal == CostSignal.EXPECTED_COST:
+            expected = self.expected_costs()
+            return expected / self.pacer.budget, expected
+        return self.cost_terms, self.prices
+
+    def _dual_step_scale(self) -> float:
+        """With expected costs the dual prices cost/B, whose range is max_a c_a/B: dividing
+        the step by that range keeps one expensive pick from swinging the dual far past
+        its equilibrium (the paper's oscillation). List-price mode keeps the paper's step."""
+        if self.config.pacer.cost_signal != CostSignal.EXPECTED_COST or not self.active.any():
+            return 1.0
+        dearest = float(self.expected_costs()[self.active].max())
+        return min(1.0, self.pacer.budget / dearest) if dearest > 0 else 1.0
+
+    def _penalty(self, signal: np.ndarray) -> np.ndarray:
+        return self.config.bandit.cost_weight * self.cost_terms + self.pacer.soft_weight() * signal
 
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)
@@ -184,34 +219,45 @@ class Router:
                 mask &= cheap
         return mask, reasons
 
+    def _check_context(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.config.bandit.dim,) or not np.isfinite(x).all():
+            raise ValueError(f"context must be {self.config.bandit.dim} finite numbers")
+        return x
+
+    def _assess(
+        self, x: np.ndarray, limits: RouteLimits | None
+    ) -> tuple[np.ndarray, dict[str, str], np.ndarray, np.ndarray, np.ndarray]:
+        """Eligibility (caller limits, then the pacer's ceiling) and the score terms at time t."""
+        mask, reasons = self._eligible(limits)
+        quality, bonus = self.bandit.estimates(x)
+        signal, ceiling_costs = self._cost_signal()
+        ceiling = self.pacer.ceiling_mask(ceiling_costs, self.active) & mask
+        if ceiling.any():  # if the ceiling leaves nothing, only the caller's limits apply
+            for m, s in self.slots.items():
+                if mask[s] and not ceiling[s]:
+                    reasons[m] = f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
+            mask = ceiling
+        return mask, reasons, quality, bonus, self._penalty(signal)
+
     def route(
         self, x: np.ndarray, limits: RouteLimits | None = None, model: str | None = None
     ) -> Decision:
         """Pick a model for context x (or record an explicit `model`, bypassing the bandit)."""
-        x = np.asarray(x, dtype=np.float64)
-        if x.shape != (self.config.bandit.dim,) or not np.isfinite(x).all():
-            raise ValueError(f"context must be {self.config.bandit.dim} finite numbers")
-        if model is not None:
-            if model not in self.slots or not self.active[self.slots[model]]:
-                raise NoEligibleModelError({model: "not registered"})
-            mask, reasons = self.active.copy(), {}
-        else:
-            mask, reasons = self._eligible(limits)
-            if not mask.any():
+        x = self._check_context(x)
+        if model is not None and not (model in self.slots and self.active[self.slots[model]]):
+            why = "removed" if model in self.slots else "not registered"
+            raise NoEligibleModelError({model: why})
+        if model is None:
+            eligible, reasons = self._eligible(limits)
+            if not eligible.any():
                 raise NoEligibleModelError(reasons)
         self.bandit.t += 1
-        quality, bonus = self.bandit.estimates(x)
-        penalty = (self.config.bandit.cost_weight + self.pacer.soft_weight()) * self.cost_terms
+        mask, reasons, quality, bonus, penalty = self._assess(x, limits)
         forced = False
         if model is not None:
             slot = self.slots[model]
         else:
-            ceiling = self.pacer.ceiling_mask(self.prices, self.active) & mask
-            if ceiling.any():
-                for m, s in self.slots.items():
-                    if mask[s] and not ceiling[s]:
-                        reasons[m] = f"above the pacer's price ceiling (lambda={self.pacer.dual:.3f})"
-                mask = ceiling
             explore = mask & (self.forced_left > 0)
             if explore.any() and not self.pacer.over_budget:
                 slot = int(np.flatnonzero(explore)[0])
@@ -228,9 +274,18 @@ class Router:
         if len(self.pending) > self.config.max_pending:
             self.pending.popitem(last=False)
         return Decision(
-            request_id=request_id, model=self.slot_models[slot], t=self.t, dual=self.pacer.dual,
-            forced=forced, direct=model is not None, models=tuple(self.slot_models),
-            quality=quality, bonus=bonus, penalty=penalty, eligible=mask, reasons=reasons,
+            request_id=request_id,
+            model=self.slot_models[slot],
+            t=self.t,
+            dual=self.pacer.dual,
+            forced=forced,
+            direct=model is not None,
+            models=tuple(self.slot_models),
+            quality=quality,
+            bonus=bonus,
+            penalty=penalty,
+            eligible=mask,
+            reasons=reasons,
         )
 
     def _lookup(self, request_id: str) -> _Pending:
@@ -245,21 +300,27 @@ class Router:
 
     def charge(self, request_id: str, cost_usd: float) -> FeedbackStatus:
         """Charge the realised cost of a routed request to the pacer (once per request)."""
-        if not (isinstance(cost_usd, int | float) and math.isfinite(cost_usd) and cost_usd >= 0):
+        if not (_is_number(cost_usd) and math.isfinite(cost_usd) and cost_usd >= 0):
             raise InvalidFeedbackError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         if request_id in self.applied and request_id not in self.pending:
             return FeedbackStatus.DUPLICATE
         entry = self._lookup(request_id)
         if entry.charged:
             return FeedbackStatus.DUPLICATE
-        self.pacer.charge(float(cost_usd))
+        self.pacer.charge(float(cost_usd), self._dual_step_scale())
+        self._learn_usage(entry.slot, float(cost_usd))
         entry.charged = True
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
 
+    def _learn_usage(self, slot: int, cost_usd: float) -> None:
+        ratio = cost_usd / self.prices[slot]
+        old, ema = self.usage_k[slot], self.config.pacer.usage_ema
+        self.usage_k[slot] = ratio if np.isnan(old) else ema * old + (1.0 - ema) * ratio
+
     def feedback(self, request_id: str, reward: float) -> FeedbackStatus:
         """Learn from a reward in [0, 1]; a repeat is reported as a duplicate and not applied."""
-        if not (isinstance(reward, int | float) and math.isfinite(reward) and 0 <= reward <= 1):
+        if not (_is_number(reward) and math.isfinite(reward) and 0 <= reward <= 1):
             raise InvalidFeedbackError(f"reward must be a finite number in [0, 1], got {reward!r}")
         if request_id in self.applied:
             return FeedbackStatus.DUPLICATE
@@ -273,14 +334,26 @@ class Router:
         return FeedbackStatus.APPLIED
 
     def explain(self, x: np.ndarray, limits: RouteLimits | None = None) -> dict[str, dict]:
-        """What route() would weigh for x now, without routing or advancing time."""
-        mask, reasons = self._eligible(limits)
-        quality, bonus = self.bandit.estimates(np.asarray(x, dtype=np.float64))
-        penalty = (self.config.bandit.cost_weight + self.pacer.soft_weight()) * self.cost_terms
+        """What route() would weigh for x as the next request, without routing."""
+        x = self._check_context(x)
+        self.bandit.t += 1  # route() scores at t + 1; undone below, nothing else changes
+        try:
+            mask, reasons, quality, bonus, penalty = self._assess(x, limits)
+        finally:
+            self.bandit.t -= 1
         return Decision(
-            request_id="", model="", t=self.t, dual=self.pacer.dual, forced=False, direct=False,
-            models=tuple(self.slot_models), quality=quality, bonus=bonus, penalty=penalty,
-            eligible=mask, reasons=reasons,
+            request_id="",
+            model="",
+            t=self.t + 1,
+            dual=self.pacer.dual,
+            forced=False,
+            direct=False,
+            models=tuple(self.slot_models),
+            quality=quality,
+            bonus=bonus,
+            penalty=penalty,
+            eligible=mask,
+            reasons=reasons,
         ).explain()
 
     # ---- observability --------------------------------------------------------------------
@@ -304,6 +377,7 @@ class Router:
                     "updates": int(self.bandit.updates[i]),
                     "forced_pulls_left": int(self.forced_left[i]),
                     "blended_usd_per_m": float(self.prices[i] * 1000),
+                    "expected_cost_usd": float(self.expected_costs()[i]),
                     "estimated_quality": float(self.bandit.theta[i] @ mean_x) if self.t else None,
                 }
                 for i, m in enumerate(self.slot_models)
@@ -312,5 +386,9 @@ class Router:
 
 
 __all__ = [
-    "Decision", "FeedbackStatus", "RegistryError", "RouteLimits", "Router",
+    "Decision",
+    "FeedbackStatus",
+    "RegistryError",
+    "RouteLimits",
+    "Router",
 ]

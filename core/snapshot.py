@@ -23,6 +23,7 @@ def snapshot(router: Router) -> bytes:
     arrays = {
         **router.bandit.arrays(),
         "forced_left": router.forced_left,
+        "usage_k": router.usage_k,
         "context_sum": router.context_sum,
         "pending_x": np.array([e.x for e in entries]).reshape(len(entries), d),
     }
@@ -64,6 +65,7 @@ def restore(data: bytes) -> Router:
         router._set_price(i, router.registry.specs[m])
     router.forced_left = arrays["forced_left"].astype(np.int64)
     router.context_sum = arrays["context_sum"]
+    router.usage_k = arrays["usage_k"].astype(float)
     router.rng.bit_generator.state = meta["rng"]
     router.pending = OrderedDict(
         (p["id"], _Pending(slot=p["slot"], x=arrays["pending_x"][j], t=p["t"], forced=p["forced"],

@@ -32,6 +32,12 @@ BASELINE_DIST = "paretobandit"
 BLOCK = 100  # iterations per block before the other router takes its turn
 INPUT_TOKENS = 600
 OUTPUT_TOKENS = 300
+METHOD = (
+    f"each call timed alone (perf_counter_ns) after an untimed warm-up; blocks of {BLOCK} "
+    "requests alternate which router goes first; gc paused inside blocks; ours: route = "
+    "Router.route + charge, feedback = Router.feedback; paretobandit: route = BanditRouter.route, "
+    "feedback = process_feedback (its pacer observes the cost there)"
+)
 
 
 def _positive_int(minimum: int) -> Callable[[str], int]:
@@ -156,7 +162,7 @@ class _Ours:
 
 
 class _Theirs:
-    label = f"{BASELINE_DIST}"
+    label = BASELINE_DIST
 
     def __init__(self, w: Workload, dim: int, seed: int) -> None:
         from pareto_bandit import BanditRouter, FeatureService
@@ -247,15 +253,12 @@ def measure(
     try:
         for block, lo in enumerate(range(warm, warm + iters, BLOCK)):
             hi = min(lo + BLOCK, warm + iters)
-            order = contestants if block % 2 == 0 else contestants[::-1]
-            for c in order:
+            for c in contestants if block % 2 == 0 else contestants[::-1]:
                 gc.collect()
                 gc.disable()
-                try:
-                    c.run(w, lo, hi, *timings[c.label])
-                finally:
-                    if gc_was_enabled:
-                        gc.enable()
+                c.run(w, lo, hi, *timings[c.label])
+                if gc_was_enabled:
+                    gc.enable()
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -276,6 +279,7 @@ def measure(
         "feedback_us": _percentiles(ours_fb),
         "mix": mix(contestants[0]),
         "machine": machine_info(),
+        "method": METHOD,
         "baseline": None,
         "ratio": None,
     }

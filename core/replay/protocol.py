@@ -41,6 +41,7 @@ class ReplaySpec(BaseModel):
     seed_offset: int = 0
     bandit: BanditConfig = BanditConfig()
     pacer_mode: PacerMode = PacerMode.ADAPTIVE
+    pacer: dict = Field(default_factory=dict, description="other PacerConfig fields")
     forced_exploration_pulls: int = Field(20, ge=0)
     price_cut_model: str = "google/gemini-2.5-pro"
     price_cut_factor: float = Field(0.1 / 5.625, gt=0.0)
@@ -120,7 +121,7 @@ def run_seed(spec: ReplaySpec, specs: dict[str, ModelSpec], data: Outcomes,
         raise ValueError("onboarding needs a model in --data that the warm-up stream lacks")
     config = RouterConfig(
         bandit=spec.bandit,
-        pacer=PacerConfig(budget_usd=spec.budget_usd, mode=spec.pacer_mode),
+        pacer=PacerConfig(budget_usd=spec.budget_usd, mode=spec.pacer_mode, **spec.pacer),
         forced_exploration_pulls=spec.forced_exploration_pulls,
         seed=seed,
     )

@@ -60,7 +60,9 @@ def test_config_defaults_are_the_papers() -> None:
     c = BanditConfig()
     assert (c.dim, c.alpha, c.ridge, c.gamma) == (26, 0.01, 1.0, 0.997)
     assert (c.max_decay_steps, c.min_staleness_divisor, c.ridge_floor_fraction) == (
-        1000, 1 / 200, 0.1,
+        1000,
+        1 / 200,
+        0.1,
     )
     assert c.cost_weight == 0.0
 
@@ -159,9 +161,7 @@ def test_forgetting_and_bonus_match_hand_computation_d2() -> None:
     b_expected = np.array([D * D2, D2])
     np.testing.assert_allclose(bandit.A[0], A_expected, atol=1e-13)
     np.testing.assert_allclose(bandit.b[0], b_expected, atol=1e-14)
-    np.testing.assert_allclose(
-        bandit.theta[0], [D * D2 / (2 + D * D2), D2 / (1 + D2)], atol=1e-14
-    )
+    np.testing.assert_allclose(bandit.theta[0], [D * D2 / (2 + D * D2), D2 / (1 + D2)], atol=1e-14)
     np.testing.assert_allclose(bandit.A_inv[0], np.diag(1 / np.diag(A_expected)), atol=1e-14)
     assert bandit.ridge_floor[0] == 1.0
     assert bandit.updates[0] == 3
@@ -216,7 +216,7 @@ def test_forgetting_and_bonus_match_reference_through_the_router() -> None:
         np.testing.assert_allclose(router.bandit.b[i], refs[m].b, atol=1e-10)
         np.testing.assert_allclose(router.bandit.theta[i], refs[m].theta, atol=1e-10)
         assert explain[m]["quality"] == pytest.approx(refs[m].theta @ x, abs=1e-10)
-        assert explain[m]["bonus"] == pytest.approx(refs[m].bonus(router.t, x), rel=1e-9)
+        assert explain[m]["bonus"] == pytest.approx(refs[m].bonus(router.t + 1, x), rel=1e-9)
 
 
 def test_denominator_check_falls_back_to_a_full_inverse() -> None:
@@ -229,7 +229,9 @@ def test_denominator_check_falls_back_to_a_full_inverse() -> None:
     x = _ctx(rng)
     bandit.update(0, x, 1.0)
     np.testing.assert_allclose(bandit.A_inv[0], np.linalg.inv(bandit.A[0]), atol=1e-12)
-    np.testing.assert_allclose(bandit.theta[0], np.linalg.solve(bandit.A[0], bandit.b[0]), atol=1e-10)
+    np.testing.assert_allclose(
+        bandit.theta[0], np.linalg.solve(bandit.A[0], bandit.b[0]), atol=1e-10
+    )
     assert bandit.since_refresh[0] == 0
 
 

@@ -26,7 +26,11 @@ def test_every_change_is_versioned_in_order() -> None:
     assert reg.version == 6
     assert [c.version for c in reg.changes] == [1, 2, 3, 4, 5, 6]
     assert [c.kind for c in reg.changes] == [
-        ChangeKind.ADD, ChangeKind.ADD, ChangeKind.ADD, ChangeKind.REPRICE, ChangeKind.REMOVE,
+        ChangeKind.ADD,
+        ChangeKind.ADD,
+        ChangeKind.ADD,
+        ChangeKind.REPRICE,
+        ChangeKind.REMOVE,
         ChangeKind.ADD,
     ]
     assert [c.model_id for c in reg.changes][3:] == [FLASH.id, MISTRAL.id, MISTRAL.id]
@@ -73,7 +77,11 @@ def test_reprice_changes_the_blended_price() -> None:
 def test_bad_reprice_is_rejected_with_nothing_changed(bad: float) -> None:
     reg = ModelRegistry([LLAMA, MISTRAL])
     before = reg.to_json()
-    for kwargs in ({"input_per_m": bad}, {"output_per_m": bad}, {"input_per_m": 1.0, "output_per_m": bad}):
+    for kwargs in (
+        {"input_per_m": bad},
+        {"output_per_m": bad},
+        {"input_per_m": 1.0, "output_per_m": bad},
+    ):
         with pytest.raises(ValueError):
             reg.reprice(MISTRAL.id, **kwargs)
     assert reg.to_json() == before

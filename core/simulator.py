@@ -1,0 +1,217 @@
+"""The simulated provider's model: latency, token usage, text and quality of an answer.
+
+Pure and deterministic: a plan is a function of (seed, model id, prompt, request limits), so
+the same request always gets the same answer, usage and reward, and tests need no clock.
+
+Replay mode reproduces a reward file (../shared/data/README.md): for a recorded prompt the
+plan reports the recorded reward and picks integer usage whose cost at the *recording* prices
+equals the recorded cost. Bound: with a = input_per_m, b = output_per_m,
+|usage cost - recorded cost| <= min(a, b) / 2 / 1e6 whenever the recorded cost is at least
+a / 1e6 (one prompt token), which every row of the shared data satisfies. Because usage
+is fixed by the recording prices, a later re-price in the registry changes the realised cost
+the way a real price change would (same tokens, new prices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.data import load_prices, load_reward_file
+from core.protocol import ProviderRequest, Usage, message_text
+from core.registry import ModelSpec, SpeedClass
+
+_WORDS = (
+    "the model considers question answer because therefore result value step first then "
+    "finally example shows reason each option correct likely given data so we find that "
+    "this means case function returns list number total equals choice best"
+).split()
+_COMPLETION_SIGMA = 0.5  # log-normal spread of completion length around its mean
+_TTFT_SIGMA = 0.25  # log-normal jitter of time to first token
+
+
+class SimProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttft_s: float = Field(ge=0.0, allow_inf_nan=False)
+    tokens_per_s: float = Field(gt=0.0, allow_inf_nan=False)
+    mean_completion_tokens: float = Field(250.0, ge=1.0, allow_inf_nan=False)
+    quality: float = Field(ge=0.0, le=1.0, description="mean reward of drawn answers")
+    quality_sd: float = Field(0.15, ge=0.0, allow_inf_nan=False)
+
+
+class SimProfileOverride(BaseModel):
+    """Per-model changes to its speed class's profile; unset fields keep the class default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttft_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    tokens_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    mean_completion_tokens: float | None = Field(None, ge=1.0, allow_inf_nan=False)
+    quality: float | None = Field(None, ge=0.0, le=1.0)
+    quality_sd: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+
+
+def default_speed_profiles() -> dict[SpeedClass, SimProfile]:
+    # Qualities echo the per-model means of the shared data (fast 0.79, balanced 0.93, slow 0.94).
+    return {
+        SpeedClass.FAST: SimProfile(ttft_s=0.15, tokens_per_s=120.0, quality=0.78),
+        SpeedClass.BALANCED: SimProfile(ttft_s=0.4, tokens_per_s=60.0, quality=0.88),
+        SpeedClass.SLOW: SimProfile(ttft_s=0.8, tokens_per_s=35.0, quality=0.92),
+    }
+
+
+class SimulatorConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    speed_profiles: dict[SpeedClass, SimProfile] = Field(default_factory=default_speed_profiles)
+    profiles: dict[str, SimProfileOverride] = Field(default_factory=dict)
+    replay_file: Path | None = None
+    replay_prices_file: Path | None = Field(
+        None,
+        description="prices the recorded costs were charged at; default: prices.json beside "
+        "replay_file if present; models absent there use the registry's current prices",
+    )
+    seed: int = 0
+    time_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="0 = instant")
+    max_completion_tokens: int = Field(4096, ge=1, description="cap on drawn completions")
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    model_id: str
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    ttft_s: float
+    per_token_s: float
+    recorded_reward: float
+    replayed: bool  # reward and usage come from the reward file
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
+    @property
+    def latency_s(self) -> float:
+        return self.ttft_s + self.completion_tokens * self.per_token_s
+
+
+def prompt_key(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def estimate_tokens(text_chars: int) -> int:
+    """About four characters per token, at least one."""
+    return max(1, round(text_chars / 4))
+
+
+def usage_for_cost(
+    cost_usd: float, input_per_m: float, output_per_m: float, prompt_est: int
+) -> tuple[int, int]:
+    """Integer (prompt, completion) tokens whose list cost is nearest `cost_usd`, keeping the
+    prompt near `prompt_est`. See the module docstring for the error bound."""
+    a, b, target = input_per_m, output_per_m, cost_usd * 1e6
+    # Shrink the prompt guess if it alone would exceed the cost (leave room for one token out).
+    p0 = max(1, min(prompt_est, math.floor((target - b) / a)))
+    c0 = max(0, round((target - p0 * a) / b))
+    best: tuple[float, int, int] | None = None
+    # Rounding c leaves |r| <= b/2; re-fitting p cuts it to <= a/2. If that would push p below
+    # one token, one fewer completion token gives the prompt room (see the bound above).
+    for c in (c0, c0 - 1):
+        if c < 0:
+            continue
+        p = max(1, round((target - c * b) / a))
+        err = abs(target - p * a - c * b)
+        if best is None or err < best[0]:
+            best = (err, p, c)
+    assert best is not None
+    return best[1], best[2]
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        # prompt sha256 -> model -> (reward, cost); first occurrence of a prompt wins
+        self._replay: dict[str, dict[str, tuple[float, float]]] = {}
+        self._recorded_prices: dict[str, tuple[float, float]] = {}
+        if self.config.replay_file is not None:
+            self._load_replay(Path(self.config.replay_file))
+
+    def _load_replay(self, path: Path) -> None:
+        data = load_reward_file(path)
+        for i, prompt in enumerate(data.prompts):
+            self._replay.setdefault(
+                prompt_key(prompt),
+                {
+                    m: (float(data.rewards[i, j]), float(data.costs[i, j]))
+                    for j, m in enumerate(data.models)
+                },
+            )
+        prices_path = self.config.replay_prices_file or path.with_name("prices.json")
+        if self.config.replay_prices_file is not None or prices_path.exists():
+            self._recorded_prices = {
+                m: (e.input_per_m, e.output_per_m) for m, e in load_prices(prices_path).items()
+            }
+
+    @property
+    def replay_size(self) -> int:
+        return len(self._replay)
+
+    def profile(self, spec: ModelSpec) -> SimProfile:
+        base = self.config.speed_profiles.get(spec.speed) or default_speed_profiles()[spec.speed]
+        override = self.config.profiles.get(spec.id)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_none=True))
+
+    def _rng(self, req: ProviderRequest, spec: ModelSpec) -> np.random.Generator:
+        digest = hashlib.sha256(
+            f"{self.config.seed}\0{spec.id}\0{req.prompt_text}".encode()
+        ).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def plan(self, req: ProviderRequest, spec: ModelSpec) -> SimPlan:
+        prof = self.profile(spec)
+        rng = self._rng(req, spec)
+        # Fixed draw order, so adding a field later does not reshuffle existing plans.
+        z_len, z_quality, z_ttft = rng.standard_normal(3)
+        chars = sum(len(message_text(m)) for m in req.messages) or len(req.prompt_text)
+        prompt_tokens = estimate_tokens(chars)
+        finish = "stop"
+
+        recorded = self._replay.get(prompt_key(req.prompt_text), {}).get(spec.id)
+        if recorded is not None:
+            reward, cost = recorded
+            a, b = self._recorded_prices.get(spec.id, (spec.input_per_m, spec.output_per_m))
+            prompt_tokens, completion = usage_for_cost(cost, a, b, prompt_tokens)
+        else:
+            reward = float(np.clip(prof.quality + prof.quality_sd * z_quality, 0.0, 1.0))
+            # mean-preserving log-normal length
+            scale = math.exp(_COMPLETION_SIGMA * z_len - _COMPLETION_SIGMA**2 / 2)
+            completion = max(1, round(prof.mean_completion_tokens * scale))
+            if completion > self.config.max_completion_tokens:
+                completion, finish = self.config.max_completion_tokens, "length"
+        if req.max_tokens is not None and completion > req.max_tokens:
+            completion, finish = req.max_tokens, "length"
+
+        words = rng.choice(len(_WORDS), size=completion)
+        body = " ".join(_WORDS[w] for w in words)
+        ts = self.config.time_scale
+        return SimPlan(
+            model_id=spec.id,
+            content=f"[simulated {spec.id}] {body}",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            finish_reason=finish,
+            ttft_s=prof.ttft_s * math.exp(_TTFT_SIGMA * z_ttft) * ts,
+            per_token_s=ts / prof.tokens_per_s,
+            recorded_reward=reward,
+            replayed=recorded is not None,
+        )

@@ -1,0 +1,151 @@
+"""OpenAI (and any OpenAI-compatible server: vLLM, OpenRouter, Together, local) via the official
+`openai` SDK. One SDK client per base URL; `ModelSpec.base_url` overrides the default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import openai
+
+from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage, message_text
+from core.registry import ModelSpec
+from deployments.clients.errors import ProviderError, status_error
+
+log = logging.getLogger(__name__)
+
+# Servers that need no key (vLLM, llama.cpp) still get a syntactically valid bearer token.
+PLACEHOLDER_KEY = "no-key"
+
+
+def translate_error(exc: Exception) -> ProviderError:
+    """SDK exception -> ProviderError (timeouts and connection errors are retryable)."""
+    if isinstance(exc, openai.APIStatusError):
+        return status_error(exc.status_code, exc.message, exc.response.headers)
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(None, "upstream timed out", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(None, f"cannot reach upstream: {exc.message}", retryable=True)
+    if isinstance(exc, openai.APIError):  # e.g. an error event inside a stream
+        return ProviderError(None, f"upstream error: {exc.message}", retryable=True)
+    return ProviderError(None, f"openai client error: {exc}")
+
+
+def estimate_usage(req: ProviderRequest, completion: str) -> Usage:
+    """For servers that send no usage: about four characters per token."""
+    chars = sum(len(message_text(m)) for m in req.messages)
+    completion_tokens = round(len(completion) / 4)
+    return Usage(prompt_tokens=max(1, round(chars / 4)), completion_tokens=completion_tokens)
+
+
+class OpenAIClient:
+    def __init__(
+        self,
+        api_key_env: str = "OPENAI_API_KEY",
+        default_base_url: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 0,
+        max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+    ) -> None:
+        self.api_key_env = api_key_env
+        self.default_base_url = default_base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries  # 0: the router, not the SDK, decides about retries
+        # OpenAI's reasoning models accept only max_completion_tokens; many compatible servers
+        # know only max_tokens.
+        self.max_tokens_field = max_tokens_field
+        self._specs: dict[str, ModelSpec] = {}
+        self._clients: dict[str | None, openai.AsyncOpenAI] = {}
+
+    def set_models(self, specs: list[ModelSpec]) -> None:
+        self._specs = {s.id: s for s in specs}
+
+    def _client(self, model_id: str) -> openai.AsyncOpenAI:
+        spec = self._specs.get(model_id)
+        base_url = (spec.base_url if spec else None) or self.default_base_url
+        client = self._clients.get(base_url)
+        if client is None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                if base_url is None:
+                    raise ProviderError(None, f"{self.api_key_env} is not set")
+                key = PLACEHOLDER_KEY
+            client = openai.AsyncOpenAI(
+                api_key=key, base_url=base_url, timeout=self.timeout_s, max_retries=self.max_retries
+            )
+            self._clients[base_url] = client
+        return client
+
+    def _params(self, req: ProviderRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": req.upstream_model, "messages": req.messages}
+        if req.max_tokens is not None:
+            params[self.max_tokens_field] = req.max_tokens
+        for name in ("temperature", "top_p", "stop"):
+            if getattr(req, name) is not None:
+                params[name] = getattr(req, name)
+        return params
+
+    async def complete(self, req: ProviderRequest) -> ProviderResponse:
+        client = self._client(req.model_id)
+        start = time.monotonic()
+        try:
+            resp = await client.chat.completions.create(**self._params(req))
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        if not resp.choices:
+            raise ProviderError(None, "upstream returned no choices", retryable=True)
+        choice = resp.choices[0]
+        content = choice.message.content or ""
+        usage = (
+            Usage(
+                prompt_tokens=resp.usage.prompt_tokens,
+                completion_tokens=resp.usage.completion_tokens,
+            )
+            if resp.usage
+            else estimate_usage(req, content)
+        )
+        return ProviderResponse(
+            model_id=req.model_id,
+            content=content,
+            finish_reason=choice.finish_reason,
+            usage=usage,
+            latency_s=time.monotonic() - start,
+        )
+
+    async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
+        client = self._client(req.model_id)
+        params = self._params(req)
+        parts: list[str] = []
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            stream = await client.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True}
+            )
+            async with stream:  # closes the HTTP response if our consumer stops early
+                async for chunk in stream:
+                    if chunk.usage is not None:  # the extra last chunk, with no choices
+                        usage = Usage(
+                            prompt_tokens=chunk.usage.prompt_tokens,
+                            completion_tokens=chunk.usage.completion_tokens,
+                        )
+                    for choice in chunk.choices[:1]:
+                        finish = choice.finish_reason or finish
+                        text = choice.delta.content if choice.delta else None
+                        if text:
+                            parts.append(text)
+                            yield ProviderChunk(delta=text)
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        if usage is None:
+            log.warning("model %s streamed no usage; estimating it", req.model_id)
+            usage = estimate_usage(req, "".join(parts))
+        yield ProviderChunk(finish_reason=finish or "stop", usage=usage)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,582 @@
+"""Provider clients through the real `openai` and `anthropic` SDKs over real HTTP.
+
+The only double is a small local server speaking the providers' wire formats (JSON and SSE,
+error bodies, Retry-After), started on a free port in a background thread. The simulated
+client needs no server: it runs with time_scale=0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from core.protocol import ProviderChunk, ProviderRequest, message_text
+from core.registry import ModelSpec, SpeedClass
+from core.simulator import SimulatorConfig
+from deployments.clients import ProviderClient, ProviderError
+from deployments.clients.anthropic_client import AnthropicClient, finish_reason, to_anthropic
+from deployments.clients.errors import retry_after_s
+from deployments.clients.openai_client import OpenAIClient
+from deployments.clients.simulated import SimulatedClient
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# ------------------------------------------------------------------ the fake provider server
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
+    app = FastAPI()
+    seen: list[dict[str, Any]] = []  # every request: path, headers, body
+
+    def failure(model: str, anthropic_shape: bool) -> Response | None:
+        kinds = {
+            "rate-limited": (429, "rate_limit_error", {"retry-after": "7"}),
+            "broken": (500, "api_error", {}),
+            "overloaded": (529, "overloaded_error", {}),
+            "bad": (400, "invalid_request_error", {}),
+        }
+        if model not in kinds:
+            return None
+        status, kind, headers = kinds[model]
+        err = {"message": f"fake {kind}", "type": kind, "param": None, "code": None}
+        body = {"type": "error", "error": err} if anthropic_shape else {"error": err}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.post("/v1/chat/completions")
+    async def openai_chat(request: Request) -> Response:
+        body = await request.json()
+        seen.append({"path": "openai", "headers": dict(request.headers), "body": body})
+        model = body["model"]
+        if (fail := failure(model, anthropic_shape=False)) is not None:
+            return fail
+        if model == "slow":
+            await asyncio.sleep(1.5)
+        text = "echo: " + message_text(body["messages"][-1])
+        usage = {
+            "prompt_tokens": sum(len(message_text(m)) for m in body["messages"]),
+            "completion_tokens": len(_pieces(text)),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": "chatcmpl-fake", "created": 1, "model": model}
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return _sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
+
+        def events() -> Iterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            for piece in _pieces(text):
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage") and model != "no-usage":
+                yield _sse(
+                    {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                )
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/messages")
+    async def anthropic_messages(request: Request) -> Response:
+        body = await request.json()
+        seen.append({"path": "anthropic", "headers": dict(request.headers), "body": body})
+        model = body["model"]
+        if (fail := failure(model, anthropic_shape=True)) is not None:
+            return fail
+        last = body["messages"][-1]["content"]
+        text = "echo: " + (last if isinstance(last, str) else "|".join(b["text"] for b in last))
+        pieces = _pieces(text)
+        stop = "stop_sequence" if body.get("stop_sequences") else "end_turn"
+        if body["max_tokens"] < len(pieces):
+            pieces, stop = pieces[: body["max_tokens"]], "max_tokens"
+            text = "".join(pieces)
+        usage = {"input_tokens": 21, "output_tokens": len(pieces), "cache_read_input_tokens": 4}
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return JSONResponse(message)
+
+        def events() -> Iterator[str]:
+            start = {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "usage": {**usage, "output_tokens": 1},
+            }
+            yield _sse({"type": "message_start", "message": start}, "message_start")
+            block = {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+            yield _sse(block, "content_block_start")
+            yield _sse({"type": "ping"}, "ping")
+            for i, piece in enumerate(pieces):
+                if model == "stream-error" and i == 2:
+                    err = {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    }
+                    yield _sse(err, "error")
+                    return
+                delta = {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                }
+                yield _sse(delta, "content_block_delta")
+            yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            end = {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": len(pieces)},
+            }
+            yield _sse(end, "message_delta")
+            yield _sse({"type": "message_stop"}, "message_stop")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app, seen
+
+
+class FakeServer:
+    def __init__(self) -> None:
+        self.app, self.seen = build_fake()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with others
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("fake provider server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def last(self, path: str) -> dict[str, Any]:
+        return [r for r in self.seen if r["path"] == path][-1]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeServer]:
+    with FakeServer() as server:
+        yield server
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def spec(model_id: str, provider: str, base_url: str | None, upstream: str | None = None):
+    return ModelSpec(
+        id=model_id,
+        provider=provider,
+        provider_model=upstream,
+        input_per_m=1.0,
+        output_per_m=2.0,
+        base_url=base_url,
+    )
+
+
+def request(model: ModelSpec, messages: list[dict] | None = None, **kw: Any) -> ProviderRequest:
+    messages = messages or [{"role": "user", "content": "hello there world"}]
+    return ProviderRequest(
+        request_id="req-1",
+        model_id=model.id,
+        upstream_model=model.upstream_name,
+        messages=messages,
+        prompt_text=message_text(messages[-1]),
+        **kw,
+    )
+
+
+async def collect(stream: AsyncIterator[ProviderChunk]) -> list[ProviderChunk]:
+    return [c async for c in stream]
+
+
+def assert_stream_shape(chunks: list[ProviderChunk], text: str) -> None:
+    assert "".join(c.delta for c in chunks) == text
+    assert len([c for c in chunks if c.delta]) > 1  # really streamed, not one blob
+    *body, last = chunks
+    assert last.usage is not None and last.finish_reason is not None
+    assert all(c.usage is None and c.finish_reason is None for c in body)
+
+
+# ------------------------------------------------------------------ OpenAI
+
+
+@pytest.fixture
+async def openai_client(
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[OpenAIClient]:
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-123")
+    client = OpenAIClient(api_key_env="TEST_OPENAI_KEY", default_base_url=fake.url + "/v1")
+    client.set_models(
+        [spec(m, "openai", None) for m in ("gpt-x", "rate-limited", "broken", "bad", "no-usage")]
+        + [spec("routed", "openai", fake.url + "/v1", upstream="vendor/model-7b")]
+    )
+    yield client
+    await client.aclose()  # SDK connections belong to this test's event loop
+
+
+async def test_openai_complete(openai_client: OpenAIClient, fake: FakeServer) -> None:
+    assert isinstance(openai_client, ProviderClient)
+    gpt = spec("gpt-x", "openai", None)
+    resp = await openai_client.complete(request(gpt, max_tokens=9, temperature=0.2, stop=["\n"]))
+    assert resp.model_id == "gpt-x" and resp.content == "echo: hello there world"
+    assert resp.finish_reason == "stop"
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (17, 4)
+    assert resp.latency_s > 0
+    seen = fake.last("openai")
+    assert seen["headers"]["authorization"] == "Bearer sk-test-123"
+    assert seen["body"]["max_tokens"] == 9 and seen["body"]["temperature"] == 0.2
+    assert seen["body"]["stop"] == ["\n"] and "stream" not in seen["body"]
+
+
+async def test_openai_upstream_name_and_per_model_base_url(
+    openai_client: OpenAIClient, fake: FakeServer
+) -> None:
+    routed = spec("routed", "openai", fake.url + "/v1", upstream="vendor/model-7b")
+    resp = await openai_client.complete(request(routed))
+    assert resp.model_id == "routed"
+    assert fake.last("openai")["body"]["model"] == "vendor/model-7b"
+
+
+async def test_openai_stream(openai_client: OpenAIClient, fake: FakeServer) -> None:
+    chunks = await collect(openai_client.stream(request(spec("gpt-x", "openai", None))))
+    assert_stream_shape(chunks, "echo: hello there world")
+    assert chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (17, 4)
+    assert chunks[-1].finish_reason == "stop"
+    body = fake.last("openai")["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+async def test_openai_stream_without_usage_is_estimated(openai_client: OpenAIClient) -> None:
+    chunks = await collect(openai_client.stream(request(spec("no-usage", "openai", None))))
+    last = chunks[-1]
+    assert last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (4, 6)  # chars / 4
+
+
+async def test_openai_429_is_retryable_with_retry_after(openai_client: OpenAIClient) -> None:
+    with pytest.raises(ProviderError) as exc:
+        await openai_client.complete(request(spec("rate-limited", "openai", None)))
+    err = exc.value
+    assert (err.status, err.retryable, err.retry_after_s) == (429, True, 7.0)
+    with pytest.raises(ProviderError) as exc:
+        await collect(openai_client.stream(request(spec("rate-limited", "openai", None))))
+    assert (exc.value.status, exc.value.retryable) == (429, True)
+
+
+async def test_openai_500_and_400(openai_client: OpenAIClient) -> None:
+    with pytest.raises(ProviderError) as exc:
+        await openai_client.complete(request(spec("broken", "openai", None)))
+    assert (exc.value.status, exc.value.retryable, exc.value.retry_after_s) == (500, True, None)
+    assert "fake api_error" in exc.value.message
+    with pytest.raises(ProviderError) as exc:
+        await openai_client.complete(request(spec("bad", "openai", None)))
+    assert (exc.value.status, exc.value.retryable) == (400, False)
+
+
+async def test_openai_timeout_and_connection_errors(fake: FakeServer) -> None:
+    slow = OpenAIClient(default_base_url=fake.url + "/v1", timeout_s=0.3)
+    with pytest.raises(ProviderError) as exc:
+        await slow.complete(request(spec("slow", "openai", None)))
+    assert (exc.value.status, exc.value.retryable) == (None, True)
+    await slow.aclose()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    unreachable = OpenAIClient(default_base_url=dead)
+    with pytest.raises(ProviderError) as exc:
+        await unreachable.complete(request(spec("m", "openai", None)))
+    assert (exc.value.status, exc.value.retryable) == (None, True)
+    await unreachable.aclose()
+
+
+async def test_openai_key_rules(fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    # A local server needs no key: a placeholder is sent.
+    local = OpenAIClient(api_key_env="NO_SUCH_KEY_VAR", default_base_url=fake.url + "/v1")
+    await local.complete(request(spec("gpt-x", "openai", None)))
+    assert fake.last("openai")["headers"]["authorization"] == "Bearer no-key"
+    # The official endpoint does: a clear error, nothing sent.
+    count = len(fake.seen)
+    with pytest.raises(ProviderError, match="NO_SUCH_KEY_VAR is not set"):
+        await OpenAIClient(api_key_env="NO_SUCH_KEY_VAR").complete(
+            request(spec("gpt-x", "openai", None))
+        )
+    assert len(fake.seen) == count
+    await local.aclose()
+
+
+# ------------------------------------------------------------------ Anthropic
+
+
+@pytest.fixture
+async def anthropic_client(
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AnthropicClient]:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test")
+    client = AnthropicClient(api_key_env="TEST_ANTHROPIC_KEY", default_base_url=fake.url)
+    yield client
+    await client.aclose()
+
+
+def sent_key(headers: dict[str, str]) -> str:
+    """The key the Anthropic SDK sent (older versions: x-api-key; newer: a bearer token)."""
+    return headers.get("x-api-key") or headers["authorization"].removeprefix("Bearer ")
+
+
+def test_message_translation() -> None:
+    system, messages = to_anthropic(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use French."}]},
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": [{"type": "text", "text": "two"}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "tool", "content": "42"},
+            {"role": "user", "content": "three"},
+        ]
+    )
+    assert system == "Be brief.\n\nUse French."
+    assert messages == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "42"}, {"type": "text", "text": "three"}],
+        },
+    ]
+    assert to_anthropic([{"role": "system", "content": "only"}]) == (
+        None,
+        [{"role": "user", "content": [{"type": "text", "text": "only"}]}],
+    )
+    with pytest.raises(ProviderError) as exc:
+        to_anthropic([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
+    assert (exc.value.status, exc.value.retryable) == (400, False)
+
+
+def test_finish_reasons() -> None:
+    assert [finish_reason(r) for r in ("end_turn", "max_tokens", "stop_sequence", "tool_use")] == [
+        "stop",
+        "length",
+        "stop",
+        "tool_calls",
+    ]
+    assert finish_reason(None) is None
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "hi"},
+    {"role": "user", "content": "say hello back"},
+]
+
+
+async def test_anthropic_complete(anthropic_client: AnthropicClient, fake: FakeServer) -> None:
+    claude = spec("claude", "anthropic", None, upstream="claude-x-1")
+    anthropic_client.set_models([claude])
+    resp = await anthropic_client.complete(
+        request(claude, CONVERSATION, temperature=1.5, top_p=0.9)
+    )
+    assert resp.model_id == "claude" and resp.content == "echo: hi|say hello back"
+    assert resp.finish_reason == "stop"
+    # input 21 + cache read 4; output = the 4 pieces of the echo
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (25, 4)
+    seen = fake.last("anthropic")
+    assert sent_key(seen["headers"]) == "sk-ant-test"
+    body = seen["body"]
+    assert body["model"] == "claude-x-1" and body["system"] == "You are terse."
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "say hello back"}],
+        }
+    ]
+    assert body["max_tokens"] == 1024  # the default: Anthropic requires one
+    assert "temperature" not in body and "top_p" not in body  # dropped by default
+
+
+async def test_anthropic_sampling_params_on_request(
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    client = AnthropicClient(default_base_url=fake.url, send_sampling_params=True)
+    claude = spec("claude", "anthropic", None)
+    await client.complete(request(claude, temperature=1.5, top_p=0.9))
+    body = fake.last("anthropic")["body"]
+    assert body["temperature"] == 1.0 and body["top_p"] == 0.9  # OpenAI's 0..2 clamped
+    assert sent_key(fake.last("anthropic")["headers"]) == "no-key"  # local: placeholder
+    await client.aclose()
+
+
+async def test_anthropic_length_and_stop_sequence(anthropic_client: AnthropicClient) -> None:
+    claude = spec("claude", "anthropic", None)
+    short = await anthropic_client.complete(request(claude, max_tokens=2))
+    assert (short.finish_reason, short.content, short.usage.completion_tokens) == (
+        "length",
+        "echo: hello",
+        2,
+    )
+    stopped = await anthropic_client.complete(request(claude, stop="\n\n"))
+    assert stopped.finish_reason == "stop"
+
+
+async def test_anthropic_stream(anthropic_client: AnthropicClient, fake: FakeServer) -> None:
+    claude = spec("claude", "anthropic", None)
+    chunks = await collect(anthropic_client.stream(request(claude, CONVERSATION)))
+    assert_stream_shape(chunks, "echo: hi|say hello back")
+    last = chunks[-1]
+    assert last.usage is not None and last.finish_reason == "stop"
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (25, 4)
+    assert fake.last("anthropic")["body"]["stream"] is True
+
+
+async def test_anthropic_errors(anthropic_client: AnthropicClient) -> None:
+    cases = {
+        "rate-limited": (429, True, 7.0),
+        "broken": (500, True, None),
+        "overloaded": (529, True, None),
+        "bad": (400, False, None),
+    }
+    for model, expected in cases.items():
+        with pytest.raises(ProviderError) as exc:
+            await anthropic_client.complete(request(spec(model, "anthropic", None)))
+        assert (exc.value.status, exc.value.retryable, exc.value.retry_after_s) == expected
+    with pytest.raises(ProviderError) as exc:
+        await collect(anthropic_client.stream(request(spec("rate-limited", "anthropic", None))))
+    assert (exc.value.status, exc.value.retry_after_s) == (429, 7.0)
+
+
+async def test_anthropic_error_event_mid_stream(anthropic_client: AnthropicClient) -> None:
+    got: list[ProviderChunk] = []
+    with pytest.raises(ProviderError) as exc:
+        async for chunk in anthropic_client.stream(
+            request(spec("stream-error", "anthropic", None))
+        ):
+            got.append(chunk)
+    assert "".join(c.delta for c in got) == "echo: hello"
+    assert (exc.value.status, exc.value.retryable) == (529, True)
+
+
+# ------------------------------------------------------------------ simulated
+
+
+async def test_simulated_complete_and_stream() -> None:
+    client = SimulatedClient(SimulatorConfig(time_scale=0, seed=1))
+    assert isinstance(client, ProviderClient)
+    fast = ModelSpec(id="sim-fast", input_per_m=0.1, output_per_m=0.1, speed=SpeedClass.FAST)
+    client.set_models([fast])
+    req = request(fast, [{"role": "user", "content": "What is the capital of France?"}])
+    resp = await client.complete(req)
+    assert resp.content.startswith("[simulated sim-fast] ") and resp.finish_reason == "stop"
+    assert resp.usage.prompt_tokens == 8  # 30 characters / 4, rounded
+    assert resp.latency_s == 0.0 and resp.recorded_reward is not None
+    chunks = await collect(client.stream(req))
+    assert_stream_shape(chunks, resp.content)
+    assert chunks[-1].usage == resp.usage and chunks[-1].recorded_reward == resp.recorded_reward
+    capped = await client.complete(request(fast, max_tokens=2))
+    assert capped.finish_reason == "length" and capped.usage.completion_tokens == 2
+
+
+async def test_simulated_paces_by_time_scale() -> None:
+    client = SimulatedClient(SimulatorConfig(time_scale=0.05))
+    slow = ModelSpec(id="sim-slow", input_per_m=1.0, output_per_m=1.0, speed=SpeedClass.SLOW)
+    client.set_models([slow])
+    req = request(slow, max_tokens=20)
+    plan = client.simulator.plan(req, slow)
+    start = time.monotonic()
+    chunks = await collect(client.stream(req))
+    assert time.monotonic() - start >= plan.latency_s * 0.9
+    assert chunks[-1].usage == plan.usage
+
+
+async def test_simulated_unknown_model() -> None:
+    client = SimulatedClient(SimulatorConfig(time_scale=0))
+    with pytest.raises(ProviderError) as exc:
+        await client.complete(request(spec("missing", "simulated", None)))
+    assert (exc.value.status, exc.value.retryable) == (404, False)
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_s({"retry-after": "3"}) == 3.0
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_s({"retry-after": "soon"}) is None
+    assert retry_after_s({}) is None
+
+
+def test_provider_error_pickles() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ProviderError(429, "slow down", 2.0, True)))
+    assert (err.status, err.message, err.retry_after_s, err.retryable) == (
+        429,
+        "slow down",
+        2.0,
+        True,
+    )

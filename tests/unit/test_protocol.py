@@ -1,0 +1,239 @@
+"""HTTP and provider bodies: what is accepted, what is a 422, and the shapes we emit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from core.protocol import (
+    AddModelRequest,
+    BudgetRequest,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    FeedbackRequest,
+    ParetoserveInfo,
+    ProviderRequest,
+    ProviderResponse,
+    RepriceRequest,
+    Usage,
+    error_body,
+)
+from core.registry import ModelSpec
+
+USER = {"role": "user", "content": "hi"}
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"messages": [USER], **fields})
+
+
+def bad_fields(exc: pytest.ExceptionInfo[ValidationError]) -> set[str]:
+    return {".".join(map(str, e["loc"])) for e in exc.value.errors()}
+
+
+def test_minimal_request_defaults() -> None:
+    req = chat()
+    assert req.model == "auto" and req.stream is False and req.paretoserve is None
+    assert req.output_token_limit is None and req.include_usage is False
+
+
+def test_unknown_fields_ignored_but_known_fields_typed() -> None:
+    req = chat(logprobs=True, frequency_penalty=0.5, tools=[], response_format={"type": "text"})
+    assert not hasattr(req, "logprobs")
+    with pytest.raises(ValidationError) as exc:
+        chat(stream="yes")
+    assert bad_fields(exc) == {"stream"}
+    with pytest.raises(ValidationError) as exc:
+        chat(temperature="0.5")
+    assert "temperature" in bad_fields(exc)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"messages": []}, "messages"),
+        ({"n": 2}, "n"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 1.5}, "max_completion_tokens"),
+        ({"paretoserve": {"max_blended_per_m": 0}}, "paretoserve.max_blended_per_m"),
+        ({"paretoserve": {"allowed_models": []}}, "paretoserve.allowed_models"),
+        ({"paretoserve": {"alowed_models": ["x"]}}, "paretoserve.alowed_models"),
+    ],
+)
+def test_bad_requests_name_the_field(fields: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        ChatCompletionRequest.model_validate({"messages": [USER], **fields})
+    assert field in bad_fields(exc)
+
+
+def test_n_one_is_fine_and_n_two_says_why() -> None:
+    assert chat(n=1).n == 1
+    with pytest.raises(ValidationError, match="only n=1 is supported"):
+        chat(n=2)
+
+
+def test_bad_messages() -> None:
+    for msg in (
+        {"role": "robot", "content": "x"},
+        {"role": "user"},
+        {"role": "user", "content": 3},
+    ):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest.model_validate({"messages": [msg]})
+    image = {"type": "image_url", "image_url": {"url": "http://x"}}
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": [image]}]})
+
+
+def test_prompt_text_is_the_last_user_message() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+            ]
+        }
+    )
+    assert req.prompt_text() == "a\nb"
+    assert req.messages[0].text() == "be brief"
+
+
+def test_prompt_text_falls_back_to_all_messages() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "system", "content": "sys"}, {"role": "assistant", "content": "x"}]}
+    )
+    assert req.prompt_text() == "sys\nx"
+    blank_user = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "developer", "content": "d"}, {"role": "user", "content": "  "}]}
+    )
+    assert blank_user.prompt_text() == "d\n  "
+
+
+def test_max_completion_tokens_wins_and_stream_options() -> None:
+    req = chat(
+        max_tokens=10, max_completion_tokens=20, stream=True, stream_options={"include_usage": True}
+    )
+    assert req.output_token_limit == 20 and req.include_usage
+
+
+def test_routing_options() -> None:
+    opts = chat(paretoserve={"max_blended_per_m": 1.5, "allowed_models": ["a", "b"]}).paretoserve
+    assert opts is not None and opts.max_blended_per_m == 1.5 and opts.allowed_models == ["a", "b"]
+
+
+def test_feedback_validation() -> None:
+    ok = FeedbackRequest.model_validate({"request_id": "r1", "reward": 1})
+    assert ok.reward == 1.0
+    for body in (
+        {"request_id": "r1", "reward": float("nan")},
+        {"request_id": "r1", "reward": float("inf")},
+        {"request_id": "r1", "reward": 1.01},
+        {"request_id": "r1", "reward": -0.01},
+        {"request_id": "r1", "reward": "0.5"},
+        {"request_id": "r1", "reward": True},
+        {"request_id": "", "reward": 0.5},
+        {"request_id": "x" * 201, "reward": 0.5},
+        {"request_id": "r1"},
+        {"request_id": "r1", "reward": 0.5, "rewrad": 0.5},
+    ):
+        with pytest.raises(ValidationError):
+            FeedbackRequest.model_validate(body)
+
+
+def test_feedback_nan_from_json_text() -> None:
+    # Python's json module (what web frameworks use) turns the NaN literal into a float.
+    body = json.loads('{"request_id": "r1", "reward": NaN}')
+    with pytest.raises(ValidationError, match="finite"):
+        FeedbackRequest.model_validate(body)
+    with pytest.raises(ValidationError):
+        FeedbackRequest.model_validate_json('{"request_id": "r1", "reward": NaN}')
+
+
+def test_admin_bodies() -> None:
+    spec = AddModelRequest.model_validate(
+        {"id": "m", "input_per_m": 1.0, "output_per_m": 2.0, "speed": "fast"}
+    ).to_spec()
+    assert type(spec) is ModelSpec and spec.speed.value == "fast"
+    with pytest.raises(ValidationError):
+        AddModelRequest.model_validate({"id": "m", "input_per_m": 0, "output_per_m": 2.0})
+    assert RepriceRequest(output_per_m=3.0).input_per_m is None
+    for body in ({}, {"input_per_m": 0.0}, {"input_per_m": float("inf")}):
+        with pytest.raises(ValidationError):
+            RepriceRequest.model_validate(body)
+    assert BudgetRequest(usd_per_request=0.001).usd_per_request == 0.001
+    for value in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            BudgetRequest(usd_per_request=value)
+
+
+def test_error_body_shape() -> None:
+    assert error_body("nope") == {
+        "error": {"message": "nope", "type": "invalid_request_error", "param": None, "code": None}
+    }
+    with pytest.raises(ValidationError) as exc:
+        chat(temperature=3)
+    body = ErrorBody.from_validation(exc.value).model_dump()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["param"] == "temperature"
+    assert "temperature" in body["error"]["message"]
+
+
+def _response() -> ProviderResponse:
+    return ProviderResponse(
+        model_id="m",
+        content="hello",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=3, completion_tokens=2),
+        latency_s=0.1,
+    )
+
+
+def test_completion_response_build() -> None:
+    info = ParetoserveInfo(request_id="abc", cost_usd=1e-5, routed=True, forced=False, dual=0.2)
+    body = ChatCompletionResponse.build(_response(), info, created=7).model_dump()
+    assert body["id"] == "chatcmpl-abc" and body["object"] == "chat.completion"
+    assert body["created"] == 7 and body["model"] == "m"
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert body["paretoserve"]["request_id"] == "abc"
+    assert body["paretoserve"]["recorded_reward"] is None
+
+
+def test_chunk_sse_omits_unset_delta_fields() -> None:
+    chunk = ChatCompletionChunk(
+        id="chatcmpl-abc", created=1, model="m", choices=[ChunkChoice(delta=Delta(content="he"))]
+    )
+    text = chunk.sse()
+    assert text.startswith("data: ") and text.endswith("\n\n")
+    data = json.loads(text[len("data: ") :])
+    assert data["object"] == "chat.completion.chunk"
+    assert data["choices"] == [{"index": 0, "delta": {"content": "he"}, "finish_reason": None}]
+    assert "usage" not in data
+
+
+def test_provider_request_from_chat() -> None:
+    spec = ModelSpec(id="m", provider_model="up/m", input_per_m=1.0, output_per_m=1.0)
+    req = ProviderRequest.from_chat("r1", chat(max_tokens=5, stop="x", temperature=0.3), spec)
+    assert req.model_id == "m" and req.upstream_model == "up/m"
+    assert req.messages == [USER] and req.prompt_text == "hi"
+    assert req.max_tokens == 5 and req.stop_list() == ["x"] and req.temperature == 0.3
+    assert Usage(prompt_tokens=1, completion_tokens=2).total_tokens == 3
+    with pytest.raises(ValidationError):
+        Usage(prompt_tokens=-1, completion_tokens=0)

@@ -1,0 +1,363 @@
+"""StateStore on real SQLite files: round trips, exactly-once journal, retention, durability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.store import (
+    SCHEMA_VERSION,
+    DuplicateRequestError,
+    Event,
+    PendingRow,
+    SchemaVersionError,
+    StaleVersionError,
+    StateStore,
+    StoreError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with StateStore(tmp_path / "state.db") as s:
+        yield s
+
+
+def _row(i: int, t: int | None = None, ttl: float = 60.0, dim: int = 4) -> PendingRow:
+    x = np.random.default_rng(i).normal(size=dim)
+    return PendingRow(f"req-{i}", f"model-{i % 3}", x, i if t is None else t, i % 2 == 0,
+                      1000.0 + i, 1000.0 + i + ttl)  # fmt: skip
+
+
+def _ev(rid: str, kind: str = "feedback", value: float = 0.5, t: int = 1) -> Event:
+    return Event(None, rid, kind, value, t, 2000.0 + t)  # type: ignore[arg-type]
+
+
+# -- pending contexts -------------------------------------------------------------------------
+
+
+def test_pending_round_trip_keeps_the_vector_bit_for_bit(store: StateStore) -> None:
+    rows = [_row(i) for i in range(5)]
+    store.add_pending(rows)
+    for r in rows:
+        got = store.get_pending(r.request_id)
+        assert got == r
+        assert got is not None and got.x.dtype == np.float64 and got.x.tobytes() == r.x.tobytes()
+        assert not got.x.flags.writeable
+    assert store.get_pending("nope") is None
+
+
+def test_pending_row_owns_a_read_only_copy() -> None:
+    x = np.array([1.0, 2.0])
+    row = PendingRow("r", "m", x, 1, False, 0.0, 1.0)
+    x[0] = 9.0
+    assert row.x.tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="1-D"):
+        PendingRow("r", "m", np.zeros((2, 2)), 1, False, 0.0, 1.0)
+
+
+def test_duplicate_pending_is_an_error_and_the_batch_is_not_half_applied(
+    store: StateStore,
+) -> None:
+    store.add_pending([_row(1)])
+    with pytest.raises(DuplicateRequestError, match="'req-1'"):
+        store.add_pending([_row(2), _row(1)])
+    assert store.get_pending("req-2") is None  # rolled back with its batch
+    with pytest.raises(DuplicateRequestError, match="'req-3'"):
+        store.add_pending([_row(3), _row(3)])
+    assert store.stats()["pending"] == 1
+
+
+def test_pending_after_is_ordered_by_t(store: StateStore) -> None:
+    ts = [7, 3, 9, 1, 5, 5]
+    store.add_pending([_row(i, t=t) for i, t in enumerate(ts)])
+    after = store.pending_after(4)
+    assert [r.t for r in after] == [5, 5, 7, 9]
+    assert [r.request_id for r in after[:2]] == ["req-4", "req-5"]  # ties in insertion order
+    assert store.pending_after(9) == []
+
+
+def test_prune_pending_deletes_expired_rows_only(store: StateStore) -> None:
+    store.add_pending(
+        [_row(i, ttl=10.0 * (i + 1)) for i in range(4)]
+    )  # expires 1010,1021,1032,1043
+    assert store.get_pending("req-0") is not None  # expired rows stay until pruned
+    assert store.prune_pending(now=1009.0) == 0
+    assert store.prune_pending(now=1021.0) == 2  # expires_at <= now counts as expired
+    assert store.get_pending("req-1") is None and store.get_pending("req-2") is not None
+    assert store.prune_pending(now=1e9) == 2
+    assert store.stats()["pending"] == 0
+
+
+# -- event journal ----------------------------------------------------------------------------
+
+
+def test_duplicate_event_returns_the_original_seq(store: StateStore) -> None:
+    assert store.append_event(_ev("a", value=0.9)) == (1, True)
+    assert store.append_event(_ev("a", "charge", 0.002)) == (2, True)  # other kind, same id
+    assert store.append_event(_ev("b")) == (3, True)
+    assert store.append_event(_ev("a", value=0.1)) == (1, False)
+    assert store.append_event(_ev("a", "charge", 0.5)) == (2, False)
+    assert store.append_event(_ev("c")) == (4, True)  # a refused duplicate uses no seq
+    assert store.events_after(0)[0].value == 0.9  # the first value wins
+    assert store.has_event("a", "charge") and not store.has_event("b", "charge")
+    assert store.count_events() == 4
+    assert store.count_events("charge") == 1 and store.count_events("feedback") == 3
+
+
+def test_events_after_is_ordered_and_round_trips(store: StateStore) -> None:
+    rng = np.random.default_rng(0)
+    sent = [
+        Event(None, f"r{i}", "charge" if i % 3 else "feedback", float(rng.random()), i, 10.0 + i)
+        for i in range(20)
+    ]
+    seqs = [store.append_event(e)[0] for e in sent]
+    assert seqs == list(range(1, 21))
+    got = store.events_after(12)
+    assert [e.seq for e in got] == list(range(13, 21))
+    assert [(e.request_id, e.kind, e.value, e.t, e.at) for e in got] == [
+        (e.request_id, e.kind, e.value, e.t, e.at) for e in sent[12:]
+    ]
+    assert store.events_after(20) == []
+    assert store.max_seq() == 20
+
+
+def test_event_validates_kind_and_value() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Event(None, "r", "refund", 1.0, 1, 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        Event(None, "r", "feedback", float("nan"), 1, 0.0)
+
+
+def test_compaction_needs_both_conditions_and_keeps_seq_monotonic(store: StateStore) -> None:
+    for i in range(10):
+        store.append_event(Event(None, f"r{i}", "feedback", 1.0, i, at=100.0 + i))
+    # seq < 6 and at < 103: seqs 1..3 (at 100..102) go, 4..5 are too recent.
+    assert store.compact_events(before_seq=6, older_than=103.0) == 3
+    assert [e.seq for e in store.events_after(0)] == list(range(4, 11))
+    assert not store.has_event("r0", "feedback") and store.has_event("r3", "feedback")
+    assert store.compact_events(before_seq=100, older_than=1e9) == 7
+    assert store.count_events() == 0
+    assert store.max_seq() == 10  # a snapshot's seq stays a valid cursor
+    assert store.append_event(_ev("new"))[0] == 11
+
+
+def test_max_seq_is_zero_when_empty(store: StateStore) -> None:
+    assert store.max_seq() == 0 and store.count_events() == 0 and store.events_after(0) == []
+
+
+# -- snapshots and docs -----------------------------------------------------------------------
+
+
+def test_snapshot_retention_keeps_the_newest_three(store: StateStore) -> None:
+    assert store.latest_snapshot() is None
+    ids = [store.save_snapshot(bytes([i]) * 100, t=10 * i, seq=i, at=50.0 + i) for i in range(5)]
+    assert ids == [1, 2, 3, 4, 5]
+    latest = store.latest_snapshot()
+    assert latest is not None
+    assert (latest.id, latest.blob, latest.t, latest.seq, latest.at) == (
+        5,
+        b"\x04" * 100,
+        40,
+        4,
+        54.0,
+    )
+    assert store.stats()["snapshots"] == 3
+    store.save_snapshot(b"x", t=0, seq=0, at=0.0, keep=1)
+    assert store.stats()["snapshots"] == 1
+    with pytest.raises(ValueError, match="keep"):
+        store.save_snapshot(b"x", t=0, seq=0, at=0.0, keep=0)
+
+
+def test_doc_versioning_rejects_stale_versions(store: StateStore) -> None:
+    assert store.get_doc("models") is None
+    store.put_doc("models", {"a": {"price": 1.0}}, version=1)
+    store.put_doc("models", {"a": {"price": 0.5}, "b": [1, 2]}, version=2)
+    assert store.get_doc("models") == ({"a": {"price": 0.5}, "b": [1, 2]}, 2)
+    for stale in (2, 1):
+        with pytest.raises(StaleVersionError, match="version 2"):
+            store.put_doc("models", {"lost": True}, version=stale)
+    assert store.get_doc("models") == ({"a": {"price": 0.5}, "b": [1, 2]}, 2)
+    store.put_doc("models", {}, version=7)  # gaps are fine: only "newer" is required
+    assert store.get_doc("models") == ({}, 7)
+    with pytest.raises(ValueError):
+        store.put_doc("bad", {"x": float("nan")}, version=1)
+    assert store.get_doc("bad") is None
+
+
+def test_stats(store: StateStore) -> None:
+    store.add_pending([_row(1), _row(2)])
+    store.append_event(_ev("a", "charge"))
+    store.put_doc("k", {}, 1)
+    st = store.stats()
+    assert {k: st[k] for k in ("pending", "events", "events_charge", "events_feedback")} == {
+        "pending": 2, "events": 1, "events_charge": 1, "events_feedback": 0,
+    }  # fmt: skip
+    assert st["docs"] == 1 and st["snapshots"] == 0 and st["schema_version"] == SCHEMA_VERSION
+    assert st["db_bytes"] > 0 and st["wal_bytes"] > 0
+
+
+# -- files, connections, threads --------------------------------------------------------------
+
+
+def test_reopening_after_close_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.db"  # the folder is created
+    with StateStore(path) as s:
+        s.add_pending([_row(1)])
+        s.append_event(_ev("a"))
+        s.save_snapshot(b"snap", t=3, seq=1, at=9.0)
+        s.put_doc("models", {"m": 1}, 4)
+    with pytest.raises(StoreError, match="closed"):
+        s.max_seq()
+    s.close()  # idempotent
+    with StateStore(path) as s:
+        assert s.get_pending("req-1") == _row(1)
+        assert s.append_event(_ev("a")) == (1, False)
+        snap = s.latest_snapshot()
+        assert snap is not None and snap.blob == b"snap"
+        assert s.get_doc("models") == ({"m": 1}, 4)
+        mode = s._one("PRAGMA journal_mode")[0]
+        sync = s._one("PRAGMA synchronous")[0]
+    assert (mode, sync) == ("wal", 2)  # 2 = FULL
+
+
+def test_a_second_store_on_the_same_file_sees_committed_writes(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateStore(path) as a, StateStore(path) as b:
+        a.append_event(_ev("x"))
+        assert b.has_event("x", "feedback")
+        assert b.append_event(_ev("x")) == (1, False)  # dedup holds across connections
+        b.put_doc("models", {"v": 1}, 1)
+        with pytest.raises(StaleVersionError):
+            a.put_doc("models", {"v": 0}, 1)
+        a.add_pending([_row(5)])
+        assert b.get_pending("req-5") == _row(5)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
+def test_concurrent_writers_apply_each_id_once(tmp_path: Path, shared: bool) -> None:
+    path = tmp_path / "state.db"
+    rng = np.random.default_rng(42)
+    # 4 threads x 500 appends over 600 ids x 2 kinds: many collide within and across threads.
+    plans = [[(f"r{rng.integers(600)}", str(rng.choice(["charge", "feedback"])))
+              for _ in range(500)] for _ in range(4)]  # fmt: skip
+    unique = {key for plan in plans for key in plan}
+    shared_store = StateStore(path)
+    results: list[list[tuple[str, str, int, bool]]] = [[] for _ in plans]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(plans))
+
+    def work(i: int) -> None:
+        s = shared_store if shared else StateStore(path)
+        try:
+            barrier.wait()
+            for rid, kind in plans[i]:
+                results[i].append((rid, kind, *s.append_event(_ev(rid, kind))))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            if not shared:
+                s.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(plans))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert shared_store.count_events() == len(unique)
+    assert sum(applied for res in results for *_, applied in res) == len(unique)
+    seq_of: dict[tuple[str, str], int] = {}
+    for res in results:
+        for rid, kind, seq, _ in res:
+            assert seq_of.setdefault((rid, kind), seq) == seq  # every caller saw the same seq
+    stored = {(e.request_id, e.kind): e.seq for e in shared_store.events_after(0)}
+    assert stored == seq_of
+    assert sorted(stored.values()) == list(range(1, len(unique) + 1))  # no seq burnt by repeats
+    shared_store.close()
+
+
+# -- schema -----------------------------------------------------------------------------------
+
+
+def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        StateStore(path)
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (a)")
+    with pytest.raises(SchemaVersionError, match="not a paretoserve store"):
+        StateStore(other)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open state store"):
+        StateStore(junk)
+
+
+# -- durability across a killed process -------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from core.store import Event, StateStore
+
+    store = StateStore(sys.argv[1])
+    for i in range(1_000_000):
+        seq, applied = store.append_event(Event(None, f"k{i}", "feedback", 0.25, i, float(i)))
+        print(seq, f"k{i}", flush=True)  # acknowledged only after the commit returned
+    """
+)
+
+
+def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[tuple[int, str]] = []
+    try:
+        assert proc.stdout is not None
+        while len(acked) < 300:
+            line = proc.stdout.readline()
+            assert line, f"writer died early: {proc.stderr.read() if proc.stderr else ''}"
+            seq, rid = line.split()
+            acked.append((int(seq), rid))
+        os.kill(proc.pid, signal.SIGKILL)  # midway: the writer is still appending
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for line in rest.splitlines(keepends=True):
+        if line.endswith("\n"):  # a complete line is an acknowledgement too
+            seq, rid = line.split()
+            acked.append((int(seq), rid))
+
+    with StateStore(path) as s:
+        stored = {e.seq: e.request_id for e in s.events_after(0)}
+    assert all(stored.get(seq) == rid for seq, rid in acked)
+    assert len(stored) >= len(acked)
