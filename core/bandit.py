@@ -41,6 +41,11 @@ class _HotPath:
         self.outer = np.empty((d, d))
         self.zero = np.zeros(())
         self.alpha = np.array(config.alpha)
+        # Python scalars of update(), read once per call instead of through the config.
+        self.gamma, self.cap, self.ridge = config.gamma, cap, config.ridge
+        self.forget = config.gamma < 1.0
+        self.readd_below = config.ridge_floor_fraction * config.ridge
+        self.refresh_every = config.refresh_every
         # shrink[k] = max(gamma^k, floor) for k = 0..cap, by the same numpy power as the direct
         # formula, so the values are bit-identical; None when the cap makes the table too big.
         self.shrink = (
@@ -112,7 +117,9 @@ class LinUCB:
         v = max(x^T A^-1 x, 0) / max(gamma^min(dt, cap), floor) with dt = t - max(last update,
         last pull) >= 0 (time only moves forward).
         """
-        hot = self._consts()
+        hot = self._hot
+        if hot.config is not self.config:
+            hot = self._consts()
         quad = (self.A_inv @ x).dot(x)
         np.maximum(quad, hot.zero, out=quad)
         dt = self.t - np.maximum(self.last_update, self.last_pull)
@@ -133,22 +140,23 @@ class LinUCB:
 
     def update(self, slot: int, x: np.ndarray, reward: float) -> None:
         """Forget lazily since the arm's last update, then a rank-1 Sherman-Morrison step."""
-        c = self.config
-        hot = self._consts()
+        hot = self._hot
+        if hot.config is not self.config:
+            hot = self._consts()
         t = self.t
-        steps = min(t - int(self.last_update[slot]), c.max_decay_steps)
+        steps = t - int(self.last_update[slot])
         A, A_inv, b = self.A[slot], self.A_inv[slot], self.b[slot]
         floor = float(self.ridge_floor[slot])
-        if steps > 0 and c.gamma < 1.0:
-            decay = c.gamma**steps
+        if steps > 0 and hot.forget:
+            decay = hot.gamma ** min(steps, hot.cap)
             A *= decay
             b *= decay
             A_inv /= decay
             floor *= decay
         exact = False
-        if floor < c.ridge_floor_fraction * c.ridge:
-            A += (c.ridge - floor) * hot.eye
-            floor = c.ridge
+        if floor < hot.readd_below:
+            A += (hot.ridge - floor) * hot.eye
+            floor = hot.ridge
             exact = True
         self.ridge_floor[slot] = floor
         u = A_inv.dot(x)
@@ -165,7 +173,7 @@ class LinUCB:
             A += np.outer(x, x)
         b += reward * x
         since = int(self.since_refresh[slot]) + 1
-        if exact or not denom > 1e-9 or since >= c.refresh_every:
+        if exact or not denom > 1e-9 or since >= hot.refresh_every:
             # Lost positive definiteness, a ridge refresh, or periodic drift control.
             A_inv[...] = np.linalg.inv(A)
             since = 0

@@ -48,7 +48,10 @@ class PacerConfig(_Frozen):
     ema: float = Field(0.95, ge=0.0, lt=1.0, description="cbar <- ema*cbar + (1-ema)*c")
     step: float = Field(0.05, gt=0.0, description="dual step size eta")
     lambda_max: float = Field(5.0, gt=0.0)
-    cost_signal: CostSignal = CostSignal.LIST_PRICE
+    cost_signal: CostSignal = CostSignal.EXPECTED_COST
+    step_range_power: float = Field(
+        0.75, ge=0.0, le=1.0, description="expected-cost mode: step *= (B / max cost)^power"
+    )
     usage_ema: float = Field(
         0.98, ge=0.0, lt=1.0, description="per-arm EMA of realised cost / list price"
     )

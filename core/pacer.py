@@ -59,7 +59,9 @@ class BudgetPacer:
 
     def ceiling_mask(self, prices: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Hard mode: arms whose blended price is at most max price / (1 + lambda)."""
-        if self.config.mode == PacerMode.SOFT or self.state.dual <= 0.0 or not active.any():
+        if self.config.mode == PacerMode.SOFT or self.state.dual <= 0.0:
             return np.ones_like(active)
-        ceiling = prices[active].max() / (1.0 + self.state.dual)
-        return prices <= ceiling
+        live = prices[active]
+        if not live.size:
+            return np.ones_like(active)
+        return prices <= live.max() / (1.0 + self.state.dual)

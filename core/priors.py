@@ -63,8 +63,12 @@ def build_priors(
     b_off = plasticity * (contexts.T @ rewards)  # (d, K)
     arms = {m: ArmPrior(A=A_off.tolist(), b=b_off[:, k].tolist()) for k, m in enumerate(models)}
     return Priors(
-        dim=d, plasticity=plasticity, n_rows=n, arms=arms,
-        projection_fingerprint=projection_fingerprint, source=source,
+        dim=d,
+        plasticity=plasticity,
+        n_rows=n,
+        arms=arms,
+        projection_fingerprint=projection_fingerprint,
+        source=source,
     )
 
 

@@ -112,8 +112,11 @@ class ModelRegistry:
         self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
     ) -> RegistryChange:
         old = self.get(model_id)
-        update = {k: v for k, v in (("input_per_m", input_per_m), ("output_per_m", output_per_m))
-                  if v is not None}
+        update = {
+            k: v
+            for k, v in (("input_per_m", input_per_m), ("output_per_m", output_per_m))
+            if v is not None
+        }
         if not update:
             raise RegistryError("reprice needs input_per_m or output_per_m")
         # Validate through the model so bad prices are rejected before anything changes.

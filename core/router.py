@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-import uuid
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,7 +22,13 @@ from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryErro
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+    # float and int first: the numbers.Real ABC check costs ~0.5 us per call.
+    t = type(v)
+    return (
+        t is float
+        or t is int
+        or (isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_))
+    )
 
 
 class RouteLimits(BaseModel):
@@ -41,7 +47,7 @@ class FeedbackStatus(str, Enum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     request_id: str
     model: str
@@ -82,7 +88,9 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, config: RouterConfig, models: list[ModelSpec] | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig, models: list[ModelSpec] | None = None
+    ) -> None:
         self.config = config
         self.bandit = LinUCB(config.bandit)
         self.pacer = BudgetPacer(config.pacer)
@@ -99,6 +107,7 @@ class Router:
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self.applied: OrderedDict[str, None] = OrderedDict()
         self.context_sum = np.zeros(config.bandit.dim)
+        self._zero_x = np.zeros(config.bandit.dim)
         for spec in models or []:
             self.add_model(spec, explore=False)
 
@@ -110,7 +119,9 @@ class Router:
 
     def _set_price(self, slot: int, spec: ModelSpec) -> None:
         self.prices[slot] = spec.blended_price
-        self.cost_terms[slot] = cost_term(np.array([spec.blended_price]), self.config.cost_scale)[0]
+        self.cost_terms[slot] = cost_term(
+            np.array([spec.blended_price]), self.config.cost_scale
+        )[0]
 
     def add_model(self, spec: ModelSpec, explore: bool = True) -> RegistryChange:
         """Register a model: a new arm starts at l0*I, 0 with forced exploration; a re-add
@@ -139,7 +150,10 @@ class Router:
         return change
 
     def reprice(
-        self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
+        self,
+        model_id: str,
+        input_per_m: float | None = None,
+        output_per_m: float | None = None,
     ) -> RegistryChange:
         change = self.registry.reprice(model_id, input_per_m, output_per_m)
         self._set_price(self.slots[model_id], self.registry.specs[model_id])
@@ -160,24 +174,38 @@ class Router:
         return self.cost_terms, self.prices
 
     def _dual_step_scale(self) -> float:
-        """With expected costs the dual prices cost/B, whose range is max_a c_a/B: dividing
-        the step by that range keeps one expensive pick from swinging the dual far past
-        its equilibrium (the paper's oscillation). List-price mode keeps the paper's step."""
-        if self.config.pacer.cost_signal != CostSignal.EXPECTED_COST or not self.active.any():
+        """With expected costs the dual prices c_a/B, whose gradient ranges up to max_a c_a/B.
+        Scaling the step by (B / max_a c_a)^p keeps one expensive pick from swinging the dual
+        far past its equilibrium (the paper's oscillation). List-price mode keeps the step."""
+        if (
+            self.config.pacer.cost_signal != CostSignal.EXPECTED_COST
+            or not self.active.any()
+        ):
             return 1.0
         dearest = float(self.expected_costs()[self.active].max())
-        return min(1.0, self.pacer.budget / dearest) if dearest > 0 else 1.0
+        if dearest <= 0:
+            return 1.0
+        return (
+            min(1.0, self.pacer.budget / dearest) ** self.config.pacer.step_range_power
+        )
 
     def _penalty(self, signal: np.ndarray) -> np.ndarray:
-        return self.config.bandit.cost_weight * self.cost_terms + self.pacer.soft_weight() * signal
+        weight = self.config.bandit.cost_weight
+        if weight == 0.0:  # the default: 0 * c~ adds nothing
+            return self.pacer.soft_weight() * signal
+        return weight * self.cost_terms + self.pacer.soft_weight() * signal
 
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)
 
-    def load_priors(self, priors: Priors, projection_fingerprint: str | None = None) -> list[str]:
+    def load_priors(
+        self, priors: Priors, projection_fingerprint: str | None = None
+    ) -> list[str]:
         """Warm-start the arms named in the priors; returns the models that got one."""
         if priors.dim != self.config.bandit.dim:
-            raise ValueError(f"priors have dim {priors.dim}, router has {self.config.bandit.dim}")
+            raise ValueError(
+                f"priors have dim {priors.dim}, router has {self.config.bandit.dim}"
+            )
         if (
             projection_fingerprint
             and priors.projection_fingerprint
@@ -188,20 +216,29 @@ class Router:
         for model_id, prior in priors.arms.items():
             if model_id in self.slots:
                 A, b = mean_preserving_load(prior, self.config.bandit.ridge)
-                self.bandit.load_prior(self.slots[model_id], A, b, self.config.bandit.ridge)
+                self.bandit.load_prior(
+                    self.slots[model_id], A, b, self.config.bandit.ridge
+                )
                 loaded.append(model_id)
         return loaded
 
     # ---- the request path -----------------------------------------------------------------
 
-    def _eligible(self, limits: RouteLimits | None) -> tuple[np.ndarray, dict[str, str]]:
+    def _eligible(
+        self, limits: RouteLimits | None
+    ) -> tuple[np.ndarray, dict[str, str]]:
         mask = self.active.copy()
-        reasons = {m: "removed" for m, s in self.slots.items() if not self.active[s]}
+        active = mask.tolist()
+        reasons = {
+            m: "removed" for m, a in zip(self.slot_models, active, strict=True) if not a
+        }
         if limits is not None:
             if limits.allowed_models is not None:
                 unknown = set(limits.allowed_models) - set(self.slots)
                 if unknown:
-                    raise NoEligibleModelError({m: "not registered" for m in sorted(unknown)})
+                    raise NoEligibleModelError(
+                        {m: "not registered" for m in sorted(unknown)}
+                    )
                 allowed = np.zeros_like(mask)
                 allowed[[self.slots[m] for m in limits.allowed_models]] = True
                 for m, s in self.slots.items():
@@ -221,23 +258,34 @@ class Router:
 
     def _check_context(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if x.shape != (self.config.bandit.dim,) or not np.isfinite(x).all():
+        # x . 0 is 0.0 when every x_i is finite and nan otherwise (it cannot overflow): one
+        # numpy call instead of two for np.isfinite(x).all().
+        if x.shape != self._zero_x.shape or not math.isfinite(x.dot(self._zero_x)):
             raise ValueError(f"context must be {self.config.bandit.dim} finite numbers")
         return x
 
     def _assess(
-        self, x: np.ndarray, limits: RouteLimits | None
+        self, x: np.ndarray, mask: np.ndarray, reasons: dict[str, str]
     ) -> tuple[np.ndarray, dict[str, str], np.ndarray, np.ndarray, np.ndarray]:
-        """Eligibility (caller limits, then the pacer's ceiling) and the score terms at time t."""
-        mask, reasons = self._eligible(limits)
+        """The pacer's ceiling on top of the caller's eligibility (`mask`, `reasons` from
+        _eligible), and the score terms at time t."""
         quality, bonus = self.bandit.estimates(x)
         signal, ceiling_costs = self._cost_signal()
-        ceiling = self.pacer.ceiling_mask(ceiling_costs, self.active) & mask
-        if ceiling.any():  # if the ceiling leaves nothing, only the caller's limits apply
-            for m, s in self.slots.items():
-                if mask[s] and not ceiling[s]:
-                    reasons[m] = f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
-            mask = ceiling
+        if self.pacer.dual > 0.0:  # at lambda <= 0 the ceiling admits every arm
+            ceiling = self.pacer.ceiling_mask(ceiling_costs, self.active) & mask
+            under = ceiling.tolist()
+            if (
+                True in under
+            ):  # if the ceiling leaves nothing, only the caller's limits apply
+                why = None
+                for m, e, u in zip(self.slot_models, mask.tolist(), under, strict=True):
+                    if e and not u:
+                        why = (
+                            why
+                            or f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
+                        )
+                        reasons[m] = why
+                mask = ceiling
         return mask, reasons, quality, bonus, self._penalty(signal)
 
     def route(
@@ -245,31 +293,37 @@ class Router:
     ) -> Decision:
         """Pick a model for context x (or record an explicit `model`, bypassing the bandit)."""
         x = self._check_context(x)
-        if model is not None and not (model in self.slots and self.active[self.slots[model]]):
+        if model is not None and not (
+            model in self.slots and self.active[self.slots[model]]
+        ):
             why = "removed" if model in self.slots else "not registered"
             raise NoEligibleModelError({model: why})
-        if model is None:
-            eligible, reasons = self._eligible(limits)
-            if not eligible.any():
-                raise NoEligibleModelError(reasons)
+        eligible, reasons = self._eligible(limits)
+        if model is None and True not in eligible.tolist():
+            raise NoEligibleModelError(reasons)
         self.bandit.t += 1
-        mask, reasons, quality, bonus, penalty = self._assess(x, limits)
+        mask, reasons, quality, bonus, penalty = self._assess(x, eligible, reasons)
         forced = False
         if model is not None:
             slot = self.slots[model]
         else:
-            explore = mask & (self.forced_left > 0)
-            if explore.any() and not self.pacer.over_budget:
+            explore = None
+            if not self.pacer.over_budget and any(self.forced_left.tolist()):
+                explore = mask & (self.forced_left > 0)
+            if explore is not None and explore.any():
                 slot = int(np.flatnonzero(explore)[0])
                 self.forced_left[slot] -= 1
                 forced = True
             else:
-                score = np.where(mask, quality + bonus - penalty, -np.inf)
-                best = np.flatnonzero(score >= score.max() - 1e-12)
-                slot = int(best[0] if len(best) == 1 else self.rng.choice(best))
+                # The best score and its ties (within 1e-12) in Python floats: cheaper than
+                # numpy reductions on K numbers. Ties are broken by the seeded RNG.
+                score = np.where(mask, quality + bonus - penalty, -np.inf).tolist()
+                top = max(score) - 1e-12
+                best = [i for i, v in enumerate(score) if v >= top]
+                slot = best[0] if len(best) == 1 else int(self.rng.choice(best))
         self.bandit.mark_pull(slot)
         self.context_sum += x
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
         self.pending[request_id] = _Pending(slot=slot, x=x, t=self.t, forced=forced)
         if len(self.pending) > self.config.max_pending:
             self.pending.popitem(last=False)
@@ -288,6 +342,23 @@ class Router:
             reasons=reasons,
         )
 
+    def replay_decision(
+        self, request_id: str, model: str, x: np.ndarray, t: int, forced: bool
+    ) -> None:
+        """Re-apply a recorded decision during recovery: time, pull, forced pull and pending
+        entry move as route() moved them (the choice itself is not re-made)."""
+        slot = self.slots[model]
+        self.bandit.t = max(self.bandit.t, t)
+        self.bandit.mark_pull(slot)
+        if forced and self.forced_left[slot] > 0:
+            self.forced_left[slot] -= 1
+        self.context_sum += x
+        self.pending[request_id] = _Pending(slot=slot, x=np.asarray(x, float), t=t, forced=forced)
+
+    def expire(self, request_ids: list[str]) -> int:
+        """Forget pending contexts (their TTL ran out); returns how many were still pending."""
+        return sum(self.pending.pop(r, None) is not None for r in request_ids)
+
     def _lookup(self, request_id: str) -> _Pending:
         try:
             return self.pending[request_id]
@@ -301,7 +372,9 @@ class Router:
     def charge(self, request_id: str, cost_usd: float) -> FeedbackStatus:
         """Charge the realised cost of a routed request to the pacer (once per request)."""
         if not (_is_number(cost_usd) and math.isfinite(cost_usd) and cost_usd >= 0):
-            raise InvalidFeedbackError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
+            raise InvalidFeedbackError(
+                f"cost_usd must be a finite number >= 0, got {cost_usd!r}"
+            )
         if request_id in self.applied and request_id not in self.pending:
             return FeedbackStatus.DUPLICATE
         entry = self._lookup(request_id)
@@ -314,14 +387,18 @@ class Router:
         return FeedbackStatus.APPLIED
 
     def _learn_usage(self, slot: int, cost_usd: float) -> None:
-        ratio = cost_usd / self.prices[slot]
-        old, ema = self.usage_k[slot], self.config.pacer.usage_ema
-        self.usage_k[slot] = ratio if np.isnan(old) else ema * old + (1.0 - ema) * ratio
+        ratio = cost_usd / float(self.prices[slot])
+        old, ema = float(self.usage_k[slot]), self.config.pacer.usage_ema
+        self.usage_k[slot] = (
+            ratio if math.isnan(old) else ema * old + (1.0 - ema) * ratio
+        )
 
     def feedback(self, request_id: str, reward: float) -> FeedbackStatus:
         """Learn from a reward in [0, 1]; a repeat is reported as a duplicate and not applied."""
         if not (_is_number(reward) and math.isfinite(reward) and 0 <= reward <= 1):
-            raise InvalidFeedbackError(f"reward must be a finite number in [0, 1], got {reward!r}")
+            raise InvalidFeedbackError(
+                f"reward must be a finite number in [0, 1], got {reward!r}"
+            )
         if request_id in self.applied:
             return FeedbackStatus.DUPLICATE
         entry = self._lookup(request_id)
@@ -333,12 +410,18 @@ class Router:
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
 
-    def explain(self, x: np.ndarray, limits: RouteLimits | None = None) -> dict[str, dict]:
+    def explain(
+        self, x: np.ndarray, limits: RouteLimits | None = None
+    ) -> dict[str, dict]:
         """What route() would weigh for x as the next request, without routing."""
         x = self._check_context(x)
-        self.bandit.t += 1  # route() scores at t + 1; undone below, nothing else changes
+        self.bandit.t += (
+            1  # route() scores at t + 1; undone below, nothing else changes
+        )
         try:
-            mask, reasons, quality, bonus, penalty = self._assess(x, limits)
+            mask, reasons, quality, bonus, penalty = self._assess(
+                x, *self._eligible(limits)
+            )
         finally:
             self.bandit.t -= 1
         return Decision(
@@ -378,7 +461,9 @@ class Router:
                     "forced_pulls_left": int(self.forced_left[i]),
                     "blended_usd_per_m": float(self.prices[i] * 1000),
                     "expected_cost_usd": float(self.expected_costs()[i]),
-                    "estimated_quality": float(self.bandit.theta[i] @ mean_x) if self.t else None,
+                    "estimated_quality": float(self.bandit.theta[i] @ mean_x)
+                    if self.t
+                    else None,
                 }
                 for i, m in enumerate(self.slot_models)
             },

@@ -37,8 +37,14 @@ def snapshot(router: Router) -> bytes:
         "slot_models": router.slot_models,
         "rng": router.rng.bit_generator.state,
         "pending": [
-            {"id": i, "slot": e.slot, "t": e.t, "forced": e.forced, "charged": e.charged,
-             "rewarded": e.rewarded}
+            {
+                "id": i,
+                "slot": e.slot,
+                "t": e.t,
+                "forced": e.forced,
+                "charged": e.charged,
+                "rewarded": e.rewarded,
+            }
             for i, e in zip(ids, entries, strict=True)
         ],
         "applied": list(router.applied),
@@ -49,7 +55,9 @@ def snapshot(router: Router) -> bytes:
 def restore(data: bytes) -> Router:
     arrays, meta = unpack(data)
     if meta.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"not a router snapshot of format {SNAPSHOT_FORMAT}: {meta.get('format')!r}")
+        raise ValueError(
+            f"not a router snapshot of format {SNAPSHOT_FORMAT}: {meta.get('format')!r}"
+        )
     config = RouterConfig.model_validate(meta["config"])
     router = Router(config)
     router.bandit.load_arrays(arrays, meta["t"])
@@ -68,8 +76,17 @@ def restore(data: bytes) -> Router:
     router.usage_k = arrays["usage_k"].astype(float)
     router.rng.bit_generator.state = meta["rng"]
     router.pending = OrderedDict(
-        (p["id"], _Pending(slot=p["slot"], x=arrays["pending_x"][j], t=p["t"], forced=p["forced"],
-                           charged=p["charged"], rewarded=p["rewarded"]))
+        (
+            p["id"],
+            _Pending(
+                slot=p["slot"],
+                x=arrays["pending_x"][j],
+                t=p["t"],
+                forced=p["forced"],
+                charged=p["charged"],
+                rewarded=p["rewarded"],
+            ),
+        )
         for j, p in enumerate(meta["pending"])
     )
     router.applied = OrderedDict.fromkeys(meta["applied"])

@@ -249,6 +249,7 @@ def measure(
         if isinstance(c, _Theirs):
             c.explore(w, contestants[0].forced)
         c.run(w, 0, warm, [], [])
+        c.counts = [0] * len(c.counts)  # the mix reported is that of the timed requests
     gc_was_enabled = gc.isenabled()
     try:
         for block, lo in enumerate(range(warm, warm + iters, BLOCK)):

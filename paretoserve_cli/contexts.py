@@ -44,8 +44,14 @@ def default_prices_path(warmup: Path | None, data: Path) -> Path:
 
 def model_specs(prices: dict[str, PriceEntry]) -> dict[str, ModelSpec]:
     return {
-        m: ModelSpec(id=m, provider="simulated", input_per_m=p.input_per_m,
-                     output_per_m=p.output_per_m, context_length=p.context_length, speed=p.speed)
+        m: ModelSpec(
+            id=m,
+            provider="simulated",
+            input_per_m=p.input_per_m,
+            output_per_m=p.output_per_m,
+            context_length=p.context_length,
+            speed=p.speed,
+        )
         for m, p in prices.items()
     }
 

@@ -20,15 +20,16 @@ def plot_run(run: SeedRun, budget: float, out: Path, title: str = "") -> None:
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     ax = axes[0]
     ax.plot(steps, log.spend_ema, label="spend EMA (pacer)")
-    ax.plot(steps, trailing_mean(np.array(log.costs)) , alpha=0.5, label="trailing-100 cost")
+    ax.plot(steps, trailing_mean(np.array(log.costs)), alpha=0.5, label="trailing-100 cost")
     ax.plot(steps, log.budgets, "k--", label="budget")
     ax.set_yscale("log")
     ax.set_ylabel("US$ / request")
     ax.legend(loc="upper right")
     ax = axes[1]
     for m in sorted(set(log.models)):
-        ax.plot(steps, trailing_mean(np.array([x == m for x in log.models])),
-                label=m.split("/")[-1])
+        ax.plot(
+            steps, trailing_mean(np.array([x == m for x in log.models])), label=m.split("/")[-1]
+        )
     ax.set_ylabel("trailing-100 share")
     ax.legend(loc="upper right")
     ax = axes[2]

@@ -13,7 +13,10 @@ from paretoserve_cli.contexts import contexts_for
 
 def priors_from(data: RewardData, projection: Projection, plasticity: float = 0.1) -> Priors:
     return build_priors(
-        contexts_for(data, projection), data.rewards, data.models, plasticity=plasticity,
+        contexts_for(data, projection),
+        data.rewards,
+        data.models,
+        plasticity=plasticity,
         projection_fingerprint=projection.fingerprint,
         source=f"{Path(data.path).name} ({len(data)} rows)",
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,28 +40,38 @@ def run(args: argparse.Namespace) -> int:
     elif args.priors:
         priors, priors_desc = Priors.load(Path(args.priors)), str(args.priors)
     elif warm is not None:
-        priors = build_priors(warm.contexts, warm.rewards, warm.models,
-                              projection_fingerprint=projection.fingerprint)
+        priors = build_priors(
+            warm.contexts, warm.rewards, warm.models, projection_fingerprint=projection.fingerprint
+        )
         priors_desc = f"built from the warm-up stream ({len(warm.contexts)} rows)"
     else:
         priors, priors_desc = None, "none (no warm-up stream)"
     spec = ReplaySpec(
-        scenario=args.scenario, budget_usd=args.budget, seeds=args.seeds,
-        seed_offset=args.seed_offset, pacer_mode=args.pacer_mode,
+        scenario=args.scenario,
+        budget_usd=args.budget,
+        seeds=args.seeds,
+        seed_offset=args.seed_offset,
+        pacer_mode=args.pacer_mode,
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
     report, runs = run_replay(spec, specs, data, warm, priors)
     report["inputs"] = {
-        "data": str(args.data), "warmup": str(args.warmup) if args.warmup else None,
-        "holdout_split": args.holdout_split, "prices": str(prices), "priors": priors_desc,
-        "warmup_rows": len(warm.contexts) if warm else 0, "data_rows": len(data.contexts),
+        "data": str(args.data),
+        "warmup": str(args.warmup) if args.warmup else None,
+        "holdout_split": args.holdout_split,
+        "prices": str(prices),
+        "priors": priors_desc,
+        "warmup_rows": len(warm.contexts) if warm else 0,
+        "data_rows": len(data.contexts),
         "projection": projection.fingerprint + (" (fallback)" if projection.fallback else ""),
     }
     s = report["summary"]
-    print(f"{args.scenario} budget={args.budget:.3g} seeds={args.seeds}: "
-          f"reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
-          f"compliance={s['compliance']:.4f} mix=" +
-          ", ".join(f"{m.split('/')[-1]}:{v:.2f}" for m, v in s["mix"].items()))
+    print(
+        f"{args.scenario} budget={args.budget:.3g} seeds={args.seeds}: "
+        f"reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
+        f"compliance={s['compliance']:.4f} mix="
+        + ", ".join(f"{m.split('/')[-1]}:{v:.2f}" for m, v in s["mix"].items())
+    )
     for p in report["phases"]:
         print(f"  {p['name']}: reward={p['mean_reward']:.4f} compliance={p['compliance']:.4f}")
     for key in ("quality_lift", "reroute_steps", "adoption_steps"):
@@ -95,22 +104,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="offline replay of the paper's experiments")
     p.add_argument("--data", type=Path, required=True, help="evaluation reward file")
     p.add_argument("--warmup", type=Path, help="warm-up reward file (learned on first)")
-    p.add_argument("--priors", type=_priors_arg, help="priors file, or 'none' "
-                   "(default: built from the warm-up stream)")
-    p.add_argument("--prices", type=Path, help="prices.json (default: next to the warm-up file, "
-                   "else next to the data file)")
+    p.add_argument(
+        "--priors",
+        type=_priors_arg,
+        help="priors file, or 'none' (default: built from the warm-up stream)",
+    )
+    p.add_argument(
+        "--prices",
+        type=Path,
+        help="prices.json (default: next to the warm-up file, else next to the data file)",
+    )
     p.add_argument("--scenario", choices=[s.value for s in Scenario], default="stationary")
     p.add_argument("--budget", type=_positive, required=True, help="US$ per request")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--seed-offset", type=int, default=0)
-    p.add_argument("--holdout-split", type=int, metavar="SEED",
-                   help="warm up on one half of the warm-up file (default: the data file) and "
-                   "evaluate on the other half of the data file, split by prompt hash")
+    p.add_argument(
+        "--holdout-split",
+        type=int,
+        metavar="SEED",
+        help="warm up on one half of the warm-up file (default: the data file) and "
+        "evaluate on the other half of the data file, split by prompt hash",
+    )
     p.add_argument("--pacer-mode", choices=["hard", "soft", "adaptive"], default="adaptive")
-    p.add_argument("--newcomer-reward-scale", type=float, default=1.0,
-                   help="onboarding: multiply the newcomer's rewards (0.5 = a bad newcomer)")
+    p.add_argument(
+        "--newcomer-reward-scale",
+        type=float,
+        default=1.0,
+        help="onboarding: multiply the newcomer's rewards (0.5 = a bad newcomer)",
+    )
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--plot", type=Path, help="write a PNG of spend, mix and reward over time")
     p.set_defaults(func=run)
-
-

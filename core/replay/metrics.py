@@ -9,7 +9,9 @@ import numpy as np
 WINDOW = 100  # trailing window of the adaptation figures, in requests
 
 
-def phase_figures(models: list[str], rewards: list[float], costs: list[float], budget: float) -> dict:
+def phase_figures(
+    models: list[str], rewards: list[float], costs: list[float], budget: float
+) -> dict:
     n = len(models)
     mean_cost = float(np.mean(costs)) if n else 0.0
     return {
@@ -22,7 +24,7 @@ def phase_figures(models: list[str], rewards: list[float], costs: list[float], b
 
 
 def trailing_mean(hits: np.ndarray, window: int = WINDOW) -> np.ndarray:
-    """Mean of the last `window` values (fewer at the very start), per step; of 0/1 hits: a share."""
+    """Mean of the last `window` values (fewer at the very start), per step (of 0/1: a share)."""
     c = np.cumsum(np.concatenate([[0], hits.astype(float)]))
     idx = np.arange(1, len(hits) + 1)
     lo = np.maximum(idx - window, 0)

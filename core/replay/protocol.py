@@ -69,8 +69,14 @@ def _shuffled(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(n)
 
 
-def _edited(block: Outcomes, model: str, *, cost_factor: float = 1.0,
-            reward_value: float | None = None, reward_scale: float = 1.0) -> Outcomes:
+def _edited(
+    block: Outcomes,
+    model: str,
+    *,
+    cost_factor: float = 1.0,
+    reward_value: float | None = None,
+    reward_scale: float = 1.0,
+) -> Outcomes:
     if model not in block.models:
         raise ValueError(f"model {model!r} is not in the data ({', '.join(block.models)})")
     j = block.column(model)
@@ -80,12 +86,17 @@ def _edited(block: Outcomes, model: str, *, cost_factor: float = 1.0,
     return Outcomes(block.contexts, np.clip(rewards, 0.0, 1.0), costs, block.models)
 
 
-def _phases(spec: ReplaySpec, data: Outcomes, order: np.ndarray,
-            rng: np.random.Generator, newcomer: str | None) -> list[Phase]:
+def _phases(
+    spec: ReplaySpec,
+    data: Outcomes,
+    order: np.ndarray,
+    rng: np.random.Generator,
+    newcomer: str | None,
+) -> list[Phase]:
     if spec.scenario == Scenario.STATIONARY:
         return [Phase("all", order, data)]
     third = len(order) // 3
-    p1, p2 = order[:third], order[third:2 * third]
+    p1, p2 = order[:third], order[third : 2 * third]
     p3 = rng.permutation(p1)
     changed = data
     if spec.scenario == Scenario.PRICE_CUT:
@@ -98,8 +109,9 @@ def _phases(spec: ReplaySpec, data: Outcomes, order: np.ndarray,
     return [Phase("P1", p1, data), Phase("P2", p2, changed), Phase("P3", p3, later)]
 
 
-def _enter_phase(router: Router, spec: ReplaySpec, name: str, specs: dict[str, ModelSpec],
-                 newcomer: str | None) -> None:
+def _enter_phase(
+    router: Router, spec: ReplaySpec, name: str, specs: dict[str, ModelSpec], newcomer: str | None
+) -> None:
     """Operator actions at a phase boundary, as an admin would apply them."""
     if spec.scenario == Scenario.PRICE_CUT and name in ("P2", "P3"):
         base = specs[spec.price_cut_model]
@@ -109,8 +121,14 @@ def _enter_phase(router: Router, spec: ReplaySpec, name: str, specs: dict[str, M
         router.add_model(specs[newcomer], explore=True)
 
 
-def run_seed(spec: ReplaySpec, specs: dict[str, ModelSpec], data: Outcomes,
-             warmup: Outcomes | None, priors: Priors | None, seed: int) -> SeedRun:
+def run_seed(
+    spec: ReplaySpec,
+    specs: dict[str, ModelSpec],
+    data: Outcomes,
+    warmup: Outcomes | None,
+    priors: Priors | None,
+    seed: int,
+) -> SeedRun:
     rng = np.random.default_rng(seed)
     start_models = list(warmup.models if warmup is not None else data.models)
     if spec.scenario != Scenario.ONBOARDING:
@@ -147,11 +165,14 @@ def _adaptation(spec: ReplaySpec, run: SeedRun) -> dict:
     p2_start, p2_end = run.phases[1][1], run.phases[1][2]
     if spec.scenario == Scenario.PRICE_CUT:
         r = log.rewards
-        p1 = np.mean(r[run.phases[0][1]:run.phases[0][2]])
+        p1 = np.mean(r[run.phases[0][1] : run.phases[0][2]])
         return {"quality_lift": float(np.mean(r[p2_start:p2_end]) - p1)}
     if spec.scenario == Scenario.REGRESSION:
-        return {"reroute_steps": metrics.reroute_steps(
-            log.models, spec.regression_model, p2_start, p2_end)}
+        return {
+            "reroute_steps": metrics.reroute_steps(
+                log.models, spec.regression_model, p2_start, p2_end
+            )
+        }
     steps = metrics.adoption_steps(log.models, log.forced, run.newcomer, p2_start)
     return {"adoption_steps": steps}
 
@@ -162,10 +183,14 @@ def seed_figures(spec: ReplaySpec, run: SeedRun) -> dict:
         "seed": run.seed,
         "summary": metrics.phase_figures(log.models, log.rewards, log.costs, budget),
         "phases": [
-            {"name": name, **metrics.phase_figures(
-                log.models[a:b], log.rewards[a:b], log.costs[a:b], budget)}
+            {
+                "name": name,
+                **metrics.phase_figures(log.models[a:b], log.rewards[a:b], log.costs[a:b], budget),
+            }
             for name, a, b in run.phases
-        ] if len(run.phases) > 1 else [],
+        ]
+        if len(run.phases) > 1
+        else [],
         **_adaptation(spec, run),
     }
 
@@ -173,8 +198,9 @@ def seed_figures(spec: ReplaySpec, run: SeedRun) -> dict:
 def _average(figs: list[dict]) -> dict:
     """Mean over seeds of phase_figures dicts (mix shares averaged per model)."""
     models = sorted({m for f in figs for m in f["mix"]})
-    out = {k: float(np.mean([f[k] for f in figs])) for k in ("mean_reward", "mean_cost",
-                                                               "compliance")}
+    out = {
+        k: float(np.mean([f[k] for f in figs])) for k in ("mean_reward", "mean_cost", "compliance")
+    }
     out["steps"] = int(np.mean([f["steps"] for f in figs]))
     out["mix"] = {m: float(np.mean([f["mix"].get(m, 0.0) for f in figs])) for m in models}
     out["std"] = {k: float(np.std([f[k] for f in figs])) for k in ("mean_reward", "compliance")}
@@ -194,8 +220,10 @@ def aggregate(spec: ReplaySpec, per_seed: list[dict], data: Outcomes) -> dict:
             adapt[key] = stats["mean"]
             adapt[f"{key}_stats"] = stats
     summary.update(adapt)
-    points = {m: (float(data.costs[:, j].mean()), float(data.rewards[:, j].mean()))
-              for j, m in enumerate(data.models)}
+    points = {
+        m: (float(data.costs[:, j].mean()), float(data.rewards[:, j].mean()))
+        for j, m in enumerate(data.models)
+    }
     return {
         "scenario": spec.scenario.value,
         "budget_usd": spec.budget_usd,
@@ -218,10 +246,16 @@ def paper_ceilings(warmup: Outcomes, n: int = 7) -> list[float]:
     return [float(v) for v in np.geomspace(means.min(), means.max(), n)]
 
 
-def run_replay(spec: ReplaySpec, specs: dict[str, ModelSpec], data: Outcomes,
-               warmup: Outcomes | None, priors: Priors | None) -> tuple[dict, list[SeedRun]]:
-    runs = [run_seed(spec, specs, data, warmup, priors, spec.seed_offset + s)
-            for s in range(spec.seeds)]
+def run_replay(
+    spec: ReplaySpec,
+    specs: dict[str, ModelSpec],
+    data: Outcomes,
+    warmup: Outcomes | None,
+    priors: Priors | None,
+) -> tuple[dict, list[SeedRun]]:
+    runs = [
+        run_seed(spec, specs, data, warmup, priors, spec.seed_offset + s) for s in range(spec.seeds)
+    ]
     report = aggregate(spec, [seed_figures(spec, r) for r in runs], data)
     if warmup is not None:
         report["paper_ceilings"] = paper_ceilings(warmup)

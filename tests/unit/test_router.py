@@ -32,9 +32,11 @@ def _router(
     budget: float = 1.0,
     mode: PacerMode = PacerMode.ADAPTIVE,
     seed: int = 0,
+    cost_signal: str = "list-price",  # the paper's c~; the expected-cost default is tested below
     **kwargs,
 ) -> Router:
-    cfg = RouterConfig(pacer=PacerConfig(budget_usd=budget, mode=mode), seed=seed, **kwargs)
+    pacer = PacerConfig(budget_usd=budget, mode=mode, cost_signal=cost_signal)
+    cfg = RouterConfig(pacer=pacer, seed=seed, **kwargs)
     return Router(cfg, models=models)
 
 
@@ -602,3 +604,44 @@ def test_expected_cost_signal_survives_zero_cost_charges() -> None:
         d = router.route(np.zeros(26))
         assert router.charge(d.request_id, 0.0) == FeedbackStatus.APPLIED
     assert router.pacer.dual == 0.0
+
+
+def test_expected_cost_is_list_price_times_learned_usage_and_reprices_at_once() -> None:
+    router = _router([LLAMA, MISTRAL], budget=1e-3, cost_signal="expected-cost")
+    # Before any charge every arm assumes 1k tokens per request.
+    assert router.expected_costs() == pytest.approx([LLAMA.blended_price, MISTRAL.blended_price])
+    d = router.route(np.append(np.zeros(25), 1.0), model=MISTRAL.id)
+    router.charge(d.request_id, 3 * MISTRAL.blended_price)  # 3k tokens' worth
+    # mistral learned 3k tokens; llama, with no charge yet, borrows that usage.
+    assert router.expected_costs() == pytest.approx(
+        [3 * LLAMA.blended_price, 3 * MISTRAL.blended_price]
+    )
+    router.reprice(MISTRAL.id, MISTRAL.input_per_m / 10, MISTRAL.output_per_m / 10)
+    assert router.expected_costs()[1] == pytest.approx(0.3 * MISTRAL.blended_price)
+
+
+def test_expected_cost_penalty_is_dual_times_cost_over_budget() -> None:
+    router = _router([LLAMA, PRO], budget=1e-3, cost_signal="expected-cost")
+    _overspend(router, LLAMA.id, 5e-3, until_dual=0.05)
+    x = np.append(np.zeros(25), 1.0)
+    expected = router.expected_costs()
+    explain = router.explain(x)
+    for i, m in enumerate(router.slot_models):
+        assert explain[m]["cost_penalty"] == pytest.approx(
+            router.pacer.dual * expected[i] / 1e-3, rel=1e-12
+        )
+
+
+def test_expected_cost_dual_step_shrinks_with_the_cost_range() -> None:
+    """One pick of an arm costing 100x the budget moves the dual by step*(B/c_max)^0.75 per
+    unit of gradient, not by the paper's full step."""
+    cheap = _router([LLAMA], budget=1e-3, cost_signal="expected-cost")
+    wide = _router([LLAMA, PRO], budget=1e-3, cost_signal="expected-cost")
+    for r in (cheap, wide):
+        d = r.route(np.append(np.zeros(25), 1.0), model=LLAMA.id)
+        r.charge(d.request_id, 2e-3)  # 2x the budget
+    gradient = (0.95 * 1e-3 + 0.05 * 2e-3) / 1e-3 - 1
+    # The step uses the costs known before this charge: 1k tokens at list price.
+    assert cheap.pacer.dual == pytest.approx(0.05 * gradient)  # llama costs < B: full step
+    scale = (1e-3 / PRO.blended_price) ** 0.75
+    assert wide.pacer.dual == pytest.approx(0.05 * gradient * scale)

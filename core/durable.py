@@ -1,0 +1,214 @@
+"""The Router made durable: decisions recorded, charges and feedback journalled before they are
+applied (write-ahead), periodic snapshots, and recovery = snapshot + later decisions + later
+journal events. Synchronous and Ray-free: the Router deployment runs the methods marked I/O in a
+worker thread, one writer at a time, and the in-memory ones on its event loop."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import InvalidFeedbackError, UnknownRequestError
+from core.router import Decision, FeedbackStatus, RouteLimits, Router
+from core.snapshot import restore, snapshot
+from core.store import Event, EventKind, PendingRow, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class DurabilityConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pending_ttl_s: float = Field(3600.0, gt=0, description="how long a decision awaits feedback")
+    snapshot_every_s: float = Field(5.0, gt=0)
+    snapshot_every_events: int = Field(1000, ge=1)
+    keep_snapshots: int = Field(3, ge=1)
+    ledger_retention_s: float = Field(
+        86_400.0, gt=0, description="journal ids kept for duplicate detection behind snapshots"
+    )
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    from_snapshot: bool
+    snapshot_t: int
+    snapshot_seq: int
+    replayed_decisions: int
+    replayed_events: int
+    skipped_events: int
+
+
+class DurableRouter:
+    def __init__(
+        self,
+        router: Router,
+        store: StateStore,
+        config: DurabilityConfig,
+        applied_seq: int = 0,
+        now: float = 0.0,
+    ) -> None:
+        self.router = router
+        self.store = store
+        self.config = config
+        self.applied_seq = applied_seq  # the last journal seq reflected in the router's state
+        self.expiry: OrderedDict[str, float] = OrderedDict()
+        self._unflushed: list[PendingRow] = []
+        self._events_since_snapshot = 0
+        self._last_snapshot_at = now
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, store: StateStore, fresh: Callable[[], Router], config: DurabilityConfig, now: float
+    ) -> tuple[DurableRouter, RecoveryReport]:
+        """Resume from the newest snapshot plus what was recorded after it (I/O)."""
+        snap = store.latest_snapshot()
+        router = restore(snap.blob) if snap else fresh()
+        snap_t, snap_seq = (snap.t, snap.seq) if snap else (0, 0)
+        decisions = [r for r in store.pending_after(snap_t) if r.expires_at > now]
+        events = store.events_after(snap_seq)
+        durable = cls(router, store, config, applied_seq=snap_seq, now=now)
+        skipped, di = 0, 0
+        for ev in events:  # decisions and events interleave by t; a decision comes first
+            while di < len(decisions) and decisions[di].t <= ev.t:
+                durable._replay_decision(decisions[di])
+                di += 1
+            skipped += not durable._apply_replayed(ev)
+        for row in decisions[di:]:
+            durable._replay_decision(row)
+        for rid in router.pending:
+            durable.expiry.setdefault(rid, now + config.pending_ttl_s)
+        return durable, RecoveryReport(
+            from_snapshot=snap is not None,
+            snapshot_t=snap_t,
+            snapshot_seq=snap_seq,
+            replayed_decisions=len(decisions),
+            replayed_events=len(events),
+            skipped_events=skipped,
+        )
+
+    def _replay_decision(self, row: PendingRow) -> None:
+        if row.request_id in self.router.pending or row.model not in self.router.slots:
+            return
+        self.router.replay_decision(row.request_id, row.model, row.x, row.t, row.forced)
+        self.expiry[row.request_id] = row.expires_at
+
+    def _apply_replayed(self, ev: Event) -> bool:
+        self.router.bandit.t = max(self.router.bandit.t, ev.t)
+        try:
+            self._apply_to_router(ev)
+        except UnknownRequestError:
+            log.warning("journal event %s for %s has no context; skipped", ev.kind, ev.request_id)
+            return False
+        finally:
+            self.applied_seq = max(self.applied_seq, ev.seq or 0)
+        return True
+
+    # ---- decisions (in memory; recorded for recovery by flush_decisions) --------------------
+
+    def route(
+        self, x: np.ndarray, limits: RouteLimits | None, model: str | None, now: float
+    ) -> Decision:
+        d = self.router.route(x, limits, model)
+        expires = now + self.config.pending_ttl_s
+        self._unflushed.append(
+            PendingRow(
+                request_id=d.request_id,
+                model=d.model,
+                x=np.asarray(x, dtype=np.float64),
+                t=d.t,
+                forced=d.forced,
+                created_at=now,
+                expires_at=expires,
+            )
+        )
+        self.expiry[d.request_id] = expires
+        return d
+
+    def take_unflushed(self) -> list[PendingRow]:
+        rows, self._unflushed = self._unflushed, []
+        return rows
+
+    # ---- charges and feedback: prepare (memory), write (I/O), apply (memory) ----------------
+
+    def prepare(
+        self, request_id: str, kind: EventKind, value: float, now: float
+    ) -> Event | FeedbackStatus:
+        """Validate; a known duplicate answers at once, anything else becomes a journal event."""
+        if not (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            raise InvalidFeedbackError(f"{kind} value must be a finite number, got {value!r}")
+        if kind == "feedback":
+            if not 0 <= value <= 1:
+                raise InvalidFeedbackError(f"reward must be in [0, 1], got {value!r}")
+            if request_id in self.router.applied:
+                return FeedbackStatus.DUPLICATE
+        elif value < 0:
+            raise InvalidFeedbackError(f"cost_usd must be >= 0, got {value!r}")
+        entry = self.router.pending.get(request_id)
+        if entry is None:
+            if kind == "charge" and request_id in self.router.applied:
+                return FeedbackStatus.DUPLICATE
+            raise UnknownRequestError(request_id)
+        if kind == "charge" and entry.charged:
+            return FeedbackStatus.DUPLICATE
+        return Event(
+            seq=None, request_id=request_id, kind=kind, value=float(value), t=self.router.t, at=now
+        )
+
+    def write(self, ev: Event) -> tuple[int, bool]:
+        """Journal one event durably (I/O). (seq, False) means it was already journalled."""
+        return self.store.append_event(ev)
+
+    def apply(self, ev: Event, seq: int) -> FeedbackStatus:
+        """Apply a journalled event to the in-memory router."""
+        try:
+            status = self._apply_to_router(ev)
+        except UnknownRequestError:  # expired between prepare and apply; journalled anyway
+            status = FeedbackStatus.APPLIED
+        self.applied_seq = max(self.applied_seq, seq)
+        self._events_since_snapshot += 1
+        return status
+
+    def _apply_to_router(self, ev: Event) -> FeedbackStatus:
+        if ev.kind == "charge":
+            return self.router.charge(ev.request_id, ev.value)
+        return self.router.feedback(ev.request_id, ev.value)
+
+    # ---- snapshots and retention -----------------------------------------------------------
+
+    def snapshot_due(self, now: float) -> bool:
+        return self._events_since_snapshot >= self.config.snapshot_every_events or (
+            self._events_since_snapshot > 0
+            and now - self._last_snapshot_at >= self.config.snapshot_every_s
+        )
+
+    def take_snapshot(self, now: float) -> tuple[bytes, int, int]:
+        """The state and its journal position, consistent because nothing is applied between
+        (memory). Mark it taken; persist it with save_snapshot."""
+        self._events_since_snapshot = 0
+        self._last_snapshot_at = now
+        return snapshot(self.router), self.router.t, self.applied_seq
+
+    def save_snapshot(self, blob: bytes, t: int, seq: int, now: float) -> None:
+        """Persist a snapshot and compact the journal behind the oldest one kept (I/O)."""
+        self.store.save_snapshot(blob, t, seq, now, keep=self.config.keep_snapshots)
+        # Events go only when behind this snapshot AND older than the retention window, which
+        # keeps ids for duplicate detection and lets an older kept snapshot still replay.
+        self.store.compact_events(seq, now - self.config.ledger_retention_s)
+        self.store.prune_pending(now)
+
+    def expire(self, now: float) -> int:
+        """Drop pending contexts whose TTL ran out (memory)."""
+        gone = []
+        while self.expiry and next(iter(self.expiry.values())) <= now:
+            gone.append(self.expiry.popitem(last=False)[0])
+        return self.router.expire(gone)
