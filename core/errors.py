@@ -1,4 +1,7 @@
-"""Errors the router raises for bad requests; the service maps them to 4xx."""
+"""Errors the router raises for bad requests; the service maps them to 4xx.
+
+Each keeps its raw inputs in `args` (not a formatted message): Ray re-raises a deployment's
+exception in the caller by rebuilding it from `args`, which must give the same error back."""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ class RouterError(ValueError):
 
 class UnknownRequestError(RouterError, KeyError):
     def __init__(self, request_id: str) -> None:
-        super().__init__(f"unknown request_id {request_id!r} (never routed, or expired)")
+        super().__init__(request_id)
         self.request_id = request_id
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
+    def __str__(self) -> str:
+        return f"unknown request_id {self.request_id!r} (never routed, or expired)"
 
 
 class InvalidFeedbackError(RouterError):
@@ -22,6 +25,9 @@ class InvalidFeedbackError(RouterError):
 
 class NoEligibleModelError(RouterError):
     def __init__(self, reasons: dict[str, str]) -> None:
-        detail = "; ".join(f"{m}: {why}" for m, why in reasons.items()) or "no models registered"
-        super().__init__(f"no eligible model for this request ({detail})")
+        super().__init__(reasons)
         self.reasons = reasons
+
+    def __str__(self) -> str:
+        detail = "; ".join(f"{m}: {why}" for m, why in self.reasons.items())
+        return f"no eligible model for this request ({detail or 'no models registered'})"

@@ -24,8 +24,22 @@ class BudgetPacer:
         self.state = state or PacerState(cost_ema=config.budget_usd, dual=0.0)
 
     @property
+    def config(self) -> PacerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: PacerConfig) -> None:
+        # The scalars charge() and the router read per request, as plain Python values: cheaper
+        # than pydantic attribute and enum reads, and kept in step with the (frozen) config.
+        self._config = config
+        self._budget = config.budget_usd
+        self._ema, self._step, self._lambda_max = config.ema, config.step, config.lambda_max
+        self._hard = config.mode == PacerMode.HARD
+        self._soft = config.mode == PacerMode.SOFT
+
+    @property
     def budget(self) -> float:
-        return self.config.budget_usd
+        return self._budget
 
     @property
     def dual(self) -> float:
@@ -33,7 +47,7 @@ class BudgetPacer:
 
     @property
     def over_budget(self) -> bool:
-        return self.state.cost_ema > self.config.budget_usd
+        return self.state.cost_ema > self._budget
 
     def set_budget(self, budget_usd: float) -> None:
         if not (math.isfinite(budget_usd) and budget_usd > 0):
@@ -45,23 +59,31 @@ class BudgetPacer:
         (scaled by `step_scale` in (0, 1], see Router._dual_step_scale)."""
         if not (math.isfinite(cost_usd) and cost_usd >= 0):
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
-        c = self.config
         s = self.state
-        s.cost_ema = c.ema * s.cost_ema + (1.0 - c.ema) * cost_usd
-        step = c.step * step_scale
-        s.dual = min(max(s.dual + step * (s.cost_ema / c.budget_usd - 1.0), 0.0), c.lambda_max)
+        ema = self._ema
+        s.cost_ema = ema * s.cost_ema + (1.0 - ema) * cost_usd
+        step = self._step * step_scale
+        s.dual = min(max(s.dual + step * (s.cost_ema / self._budget - 1.0), 0.0), self._lambda_max)
         s.charges += 1
         s.total_spend += cost_usd
 
     def soft_weight(self) -> float:
         """The dual's weight on c~ in the score (0 when the soft mode is off)."""
-        return self.state.dual if self.config.mode != PacerMode.HARD else 0.0
+        return 0.0 if self._hard else self.state.dual
+
+    def ceiling(self, dearest: float) -> float | None:
+        """Hard mode: the highest cost an arm may have, `dearest` (the most expensive active
+        arm's) / (1 + lambda); None when no ceiling applies (soft mode, or lambda <= 0)."""
+        dual = self.state.dual
+        if self._soft or dual <= 0.0:
+            return None
+        return dearest / (1.0 + dual)
 
     def ceiling_mask(self, prices: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Hard mode: arms whose blended price is at most max price / (1 + lambda)."""
-        if self.config.mode == PacerMode.SOFT or self.state.dual <= 0.0:
+        if self._soft or self.state.dual <= 0.0:
             return np.ones_like(active)
         live = prices[active]
         if not live.size:
             return np.ones_like(active)
-        return prices <= live.max() / (1.0 + self.state.dual)
+        return prices <= self.ceiling(float(live.max()))

@@ -149,8 +149,9 @@ class ParetoserveInfo(BaseModel):
 
     request_id: str
     cost_usd: float
-    routed: bool = Field(description="the bandit chose the model (model='auto')")
-    forced: bool = Field(description="the client named the model, bypassing the bandit")
+    routed: bool = Field(description="the bandit chose the model (model='auto'); false when the "
+                         "client named a model, bypassing the bandit")
+    forced: bool = Field(description="a forced-exploration pull of a newly added model")
     dual: float = Field(description="the pacer's dual variable at decision time")
     recorded_reward: float | None = Field(
         None, description="simulated/replayed quality, when the provider knows one"

@@ -8,6 +8,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +78,7 @@ class Decision:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     slot: int
     x: np.ndarray
@@ -87,17 +88,56 @@ class _Pending:
     rewarded: bool = False
 
 
+@dataclass(slots=True)
+class _ArmView:
+    """Per-arm values derived from list prices, learned usage, the active set and the slot
+    names, which the request path would otherwise recompute on every call (twice per request
+    for the expected costs). Built on demand; see Router._arms_changed and Router._learn_usage."""
+
+    expected: np.ndarray  # expected cost of a request per arm, US$ (Router.expected_costs)
+    all_known: bool  # every arm has learned usage, so none borrows the others' mean
+    dearest: float | None  # max expected cost over the active arms; None when none is active
+    top_price: float | None  # max list price over the active arms; None when none is active
+    removed: dict[str, str]  # the eligibility reason of each removed model
+    signal: np.ndarray | None = None  # expected / signal_budget, made on first use
+    signal_budget: float = math.nan
+
+
+class _ArmField:
+    """A Router attribute the arm view derives from: assigning a whole new value (as
+    core.snapshot.restore does) marks the view stale. The router's own in-place writes to these
+    arrays call Router._arms_changed themselves."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, router: Router | None, owner: type | None = None) -> Any:
+        if router is None:
+            return self
+        return getattr(router, self.slot)
+
+    def __set__(self, router: Router, value: object) -> None:
+        setattr(router, self.slot, value)
+        router._view = None
+
+
 class Router:
+    prices = _ArmField()  # blended $ per 1k tokens, per slot
+    active = _ArmField()
+    usage_k = _ArmField()
+    slot_models = _ArmField()
+
     def __init__(
         self, config: RouterConfig, models: list[ModelSpec] | None = None
     ) -> None:
+        self._view: _ArmView | None = None
         self.config = config
         self.bandit = LinUCB(config.bandit)
         self.pacer = BudgetPacer(config.pacer)
         self.registry = ModelRegistry()
         self.slot_models: list[str] = []
         self.slots: dict[str, int] = {}
-        self.prices = np.zeros(0)  # blended $ per 1k tokens, per slot
+        self.prices = np.zeros(0)
         self.cost_terms = np.zeros(0)
         self.active = np.zeros(0, dtype=bool)
         self.forced_left = np.zeros(0, dtype=np.int64)
@@ -114,14 +154,60 @@ class Router:
     # ---- administration -------------------------------------------------------------------
 
     @property
+    def config(self) -> RouterConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RouterConfig) -> None:
+        # Config scalars of the request path as plain Python values: a pydantic attribute chain
+        # and an enum comparison per read would otherwise cost more than the arithmetic.
+        self._config = config
+        self._expected_mode = config.pacer.cost_signal == CostSignal.EXPECTED_COST
+        self._step_power = config.pacer.step_range_power
+        self._usage_ema = config.pacer.usage_ema
+        self._cost_weight = config.bandit.cost_weight
+        self._max_pending = config.max_pending
+        self._view = None
+
+    @property
     def t(self) -> int:
         return self.bandit.t
 
+    def _arms_changed(self) -> None:
+        """Prices, usage, the active set or the slots changed: rebuild the arm view on next use."""
+        self._view = None
+
+    def _arm_view(self) -> _ArmView:
+        view = self._view
+        if view is None:
+            view = self._view = self._build_arm_view()
+        return view
+
+    def _build_arm_view(self) -> _ArmView:
+        usage, prices, active = self._usage_k, self._prices, self._active
+        unknown = np.isnan(usage)
+        known = usage[~unknown]
+        fallback = known.mean() if len(known) else 1.0
+        expected = prices * np.where(unknown, fallback, usage)
+        any_active = bool(active.any())
+        return _ArmView(
+            expected=expected,
+            all_known=len(known) == len(usage),
+            dearest=float(expected[active].max()) if any_active else None,
+            top_price=float(prices[active].max()) if any_active else None,
+            removed={
+                m: "removed"
+                for m, a in zip(self._slot_models, active.tolist(), strict=True)
+                if not a
+            },
+        )
+
     def _set_price(self, slot: int, spec: ModelSpec) -> None:
-        self.prices[slot] = spec.blended_price
+        self._prices[slot] = spec.blended_price
         self.cost_terms[slot] = cost_term(
             np.array([spec.blended_price]), self.config.cost_scale
         )[0]
+        self._arms_changed()
 
     def add_model(self, spec: ModelSpec, explore: bool = True) -> RegistryChange:
         """Register a model: a new arm starts at l0*I, 0 with forced exploration; a re-add
@@ -139,14 +225,15 @@ class Router:
             self.usage_k = np.append(self.usage_k, np.nan)
             pulls = self.config.forced_exploration_pulls if explore else 0
             self.forced_left = np.append(self.forced_left, pulls)
-        self.active[slot] = True
-        self._set_price(slot, spec)
+        self._active[slot] = True
+        self._set_price(slot, spec)  # marks the arm view stale
         return change
 
     def remove_model(self, model_id: str) -> RegistryChange:
         """Stop choosing the model at once; its statistics are kept for a re-add."""
         change = self.registry.remove(model_id)
-        self.active[self.slots[model_id]] = False
+        self._active[self.slots[model_id]] = False
+        self._arms_changed()
         return change
 
     def reprice(
@@ -162,35 +249,34 @@ class Router:
     def expected_costs(self) -> np.ndarray:
         """Per-arm expected cost of a request in US$: list price x learned usage (an arm with no
         charges yet borrows the mean usage of the others, so a re-price applies at once)."""
-        known = self.usage_k[~np.isnan(self.usage_k)]
-        fallback = known.mean() if len(known) else 1.0
-        return self.prices * np.where(np.isnan(self.usage_k), fallback, self.usage_k)
+        return self._arm_view().expected.copy()
 
-    def _cost_signal(self) -> tuple[np.ndarray, np.ndarray]:
-        """(what the dual multiplies in the score, what the hard ceiling compares)."""
-        if self.config.pacer.cost_signal == CostSignal.EXPECTED_COST:
-            expected = self.expected_costs()
-            return expected / self.pacer.budget, expected
-        return self.cost_terms, self.prices
+    def _cost_signal(self) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """(what the dual multiplies in the score, what the hard ceiling compares, the max of
+        the latter over the active arms or None when none is active). The arrays belong to the
+        router: callers must not keep or modify them."""
+        view = self._arm_view()
+        if self._expected_mode:
+            budget = self.pacer.budget
+            if view.signal_budget != budget:  # first use, or the budget changed
+                view.signal = view.expected / budget
+                view.signal_budget = budget
+            return view.signal, view.expected, view.dearest
+        return self.cost_terms, self._prices, view.top_price
 
     def _dual_step_scale(self) -> float:
         """With expected costs the dual prices c_a/B, whose gradient ranges up to max_a c_a/B.
         Scaling the step by (B / max_a c_a)^p keeps one expensive pick from swinging the dual
         far past its equilibrium (the paper's oscillation). List-price mode keeps the step."""
-        if (
-            self.config.pacer.cost_signal != CostSignal.EXPECTED_COST
-            or not self.active.any()
-        ):
+        if not self._expected_mode:
             return 1.0
-        dearest = float(self.expected_costs()[self.active].max())
-        if dearest <= 0:
+        dearest = self._arm_view().dearest
+        if dearest is None or dearest <= 0:  # None: no active arm
             return 1.0
-        return (
-            min(1.0, self.pacer.budget / dearest) ** self.config.pacer.step_range_power
-        )
+        return min(1.0, self.pacer.budget / dearest) ** self._step_power
 
     def _penalty(self, signal: np.ndarray) -> np.ndarray:
-        weight = self.config.bandit.cost_weight
+        weight = self._cost_weight
         if weight == 0.0:  # the default: 0 * c~ adds nothing
             return self.pacer.soft_weight() * signal
         return weight * self.cost_terms + self.pacer.soft_weight() * signal
@@ -227,11 +313,8 @@ class Router:
     def _eligible(
         self, limits: RouteLimits | None
     ) -> tuple[np.ndarray, dict[str, str]]:
-        mask = self.active.copy()
-        active = mask.tolist()
-        reasons = {
-            m: "removed" for m, a in zip(self.slot_models, active, strict=True) if not a
-        }
+        mask = self._active.copy()
+        reasons = dict(self._arm_view().removed)  # a copy: the caller adds to it
         if limits is not None:
             if limits.allowed_models is not None:
                 unknown = set(limits.allowed_models) - set(self.slots)
@@ -246,11 +329,11 @@ class Router:
                         reasons[m] = "not in allowed_models"
                 mask &= allowed
             if limits.max_blended_per_m is not None:
-                cheap = self.prices * 1000.0 <= limits.max_blended_per_m
+                cheap = self._prices * 1000.0 <= limits.max_blended_per_m
                 for m, s in self.slots.items():
                     if mask[s] and not cheap[s]:
                         reasons[m] = (
-                            f"blended price {self.prices[s] * 1000:.4g} $/M exceeds "
+                            f"blended price {self._prices[s] * 1000:.4g} $/M exceeds "
                             f"max_blended_per_m {limits.max_blended_per_m:.4g}"
                         )
                 mask &= cheap
@@ -270,21 +353,20 @@ class Router:
         """The pacer's ceiling on top of the caller's eligibility (`mask`, `reasons` from
         _eligible), and the score terms at time t."""
         quality, bonus = self.bandit.estimates(x)
-        signal, ceiling_costs = self._cost_signal()
-        if self.pacer.dual > 0.0:  # at lambda <= 0 the ceiling admits every arm
-            ceiling = self.pacer.ceiling_mask(ceiling_costs, self.active) & mask
+        signal, ceiling_costs, dearest = self._cost_signal()
+        # None in soft mode, at lambda <= 0 (the ceiling admits every arm), or with no arm active.
+        cap = None if dearest is None else self.pacer.ceiling(dearest)
+        if cap is not None:
+            ceiling = (ceiling_costs <= cap) & mask
             under = ceiling.tolist()
-            if (
-                True in under
-            ):  # if the ceiling leaves nothing, only the caller's limits apply
-                why = None
-                for m, e, u in zip(self.slot_models, mask.tolist(), under, strict=True):
-                    if e and not u:
-                        why = (
-                            why
-                            or f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
-                        )
-                        reasons[m] = why
+            # If the ceiling leaves nothing, only the caller's limits apply.
+            if True in under:
+                eligible = mask.tolist()
+                if under != eligible:  # reasons only when the ceiling excludes an arm
+                    why = f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
+                    for m, e, u in zip(self._slot_models, eligible, under, strict=True):
+                        if e and not u:
+                            reasons[m] = why
                 mask = ceiling
         return mask, reasons, quality, bonus, self._penalty(signal)
 
@@ -294,7 +376,7 @@ class Router:
         """Pick a model for context x (or record an explicit `model`, bypassing the bandit)."""
         x = self._check_context(x)
         if model is not None and not (
-            model in self.slots and self.active[self.slots[model]]
+            model in self.slots and self._active[self.slots[model]]
         ):
             why = "removed" if model in self.slots else "not registered"
             raise NoEligibleModelError({model: why})
@@ -325,11 +407,11 @@ class Router:
         self.context_sum += x
         request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
         self.pending[request_id] = _Pending(slot=slot, x=x, t=self.t, forced=forced)
-        if len(self.pending) > self.config.max_pending:
+        if len(self.pending) > self._max_pending:
             self.pending.popitem(last=False)
         return Decision(
             request_id=request_id,
-            model=self.slot_models[slot],
+            model=self._slot_models[slot],
             t=self.t,
             dual=self.pacer.dual,
             forced=forced,
@@ -380,18 +462,38 @@ class Router:
         entry = self._lookup(request_id)
         if entry.charged:
             return FeedbackStatus.DUPLICATE
-        self.pacer.charge(float(cost_usd), self._dual_step_scale())
-        self._learn_usage(entry.slot, float(cost_usd))
+        cost = float(cost_usd)
+        self.pacer.charge(cost, self._dual_step_scale())
+        self._learn_usage(entry.slot, cost)
         entry.charged = True
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
 
     def _learn_usage(self, slot: int, cost_usd: float) -> None:
-        ratio = cost_usd / float(self.prices[slot])
-        old, ema = float(self.usage_k[slot]), self.config.pacer.usage_ema
-        self.usage_k[slot] = (
-            ratio if math.isnan(old) else ema * old + (1.0 - ema) * ratio
-        )
+        price = float(self._prices[slot])
+        ratio = cost_usd / price
+        old, ema = float(self._usage_k[slot]), self._usage_ema
+        usage = ratio if math.isnan(old) else ema * old + (1.0 - ema) * ratio
+        self._usage_k[slot] = usage
+        view = self._view
+        if view is None:
+            return
+        if not view.all_known or math.isnan(usage):
+            # An arm borrows the mean usage of the others, which this charge moved: rebuild.
+            self._arms_changed()
+            return
+        # Only this arm's expected cost moves. Python float arithmetic is IEEE double, so the
+        # patched values are bit-identical to what a rebuild would compute element-wise.
+        cost = price * usage
+        before = float(view.expected[slot])
+        view.expected[slot] = cost
+        if view.signal is not None:
+            view.signal[slot] = cost / view.signal_budget
+        if self._active[slot]:
+            if cost >= view.dearest:
+                view.dearest = cost
+            elif before == view.dearest:  # the dearest arm got cheaper: find the new max
+                view.dearest = float(view.expected[self._active].max())
 
     def feedback(self, request_id: str, reward: float) -> FeedbackStatus:
         """Learn from a reward in [0, 1]; a repeat is reported as a duplicate and not applied."""
@@ -405,7 +507,7 @@ class Router:
         self.bandit.update(entry.slot, entry.x, float(reward))
         entry.rewarded = True
         self.applied[request_id] = None
-        if len(self.applied) > self.config.max_pending:
+        if len(self.applied) > self._max_pending:
             self.applied.popitem(last=False)
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
@@ -444,6 +546,7 @@ class Router:
     def state(self) -> dict:
         s = self.pacer.state
         mean_x = self.context_sum / max(self.t, 1)
+        expected = self.expected_costs()
         return {
             "t": self.t,
             "budget_usd_per_request": self.pacer.budget,
@@ -460,7 +563,7 @@ class Router:
                     "updates": int(self.bandit.updates[i]),
                     "forced_pulls_left": int(self.forced_left[i]),
                     "blended_usd_per_m": float(self.prices[i] * 1000),
-                    "expected_cost_usd": float(self.expected_costs()[i]),
+                    "expected_cost_usd": float(expected[i]),
                     "estimated_quality": float(self.bandit.theta[i] @ mean_x)
                     if self.t
                     else None,

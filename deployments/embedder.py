@@ -146,13 +146,14 @@ class Embedder:
         resources = _assigned_resources()
         self.device = _resolve_device(self.args.device, resources)
         self.torch_threads = _set_torch_threads(resources)
+        projection = self._load_projection(self.args.projection_path)  # before the slow part
         self.pipeline = FeaturePipeline(
             MiniLMEncoder(
                 device=self.device,
                 max_seq_length=self.args.max_seq_length,
                 batch_size=self.args.max_batch_size,
             ),
-            self._load_projection(self.args.projection_path),
+            projection,
         )
         # `@serve.batch` needs a real replica; in local testing mode embed() encodes each
         # prompt on its own (same numbers, no cross-request batching).
@@ -221,7 +222,9 @@ class Embedder:
         """Contexts of a list of prompts, encoded together (no cross-request batching)."""
         if isinstance(texts, str) or not isinstance(texts, list | tuple):
             raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-        cleaned = [_clean(t, f"texts[{i}]", self.args.max_prompt_chars) for i, t in enumerate(texts)]
+        cleaned = [
+            _clean(t, f"texts[{i}]", self.args.max_prompt_chars) for i, t in enumerate(texts)
+        ]
         if not cleaned:
             return []
         return await self._encode(cleaned, "embed_many")

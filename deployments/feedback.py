@@ -1,0 +1,24 @@
+"""The Feedback deployment: answers known duplicates from the journal without touching the
+Router, and forwards the rest to the Router, which journals before it applies (exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from core.store import StateStore
+
+
+@serve.deployment(name="Feedback", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
+class FeedbackDeployment:
+    def __init__(self, router: DeploymentHandle, state_path: str) -> None:
+        self.router = router
+        self.store = StateStore(state_path)
+
+    async def submit(self, request_id: str, reward: float) -> str:
+        """'applied' or 'duplicate'; an unknown id or a bad reward raises (the ingress maps)."""
+        if await asyncio.to_thread(self.store.has_event, request_id, "feedback"):
+            return "duplicate"
+        return await self.router.feedback.remote(request_id, reward)

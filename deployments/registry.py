@@ -1,0 +1,82 @@
+"""The Registry deployment: the model table's source of truth. Each change is validated by
+core's ModelRegistry, persisted (versioned) in the state database, then pushed to the provider
+clients (so they know the model before it is routed to) and to the Router."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from core.registry import ModelRegistry, ModelSpec, RegistryError
+from core.store import StateStore
+from deployments.router import REGISTRY_DOC, registry_table
+
+
+@serve.deployment(
+    name="Registry", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.05}
+)
+class RegistryDeployment:
+    def __init__(
+        self,
+        models: list[ModelSpec | dict],
+        state_path: str,
+        router: DeploymentHandle,
+        providers: dict[str, DeploymentHandle],
+    ) -> None:
+        self.store = StateStore(state_path)
+        table, self.version = registry_table(
+            self.store, [ModelSpec.model_validate(m) for m in models]
+        )
+        self.registry = ModelRegistry(table)
+        self.router = router
+        self.providers = providers
+        self._lock = asyncio.Lock()
+
+    async def list(self) -> list[dict]:
+        return [s.model_dump(mode="json") for s in self.registry.active_models()]
+
+    async def get(self, model_id: str) -> dict:
+        return self.registry.get(model_id).model_dump(mode="json")
+
+    async def add(self, spec: ModelSpec | dict) -> dict:
+        spec = ModelSpec.model_validate(spec)
+        if spec.provider not in self.providers:
+            raise RegistryError(
+                f"provider {spec.provider!r} is not configured (have: {sorted(self.providers)})"
+            )
+        return await self._change(lambda reg: reg.add(spec))
+
+    async def remove(self, model_id: str) -> dict:
+        return await self._change(lambda reg: reg.remove(model_id))
+
+    async def reprice(
+        self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
+    ) -> dict:
+        return await self._change(lambda reg: reg.reprice(model_id, input_per_m, output_per_m))
+
+    async def _change(self, op) -> dict:
+        """Apply to a copy (bad input changes nothing), persist, push, then adopt."""
+        async with self._lock:
+            candidate = copy.deepcopy(self.registry)
+            change = op(candidate)
+            table = [s.model_dump(mode="json") for s in candidate.active_models()]
+            await asyncio.to_thread(
+                self.store.put_doc, REGISTRY_DOC, {"models": table}, self.version + 1
+            )
+            self.version += 1
+            self.registry = candidate
+            await self._push(candidate)
+            return {"version": self.version, "change": change.model_dump(mode="json")}
+
+    async def _push(self, registry: ModelRegistry) -> None:
+        specs = registry.active_models()
+        await asyncio.gather(
+            *(
+                handle.set_models.remote([s for s in specs if s.provider == name])
+                for name, handle in self.providers.items()
+            )
+        )
+        await self.router.apply_registry.remote([s.model_dump(mode="json") for s in specs])

@@ -1,0 +1,200 @@
+"""The Router deployment: the one stateful replica. A thin async shell over core.DurableRouter.
+
+Decisions are made on the event loop (microseconds). Everything that touches the database runs
+in one writer task, in order, in a worker thread: decision records are flushed, then each
+charge or feedback is journalled durably and only then applied and acknowledged (write-ahead),
+then a snapshot is taken when due. A killed replica restarts from the last snapshot plus the
+journal, so an acknowledged feedback is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.metrics import Counter, Gauge
+
+from core.durable import DurableRouter
+from core.features import load_projection
+from core.priors import Priors
+from core.reconcile import reconcile
+from core.registry import ModelSpec
+from core.router import FeedbackStatus, RouteLimits, Router
+from core.settings import RouterSettings
+from core.store import Event, StateStore
+
+log = logging.getLogger("ray.serve")
+REGISTRY_DOC = "registry"
+_TICK_S = 0.05
+
+
+def registry_table(store: StateStore, default: list[ModelSpec]) -> tuple[list[ModelSpec], int]:
+    """The registry's persisted model table, or the configured one before the first change."""
+    doc = store.get_doc(REGISTRY_DOC)
+    if doc is None:
+        return default, 0
+    return [ModelSpec.model_validate(m) for m in doc[0]["models"]], doc[1]
+
+
+@serve.deployment(
+    name="Router", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.25}
+)
+class RouterDeployment:
+    def __init__(self, settings: RouterSettings | dict) -> None:
+        self.settings = RouterSettings.model_validate(settings)
+        self.store = StateStore(self.settings.state_path)
+        table, _ = registry_table(self.store, self.settings.models)
+        self.durable, self.recovery = DurableRouter.open(
+            self.store, lambda: self._fresh_router(table), self.settings.durability, time.time()
+        )
+        changed = reconcile(self.durable.router, table)  # registry changes made while down
+        log.info("router ready: %s; registry reconciled: %s", self.recovery, changed or "none")
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self._m_decisions = Counter(
+            "paretoserve_decisions", "routing decisions", tag_keys=("model", "routed")
+        )
+        self._m_feedback = Counter(
+            "paretoserve_feedback", "feedback by outcome", tag_keys=("status",)
+        )
+        self._m_spend = Counter("paretoserve_spend_usd", "realised spend", tag_keys=("model",))
+        self._m_dual = Gauge("paretoserve_pacer_dual", "the pacer's dual variable")
+        self._m_ema = Gauge("paretoserve_pacer_spend_ema_usd", "spend EMA per request")
+        self._m_budget = Gauge("paretoserve_pacer_budget_usd", "budget per request")
+
+    def _fresh_router(self, table: list[ModelSpec]) -> Router:
+        s = self.settings
+        router = Router(s.tuning.router_config(s.budget_usd_per_request), table)
+        if s.priors_path:
+            loaded = router.load_priors(Priors.load(s.priors_path), load_projection().fingerprint)
+            log.info("warm-start priors loaded for %s from %s", loaded, s.priors_path)
+        return router
+
+    # ---- the request path ---------------------------------------------------------------
+
+    async def route(
+        self, x: list[float], limits: dict | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        self._start_writer()
+        router = self.durable.router
+        d = self.durable.route(
+            np.asarray(x, dtype=np.float64),
+            RouteLimits.model_validate(limits) if limits else None,
+            model,
+            time.time(),
+        )
+        self._m_decisions.inc(tags={"model": d.model, "routed": str(not d.direct).lower()})
+        return {
+            "request_id": d.request_id,
+            "model": d.model,
+            "t": d.t,
+            "dual": d.dual,
+            "forced": d.forced,
+            "routed": not d.direct,
+            "spec": router.registry.specs[d.model].model_dump(mode="json"),
+        }
+
+    async def charge(self, request_id: str, cost_usd: float, model: str = "") -> str:
+        status = await self._journal(request_id, "charge", cost_usd)
+        if status == FeedbackStatus.APPLIED:
+            self._m_spend.inc(cost_usd, tags={"model": model or "unknown"})
+        self._publish_pacer()
+        return status.value
+
+    async def feedback(self, request_id: str, reward: float) -> str:
+        status = await self._journal(request_id, "feedback", reward)
+        self._m_feedback.inc(tags={"status": status.value})
+        return status.value
+
+    async def explain(self, x: list[float], limits: dict | None = None) -> dict:
+        lim = RouteLimits.model_validate(limits) if limits else None
+        return self.durable.router.explain(np.asarray(x, dtype=np.float64), lim)
+
+    # ---- administration (pushed by the Registry) ----------------------------------------
+
+    async def apply_registry(self, table: list[dict]) -> list[str]:
+        changes = reconcile(self.durable.router, [ModelSpec.model_validate(m) for m in table])
+        if changes:
+            await self._snapshot_now()
+        return changes
+
+    async def set_budget(self, usd_per_request: float) -> dict:
+        self.durable.router.set_budget(usd_per_request)
+        await self._snapshot_now()
+        self._publish_pacer()
+        return await self.state()
+
+    async def state(self) -> dict:
+        return {
+            **self.durable.router.state(),
+            "recovery": vars(self.recovery),
+            "journal_seq": self.durable.applied_seq,
+        }
+
+    # ---- the writer ---------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _journal(self, request_id: str, kind: str, value: float) -> FeedbackStatus:
+        self._start_writer()
+        prepared = self.durable.prepare(request_id, kind, value, time.time())
+        if isinstance(prepared, FeedbackStatus):
+            return prepared
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((prepared, done))
+        return await done
+
+    async def _snapshot_now(self) -> None:
+        self._start_writer()
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((None, done))
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            try:
+                items = [await asyncio.wait_for(self._queue.get(), _TICK_S)]
+            except TimeoutError:
+                items = []
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                await self._write(items)
+            except Exception:  # keep serving; each item's future carries its own error
+                log.exception("router writer failed")
+
+    async def _write(self, items: list[tuple[Event | None, asyncio.Future]]) -> None:
+        rows = self.durable.take_unflushed()  # decisions first: an event needs its context
+        if rows:
+            await asyncio.to_thread(self.store.add_pending, rows)
+        force = False
+        for ev, done in items:
+            if ev is None:
+                force = True
+                continue
+            try:
+                seq, fresh = await asyncio.to_thread(self.durable.write, ev)
+                status = self.durable.apply(ev, seq) if fresh else FeedbackStatus.DUPLICATE
+                done.set_result(status)
+            except Exception as exc:
+                done.set_exception(exc)
+        now = time.time()
+        if force or self.durable.snapshot_due(now):
+            blob, t, seq = self.durable.take_snapshot(now)
+            await asyncio.to_thread(self.durable.save_snapshot, blob, t, seq, now)
+        self.durable.expire(now)
+        for ev, done in items:
+            if ev is None and not done.done():
+                done.set_result(None)
+
+    def _publish_pacer(self) -> None:
+        p = self.durable.router.pacer
+        self._m_dual.set(p.dual)
+        self._m_ema.set(p.state.cost_ema)
+        self._m_budget.set(p.budget)

@@ -1,0 +1,308 @@
+"""Embedding throughput: unbatched torch vs batched encode vs the Embedder on Ray Serve.
+
+    python -m loadtest.bench_embedder [--n 512] [--json OUT]
+
+Modes, all on the same prompts and all producing the full context (MiniLM + projection):
+
+1. `torch, 1 per call`: one prompt per encode call, sequentially, in this process.
+2. `torch, batch B`: the prompts in chunks of B (8, 32, 64), in this process.
+3. Ray Serve, one Embedder replica, a client keeping 32 requests in flight:
+   `embed` (cross-request batching by `@serve.batch`) vs `embed_many([p])` (one prompt per
+   request, no batching).
+
+Ratios are against mode 1 measured in the same run. The replica gets as many CPUs (hence torch
+threads) as this process uses, so the Serve rows differ from the in-process rows by Serve's
+overhead and batching only; the client, the proxy-less handle calls and the replica share the
+same machine. Prompts come from ../shared/data/val.jsonl when present, else a built-in set.
+
+Ray is started locally (logical CPUs, no dashboard, token auth off unless RAY_AUTH_MODE is set)
+and shut down at the end. This harness imports `deployments.embedder` (lazily, for mode 3):
+it benchmarks the deployment itself, so it is the one loadtest module above `deployments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+BATCH_SIZES = (8, 32, 64)
+CONCURRENCY = 32
+
+BUILTIN_PROMPTS = [
+    "What is the capital of France?",
+    "hi",
+    "Write a python function to reverse a linked list in place.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+    "in May. How many clips did Natalia sell altogether in April and May?",
+    "Which of the following is a characteristic of a stationary process? (A) constant mean "
+    "(B) a unit root (C) a deterministic trend (D) explosive variance",
+    "Translate 'good morning, how did you sleep?' into Japanese and explain the politeness level.",
+    "Summarise the causes of the First World War in three sentences.",
+    "Prove that the square root of 2 is irrational.",
+    "Explain the difference between TCP and UDP to a ten-year-old.",
+    "Write a SQL query that returns the second highest salary from an employees table.",
+    "What are the side effects of ibuprofen?",
+    "Compose a haiku about autumn rain on a tin roof.",
+    "Given an array of integers, return indices of the two numbers that add up to a target.",
+    "What is the derivative of x^3 * sin(x)?",
+    "Draft a polite email declining a meeting invitation because of a scheduling conflict.",
+    "How does a transformer's self-attention scale with sequence length, and why?",
+    "List five tips for improving sleep quality.",
+    "What year did the Berlin Wall fall?",
+    "Explain gradient descent with momentum and when it helps.",
+    "Write a bash one-liner that counts the lines of all .py files in a directory tree.",
+    "Is a tomato a fruit or a vegetable? Justify your answer.",
+    "Describe the water cycle.",
+    "A train leaves at 3pm travelling 60 mph; another leaves at 4pm at 80 mph. When does the "
+    "second catch up?",
+    "What is the time complexity of heapsort, and is it stable?",
+    "Give me a recipe for a vegetarian lasagna for six people.",
+    "Explain what a p-value is and a common way it is misinterpreted.",
+    "Write a regular expression that matches a valid IPv4 address.",
+    "Who wrote 'One Hundred Years of Solitude', and what is magical realism?",
+    "Convert 72 degrees Fahrenheit to Celsius.",
+    "What are the main differences between Python lists and tuples?",
+    "Explain the CAP theorem with an example of each trade-off.",
+    "Write a short story opening set on a generation ship, in the second person.",
+    "What does the Fed funds rate influence in the economy?",
+    "How do vaccines train the immune system?",
+    "Implement binary search in Rust and explain the off-by-one pitfalls.",
+    "Which of these is Ohm's law? (A) V = IR (B) P = IV (C) F = ma (D) E = mc^2",
+    "Outline a 30-minute beginner bodyweight workout.",
+    "What is the difference between a virus and a bacterium?",
+    "Write unit tests in pytest for a function that parses ISO 8601 dates.",
+    "Why is the sky blue?",
+    "Explain the Monty Hall problem and why switching is better.",
+    "Write a limerick about a cat who learns to code.",
+    "What causes inflation, according to monetarist and Keynesian views?",
+    "Describe how public-key cryptography lets two strangers share a secret.",
+    "In Kubernetes, what is the difference between a Deployment and a StatefulSet?",
+    "Find all real solutions of x^4 - 5x^2 + 4 = 0.",
+    "Suggest names for a bakery that specialises in sourdough.",
+    "What is the role of mitochondria in a cell?",
+    "Explain the rules of chess castling, including when it is not allowed.",
+    "Rewrite this sentence in the passive voice: 'The committee approved the budget.'",
+    ("Here is a long document to summarise. " + "The quarterly results were mixed. " * 60),
+]
+
+
+def load_prompts(n: int) -> tuple[list[str], str]:
+    """n prompts (cycled if needed) and where they came from."""
+    path = SHARED_DATA / "val.jsonl"
+    source = str(path)
+    prompts: list[str] = []
+    if path.exists():
+        with path.open(encoding="utf-8") as f:
+            prompts = [
+                p for line in f if line.strip() and (p := json.loads(line)["prompt"]).strip()
+            ]
+    if not prompts:
+        prompts, source = BUILTIN_PROMPTS, f"built-in set of {len(BUILTIN_PROMPTS)} prompts"
+    return [prompts[i % len(prompts)] for i in range(n)], source
+
+
+def _row(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"mode": name, "prompts": n, "seconds": seconds, "prompts_per_s": n / seconds, **extra}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_in_process(pipeline: Any, prompts: Sequence[str]) -> list[dict[str, Any]]:
+    def one_by_one() -> None:
+        for p in prompts:
+            pipeline.contexts([p])
+
+    def batched(b: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(0, len(prompts), b):
+                pipeline.contexts(prompts[i : i + b])
+
+        return run
+
+    pipeline.contexts(list(prompts[:64]))  # warm-up: allocator, kernels, tokenizer caches
+    rows = [_row("torch, 1 prompt per call (baseline)", len(prompts), _timed(one_by_one))]
+    for b in BATCH_SIZES:
+        rows.append(_row(f"torch, batch {b}", len(prompts), _timed(batched(b)), batch_size=b))
+    return rows
+
+
+async def _drive(call: Callable[[str], Any], prompts: Sequence[str]) -> tuple[float, list[float]]:
+    """Send every prompt with at most CONCURRENCY in flight; wall time and per-call latencies."""
+    sem = asyncio.Semaphore(CONCURRENCY)
+    latencies: list[float] = []
+
+    async def one(p: str) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            await call(p)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[one(p) for p in prompts])
+    return time.perf_counter() - t0, latencies
+
+
+def _ms(latencies: list[float], q: float) -> float:
+    return float(np.percentile(latencies, q) * 1000)
+
+
+def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict], dict]:
+    import ray
+    from ray import serve
+
+    from deployments.embedder import Embedder
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(proxy_location="Disabled")
+        app = Embedder.options(
+            ray_actor_options={"num_cpus": replica_cpus},
+            num_replicas=1,
+            autoscaling_config=None,
+        ).bind({})
+        handle = serve.run(app, name="bench-embedder", route_prefix=None)
+        batch_stats: dict[str, Any] = {}
+
+        async def run_all() -> list[dict[str, Any]]:
+            async def embed(p: str) -> object:
+                return await handle.embed.remote(p)
+
+            async def embed_single(p: str) -> object:
+                return await handle.embed_many.remote([p])
+
+            rows = []
+            for name, call in [
+                (f"Serve `embed`, batched, {CONCURRENCY} in flight", embed),
+                (f"Serve `embed_many([p])`, unbatched, {CONCURRENCY} in flight", embed_single),
+            ]:
+                await _drive(call, prompts[:64])  # warm-up
+                before = await handle.info.remote()
+                seconds, lat = await _drive(call, prompts)
+                if call is embed:
+                    after = await handle.info.remote()
+                    batches = after["batches"] - before["batches"]
+                    batch_stats.update(
+                        batches=batches,
+                        mean_batch=len(prompts) / batches,
+                        max_batch_seen=after["max_batch_seen"],
+                    )
+                rows.append(
+                    _row(
+                        name,
+                        len(prompts),
+                        seconds,
+                        p50_ms=_ms(lat, 50),
+                        p99_ms=_ms(lat, 99),
+                    )
+                )
+            return rows
+
+        rows = asyncio.run(run_all())
+        rows[0].update(batch_stats)
+        info = handle.info.remote().result()
+        keep = ("device", "torch_threads", "max_batch_size", "batch_wait_timeout_s", "batching")
+        return rows, {"num_cpus": replica_cpus, **{k: info[k] for k in keep}}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def machine_info() -> dict[str, Any]:
+    import ray
+    import sentence_transformers
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| mode | prompts/s | x baseline | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        p50 = f"{r['p50_ms']:.0f}" if "p50_ms" in r else ""
+        p99 = f"{r['p99_ms']:.0f}" if "p99_ms" in r else ""
+        lines.append(
+            f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} | {p50} | {p99} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_embedder", description=__doc__)
+    parser.add_argument("--n", type=int, default=512, help="prompts per mode (default 512)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        help="num_cpus of the Serve replica (default: this process's torch threads)",
+    )
+    parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve modes")
+    args = parser.parse_args(argv)
+    if args.n < 64:
+        parser.error("--n must be >= 64")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
+
+    from core.features import FeaturePipeline, load_projection
+    from core.minilm import MiniLMEncoder
+
+    machine = machine_info()
+    prompts, source = load_prompts(args.n)
+    pipeline = FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
+    rows = bench_in_process(pipeline, prompts)
+    replica: dict[str, Any] | None = None
+    if not args.no_serve:
+        replica_cpus = args.replica_cpus or float(machine["torch_threads"])
+        serve_rows, replica = bench_serve(prompts, replica_cpus)
+        rows += serve_rows
+    base = rows[0]["prompts_per_s"]
+    for r in rows:
+        r["ratio"] = r["prompts_per_s"] / base
+    result = {
+        "command": " ".join(["python -m loadtest.bench_embedder", *(argv or sys.argv[1:])]),
+        "prompts_source": source,
+        "n": args.n,
+        "concurrency": CONCURRENCY,
+        "machine": machine,
+        "replica": replica,
+        "rows": rows,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2, default=str))
+    print(markdown(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The Embedder deployment: local testing mode, then a real Serve instance on a local Ray.
+
+Expected numbers come from core's FeaturePipeline on the same texts; the deployment must add
+nothing but batching. Token auth is switched off for the test cluster (RAY_AUTH_MODE=disabled,
+unless the environment sets it), so no token file is written to ~/.ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from ray import serve  # noqa: E402
+
+from core.features import FeaturePipeline, load_projection  # noqa: E402
+from core.minilm import MiniLMEncoder  # noqa: E402
+from deployments.embedder import (  # noqa: E402
+    Embedder,
+    EmbedderArgs,
+    _clean,
+    _resolve_device,
+)
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a python function to reverse a linked list.",
+    "Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
+    "Which of the following is a characteristic of a stationary process?",
+    "Translate 'good morning' into Japanese and explain the politeness level.",
+    "Summarise the causes of the First World War in three sentences.",
+    "Prove that the square root of 2 is irrational.",
+    "hi",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> FeaturePipeline:
+    return FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
+
+
+def _expected(pipeline: FeaturePipeline, texts: list[str]) -> np.ndarray:
+    return pipeline.contexts(texts)
+
+
+# --- args and helpers (no Ray needed) --------------------------------------------------------
+
+
+def test_args_defaults_and_validation() -> None:
+    a = EmbedderArgs()
+    assert (a.device, a.max_seq_length, a.max_batch_size) == (None, 256, 32)
+    assert (a.batch_wait_timeout_s, a.projection_path, a.max_prompt_chars) == (0.005, None, 100_000)
+    assert EmbedderArgs.model_validate({"device": "cuda:1"}).device == "cuda:1"
+    for bad in ({"max_batch_size": 0}, {"device": "gpu"}, {"max_seq_length": 513}, {"x": 1}):
+        with pytest.raises(ValidationError):
+            EmbedderArgs.model_validate(bad)
+    with pytest.raises(ValidationError):
+        a.max_batch_size = 8  # frozen
+
+
+def test_clean_rejects_empty_and_cuts_long() -> None:
+    assert _clean("abcdef", "prompt", 4) == "abcd"
+    for bad in ("", "  \n\t"):
+        with pytest.raises(ValueError, match="prompt is empty or whitespace-only"):
+            _clean(bad, "prompt", 10)
+    with pytest.raises(TypeError, match="must be a str"):
+        _clean(3, "texts[0]", 10)
+
+
+def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _resolve_device(None, {"CPU": 0.5, "GPU": 1.0}) == "cuda"  # Ray gave it a GPU
+    assert _resolve_device(None, {"CPU": 0.5, "GPU": 0.25}) == "cuda"  # a GPU share
+    assert _resolve_device(None, {"CPU": 0.5}) == "cpu"  # GPU on the node, not assigned
+    assert _resolve_device(None, None) == "cuda"  # outside Ray: whatever torch sees
+    assert _resolve_device("cpu", {"GPU": 1.0}) == "cpu"  # explicit wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _resolve_device(None, {"GPU": 1.0}) == "cpu"
+    assert _resolve_device(None, None) == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        _resolve_device("cuda", None)
+
+
+def test_explicit_missing_projection_path_is_an_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="projection_path"):
+        Embedder.func_or_class({"projection_path": str(tmp_path / "nope.json")})
+
+
+# --- local testing mode ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_handle():
+    return serve.run(Embedder.bind({}), name="embedder-local", _local_testing_mode=True)
+
+
+@pytest.mark.ray
+def test_local_embed_many_matches_core(local_handle, pipeline: FeaturePipeline) -> None:
+    got = np.asarray(local_handle.embed_many.remote(PROMPTS).result())
+    assert got.shape == (len(PROMPTS), 26)
+    assert np.all(got[:, -1] == 1.0)
+    np.testing.assert_allclose(got, _expected(pipeline, PROMPTS), atol=1e-5)
+    assert local_handle.embed_many.remote([]).result() == []
+
+
+@pytest.mark.ray
+def test_local_embed_falls_back_to_unbatched(local_handle, pipeline: FeaturePipeline) -> None:
+    got = np.asarray(local_handle.embed.remote(PROMPTS[2]).result())
+    np.testing.assert_allclose(got, _expected(pipeline, PROMPTS[2:3])[0], atol=1e-5)
+    info = local_handle.info.remote().result()
+    assert info["batching"] is False and info["batches"] == 0
+    assert info["dim"] == 26 and info["device"] == "cpu" and info["projection_fallback"] is False
+    assert info["projection_fingerprint"] == load_projection().fingerprint
+
+
+@pytest.mark.ray
+def test_local_empty_prompt_rejected(local_handle) -> None:
+    with pytest.raises(ValueError, match=r"texts\[1\] is empty or whitespace-only"):
+        local_handle.embed_many.remote(["fine", "   "]).result()
+    with pytest.raises(ValueError, match="prompt is empty"):
+        local_handle.embed.remote("").result()
+    with pytest.raises(TypeError, match="list of str"):
+        local_handle.embed_many.remote("a single string").result()
+
+
+@pytest.mark.ray
+def test_local_long_prompt_is_cut(local_handle, pipeline: FeaturePipeline) -> None:
+    long = "Explain the central limit theorem. " * 5000  # ~175k chars > max_prompt_chars
+    got = np.asarray(local_handle.embed.remote(long).result())
+    # MiniLM reads only the first 256 tokens, so the cut changes nothing
+    np.testing.assert_allclose(got, _expected(pipeline, [long[:2000]])[0], atol=1e-5)
+
+
+# --- a real Serve instance on a local Ray ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_handle():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(proxy_location="Disabled")  # handles only: no HTTP port to collide on
+        app = Embedder.bind({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
+        handle = serve.run(app, name="embedder-test", route_prefix=None)
+        yield handle
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+async def _gather(handle, texts: list[str]) -> list:
+    return await asyncio.gather(*[handle.embed.remote(t) for t in texts], return_exceptions=True)
+
+
+@pytest.mark.ray
+def test_cluster_embed_batches_concurrent_calls(cluster_handle, pipeline) -> None:
+    cluster_handle.embed.remote("warm up").result()  # first encode is slow; batch the rest
+    before = cluster_handle.info.remote().result()
+    texts = [PROMPTS[i % len(PROMPTS)] + f" (variant {i})" for i in range(40)]
+    got = asyncio.run(_gather(cluster_handle, texts))
+    assert not [g for g in got if isinstance(g, BaseException)]
+    np.testing.assert_allclose(np.asarray(got), _expected(pipeline, texts), atol=1e-5)
+
+    info = cluster_handle.info.remote().result()
+    assert info["batching"] is True and info["torch_threads"] == 1  # num_cpus 0.5 -> 1 thread
+    assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05
+    assert info["prompts_embedded"] - before["prompts_embedded"] == 40
+    assert info["batches"] - before["batches"] < 40  # some calls shared a batch
+    assert 1 < info["max_batch_seen"] <= 16  # ... and set_max_batch_size took effect
+
+
+@pytest.mark.ray
+def test_cluster_bad_prompt_fails_alone(cluster_handle, pipeline) -> None:
+    texts = ["What is 7 * 6?", "", "Name three prime numbers.", " \n "]
+    got = asyncio.run(_gather(cluster_handle, texts))
+    assert isinstance(got[1], ValueError) and isinstance(got[3], ValueError)
+    assert "empty or whitespace-only" in str(got[1])
+    ok = np.asarray([got[0], got[2]])
+    np.testing.assert_allclose(ok, _expected(pipeline, [texts[0], texts[2]]), atol=1e-5)
+
+
+@pytest.mark.ray
+def test_cluster_embed_many(cluster_handle, pipeline) -> None:
+    got = np.asarray(cluster_handle.embed_many.remote(PROMPTS).result())
+    np.testing.assert_allclose(got, _expected(pipeline, PROMPTS), atol=1e-5)
