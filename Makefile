@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/paretoserve bench --arms 64 --json docs/bench/k64.json
 
 results: $(STAMP)
-	$(BIN)/python docs/run_results.py
+	$(BIN)/python docs/make_results.py > docs/results/tables.md

@@ -8,6 +8,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -389,11 +390,19 @@ class Router:
         if model is not None:
             slot = self.slots[model]
         else:
+            # The first eligible arm with forced pulls left, if any. In Python over the arms
+            # that have pulls (compress skips the rest in C): an arm held back by the ceiling
+            # keeps its pulls, and this check runs, for as long as the ceiling holds.
             explore = None
-            if not self.pacer.over_budget and any(self.forced_left.tolist()):
-                explore = mask & (self.forced_left > 0)
-            if explore is not None and explore.any():
-                slot = int(np.flatnonzero(explore)[0])
+            pulls = self.forced_left.tolist()
+            if not self.pacer.over_budget and any(pulls):
+                eligible = mask.tolist()
+                explore = next(
+                    (i for i in compress(range(len(pulls)), pulls) if pulls[i] > 0 and eligible[i]),
+                    None,
+                )
+            if explore is not None:
+                slot = explore
                 self.forced_left[slot] -= 1
                 forced = True
             else:

@@ -4,7 +4,9 @@ A thin adapter of `core.features.FeaturePipeline` to Ray Serve:
 
 - `embed(text)` is the request path. Calls from many concurrent requests are gathered by
   `@serve.batch` (up to `max_batch_size`, waiting at most `batch_wait_timeout_s`) and encoded
-  as one batch in a worker thread, so the replica's event loop keeps accepting requests.
+  together in a worker thread, so the replica's event loop keeps accepting requests. A batch
+  is sorted by length and run in forward passes of `encode_batch_size` prompts (8 on CPU),
+  because on CPU padding every prompt to the batch's longest costs more than batching saves.
 - `embed_many(texts)` encodes a caller's list as it stands (no cross-request batching), for
   bulk work. In `serve.run(..., _local_testing_mode=True)` `@serve.batch` cannot run (it needs
   a replica context), so there `embed` encodes each prompt on its own: same numbers, no
@@ -44,6 +46,10 @@ from core.features import FeaturePipeline, Projection, load_projection
 logger = logging.getLogger("ray.serve")
 
 _BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+# On CPU a forward pass costs ~ batch x longest prompt, and prompt lengths are long-tailed, so
+# one padded pass over 32 real prompts is ~2x slower than 32 single-prompt calls, while
+# length-sorted chunks of 4-8 are ~1.3x faster (docs/benchmarks.md, "Embedder").
+CPU_ENCODE_BATCH_SIZE = 8
 
 
 class EmbedderArgs(BaseModel):
@@ -64,6 +70,14 @@ class EmbedderArgs(BaseModel):
         "projection's encoder (the committed artifact is fitted for 256)",
     )
     max_batch_size: int = Field(default=32, ge=1, le=1024)
+    encode_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="prompts per forward pass: a batch is sorted by length and encoded in "
+        "chunks of this size, so short prompts are not padded to the longest; None = "
+        f"{CPU_ENCODE_BATCH_SIZE} on CPU (padding costs compute there), max_batch_size on GPU",
+    )
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
     projection_path: str | None = Field(
         default=None,
@@ -146,12 +160,15 @@ class Embedder:
         resources = _assigned_resources()
         self.device = _resolve_device(self.args.device, resources)
         self.torch_threads = _set_torch_threads(resources)
+        self.encode_batch_size = self.args.encode_batch_size or (
+            CPU_ENCODE_BATCH_SIZE if self.device == "cpu" else self.args.max_batch_size
+        )
         projection = self._load_projection(self.args.projection_path)  # before the slow part
         self.pipeline = FeaturePipeline(
             MiniLMEncoder(
                 device=self.device,
                 max_seq_length=self.args.max_seq_length,
-                batch_size=self.args.max_batch_size,
+                batch_size=self.encode_batch_size,  # sentence-transformers sorts by length
             ),
             projection,
         )
@@ -243,6 +260,7 @@ class Embedder:
             "max_prompt_chars": self.args.max_prompt_chars,
             "max_batch_size": self.args.max_batch_size,
             "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
+            "encode_batch_size": self.encode_batch_size,
             "batching": self.batching,
             "batches": self._batches,
             "max_batch_seen": self._max_batch_seen,

@@ -1,19 +1,23 @@
 """Embedding throughput: unbatched torch vs batched encode vs the Embedder on Ray Serve.
 
-    python -m loadtest.bench_embedder [--n 512] [--json OUT]
+    python -m loadtest.bench_embedder [--n 512] [--threads 1] [--json OUT] [--no-serve]
 
 Modes, all on the same prompts and all producing the full context (MiniLM + projection):
 
-1. `torch, 1 per call`: one prompt per encode call, sequentially, in this process.
-2. `torch, batch B`: the prompts in chunks of B (8, 32, 64), in this process.
-3. Ray Serve, one Embedder replica, a client keeping 32 requests in flight:
-   `embed` (cross-request batching by `@serve.batch`) vs `embed_many([p])` (one prompt per
-   request, no batching).
+1. `torch, 1 prompt per call`: one prompt per encode call, sequentially, in this process.
+2. `torch, batch B` (B = 8, 32, 64), in this process: "padded" = one forward pass per batch,
+   every prompt padded to the batch's longest; "length-sorted passes of 8" = the batch sorted
+   by length and run in forward passes of 8 (what the Embedder does on CPU).
+3. Ray Serve, one Embedder replica, a client keeping 32 requests in flight: `embed`
+   (cross-request batching by `@serve.batch`) vs `embed_many([p])` (one prompt per request,
+   no batching); then `embed` on a replica whose batches are one padded pass
+   (`encode_batch_size=32`).
 
-Ratios are against mode 1 measured in the same run. The replica gets as many CPUs (hence torch
-threads) as this process uses, so the Serve rows differ from the in-process rows by Serve's
-overhead and batching only; the client, the proxy-less handle calls and the replica share the
-same machine. Prompts come from ../shared/data/val.jsonl when present, else a built-in set.
+Ratios are against mode 1 measured in the same run. This process and the replica use the same
+number of torch threads (`--threads`, also the replica's num_cpus), so the Serve rows differ
+from the in-process rows by Serve's overhead and batching only; the client, the handle calls
+and the replica share the machine. Prompts come from ../shared/data/val.jsonl when present,
+else a built-in set of ~50 varied prompts.
 
 Ray is started locally (logical CPUs, no dashboard, token auth off unless RAY_AUTH_MODE is set)
 and shut down at the end. This harness imports `deployments.embedder` (lazily, for mode 3):
@@ -38,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BATCH_SIZES = (8, 32, 64)
+CHUNK = 8  # the Embedder's forward-pass size on CPU (EmbedderArgs.encode_batch_size=None)
 CONCURRENCY = 32
 
 BUILTIN_PROMPTS = [
@@ -123,22 +128,35 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_in_process(pipeline: Any, prompts: Sequence[str]) -> list[dict[str, Any]]:
+def bench_in_process(prompts: Sequence[str]) -> list[dict[str, Any]]:
+    """Modes 1 and 2. A "padded" batch is one forward pass (every prompt padded to the longest);
+    a "chunked" batch is length-sorted and run in passes of CHUNK, as the Embedder does on CPU."""
+    from core.features import FeaturePipeline, load_projection
+    from core.minilm import MiniLMEncoder
+
+    projection = load_projection()
+    padded = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=max(BATCH_SIZES)), projection)
+    chunked = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=CHUNK), projection)
+
     def one_by_one() -> None:
         for p in prompts:
-            pipeline.contexts([p])
+            padded.contexts([p])
 
-    def batched(b: int) -> Callable[[], None]:
+    def batched(pipeline: Any, b: int) -> Callable[[], None]:
         def run() -> None:
             for i in range(0, len(prompts), b):
                 pipeline.contexts(prompts[i : i + b])
 
         return run
 
-    pipeline.contexts(list(prompts[:64]))  # warm-up: allocator, kernels, tokenizer caches
+    padded.contexts(list(prompts[:64]))  # warm-up: allocator, kernels, tokenizer caches
+    chunked.contexts(list(prompts[:64]))
     rows = [_row("torch, 1 prompt per call (baseline)", len(prompts), _timed(one_by_one))]
     for b in BATCH_SIZES:
-        rows.append(_row(f"torch, batch {b}", len(prompts), _timed(batched(b)), batch_size=b))
+        rows.append(_row(f"torch, batch {b}, padded", len(prompts), _timed(batched(padded, b))))
+        if b > CHUNK:
+            name = f"torch, batch {b}, length-sorted passes of {CHUNK}"
+            rows.append(_row(name, len(prompts), _timed(batched(chunked, b))))
     return rows
 
 
@@ -163,6 +181,8 @@ def _ms(latencies: list[float], q: float) -> float:
 
 
 def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict], dict]:
+    """Mode 3, on one replica: the default Embedder, then one that runs each Serve batch as a
+    single padded forward pass (encode_batch_size = max_batch_size)."""
     import ray
     from ray import serve
 
@@ -171,56 +191,66 @@ def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict]
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")
-        app = Embedder.options(
-            ray_actor_options={"num_cpus": replica_cpus},
-            num_replicas=1,
-            autoscaling_config=None,
-        ).bind({})
-        handle = serve.run(app, name="bench-embedder", route_prefix=None)
-        batch_stats: dict[str, Any] = {}
-
-        async def run_all() -> list[dict[str, Any]]:
-            async def embed(p: str) -> object:
-                return await handle.embed.remote(p)
-
-            async def embed_single(p: str) -> object:
-                return await handle.embed_many.remote([p])
-
-            rows = []
-            for name, call in [
-                (f"Serve `embed`, batched, {CONCURRENCY} in flight", embed),
-                (f"Serve `embed_many([p])`, unbatched, {CONCURRENCY} in flight", embed_single),
-            ]:
-                await _drive(call, prompts[:64])  # warm-up
-                before = await handle.info.remote()
-                seconds, lat = await _drive(call, prompts)
-                if call is embed:
-                    after = await handle.info.remote()
-                    batches = after["batches"] - before["batches"]
-                    batch_stats.update(
-                        batches=batches,
-                        mean_batch=len(prompts) / batches,
-                        max_batch_seen=after["max_batch_seen"],
-                    )
-                rows.append(
-                    _row(
-                        name,
-                        len(prompts),
-                        seconds,
-                        p50_ms=_ms(lat, 50),
-                        p99_ms=_ms(lat, 99),
-                    )
+        rows: list[dict[str, Any]] = []
+        replica: dict[str, Any] = {"num_cpus": replica_cpus}
+        configs: list[tuple[str, dict[str, Any], bool]] = [
+            ("default", {}, True),
+            ("padded", {"encode_batch_size": 32}, False),
+        ]
+        for label, args, with_unbatched in configs:
+            app = Embedder.options(
+                ray_actor_options={"num_cpus": replica_cpus},
+                num_replicas=1,
+                autoscaling_config=None,
+            ).bind(args)
+            handle = serve.run(app, name=f"bench-embedder-{label}", route_prefix=None)
+            info = handle.info.remote().result()
+            replica[label] = {
+                k: info[k]
+                for k in (
+                    "device",
+                    "torch_threads",
+                    "max_batch_size",
+                    "batch_wait_timeout_s",
+                    "encode_batch_size",
+                    "batching",
                 )
-            return rows
-
-        rows = asyncio.run(run_all())
-        rows[0].update(batch_stats)
-        info = handle.info.remote().result()
-        keep = ("device", "torch_threads", "max_batch_size", "batch_wait_timeout_s", "batching")
-        return rows, {"num_cpus": replica_cpus, **{k: info[k] for k in keep}}
+            }
+            rows += asyncio.run(_serve_rows(handle, prompts, info, with_unbatched))
+            serve.delete(f"bench-embedder-{label}")
+        return rows, replica
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+async def _serve_rows(
+    handle: Any, prompts: Sequence[str], info: dict[str, Any], with_unbatched: bool
+) -> list[dict[str, Any]]:
+    async def embed(p: str) -> object:
+        return await handle.embed.remote(p)
+
+    async def embed_single(p: str) -> object:
+        return await handle.embed_many.remote([p])
+
+    passes = f"passes of {info['encode_batch_size']}"
+    modes = [
+        (f"Serve `embed`, batched (max {info['max_batch_size']}, {passes})", embed),
+    ]
+    if with_unbatched:
+        modes.append(("Serve `embed_many([p])`, unbatched", embed_single))
+    rows = []
+    for name, call in modes:
+        await _drive(call, prompts[:64])  # warm-up
+        before = await handle.info.remote()
+        seconds, lat = await _drive(call, prompts)
+        row = _row(name, len(prompts), seconds, p50_ms=_ms(lat, 50), p99_ms=_ms(lat, 99))
+        if call is embed:
+            after = await handle.info.remote()
+            batches = after["batches"] - before["batches"]
+            row.update(batches=batches, mean_batch=round(len(prompts) / batches, 2))
+        rows.append(row)
+    return rows
 
 
 def machine_info() -> dict[str, Any]:
@@ -242,14 +272,16 @@ def machine_info() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| mode | prompts/s | x baseline | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| mode | prompts/s | x baseline | p50 ms | p99 ms | mean batch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         p50 = f"{r['p50_ms']:.0f}" if "p50_ms" in r else ""
         p99 = f"{r['p99_ms']:.0f}" if "p99_ms" in r else ""
+        mean_batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else ""
         lines.append(
-            f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} | {p50} | {p99} |"
+            f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} | {p50} | {p99} "
+            f"| {mean_batch} |"
         )
     return "\n".join(lines)
 
@@ -259,9 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=512, help="prompts per mode (default 512)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
-        "--replica-cpus",
-        type=float,
-        help="num_cpus of the Serve replica (default: this process's torch threads)",
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in this process and num_cpus of the replica (default 1: the "
+        "Embedder's default replica has num_cpus 0.5, hence 1 thread)",
     )
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve modes")
     args = parser.parse_args(argv)
@@ -272,21 +306,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
 
-    from core.features import FeaturePipeline, load_projection
-    from core.minilm import MiniLMEncoder
+    import torch
 
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     machine = machine_info()
     prompts, source = load_prompts(args.n)
-    pipeline = FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
-    rows = bench_in_process(pipeline, prompts)
+    rows = bench_in_process(prompts)
     replica: dict[str, Any] | None = None
     if not args.no_serve:
-        replica_cpus = args.replica_cpus or float(machine["torch_threads"])
-        serve_rows, replica = bench_serve(prompts, replica_cpus)
+        serve_rows, replica = bench_serve(prompts, float(args.threads))
         rows += serve_rows
     base = rows[0]["prompts_per_s"]
     for r in rows:
         r["ratio"] = r["prompts_per_s"] / base
+    machine["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     result = {
         "command": " ".join(["python -m loadtest.bench_embedder", *(argv or sys.argv[1:])]),
         "prompts_source": source,

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         seed_offset=args.seed_offset,
         pacer_mode=args.pacer_mode,
+        pacer={"cost_signal": args.cost_signal},
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
     report, runs = run_replay(spec, specs, data, warm, priors)
@@ -126,6 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate on the other half of the data file, split by prompt hash",
     )
     p.add_argument("--pacer-mode", choices=["hard", "soft", "adaptive"], default="adaptive")
+    p.add_argument(
+        "--cost-signal",
+        choices=["expected-cost", "list-price"],
+        default="expected-cost",
+        help="what the pacer's dual prices: expected realised cost (default) or the "
+        "paper's normalised log list price",
+    )
     p.add_argument(
         "--newcomer-reward-scale",
         type=float,
