@@ -114,9 +114,14 @@ class DurableRouter:
     # ---- decisions (in memory; recorded for recovery by flush_decisions) --------------------
 
     def route(
-        self, x: np.ndarray, limits: RouteLimits | None, model: str | None, now: float
+        self,
+        x: np.ndarray,
+        limits: RouteLimits | None,
+        model: str | None,
+        now: float,
+        request_id: str | None = None,
     ) -> Decision:
-        d = self.router.route(x, limits, model)
+        d = self.router.route(x, limits, model, request_id=request_id)
         expires = now + self.config.pending_ttl_s
         self._unflushed.append(
             PendingRow(

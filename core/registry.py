@@ -65,6 +65,14 @@ class RegistryError(ValueError):
     pass
 
 
+class UnknownModelError(RegistryError):
+    pass
+
+
+class UnknownProviderError(RegistryError):
+    pass
+
+
 class ModelRegistry:
     """Active models plus the specs of removed ones (so a re-add can resume its arm)."""
 
@@ -84,7 +92,7 @@ class ModelRegistry:
 
     def get(self, model_id: str) -> ModelSpec:
         if not self.active.get(model_id):
-            raise RegistryError(f"unknown model {model_id!r}")
+            raise UnknownModelError(f"unknown model {model_id!r}")
         return self.specs[model_id]
 
     def _record(self, kind: ChangeKind, model_id: str, spec: ModelSpec | None) -> RegistryChange:

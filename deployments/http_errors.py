@@ -10,7 +10,7 @@ from ray.exceptions import RayTaskError
 
 from core.errors import InvalidFeedbackError, NoEligibleModelError, UnknownRequestError
 from core.protocol import ErrorBody, error_body
-from core.registry import RegistryError
+from core.registry import RegistryError, UnknownModelError, UnknownProviderError
 from core.store import StaleVersionError
 from deployments.clients.errors import ProviderError
 
@@ -60,9 +60,12 @@ def to_http(exc: BaseException) -> HTTPError:
         )
     if isinstance(exc, StaleVersionError):
         return HTTPError(409, str(exc), code="conflict")
+    if isinstance(exc, UnknownModelError):
+        return HTTPError(404, str(exc), "model", code="model_not_found")
+    if isinstance(exc, UnknownProviderError):
+        return HTTPError(422, str(exc), "provider", code="invalid_value")
     if isinstance(exc, RegistryError):
-        status = 404 if str(exc).startswith("unknown model") else 409
-        return HTTPError(status, str(exc), "model", code="registry_error")
+        return HTTPError(409, str(exc), "model", code="registry_conflict")
     if isinstance(exc, ProviderError):
         retry = {"retry-after": f"{exc.retry_after_s:.0f}"} if exc.retry_after_s else None
         status = 429 if exc.status == 429 else 502

@@ -10,7 +10,7 @@ import copy
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.registry import ModelRegistry, ModelSpec, RegistryError
+from core.registry import ModelRegistry, ModelSpec, UnknownProviderError
 from core.store import StateStore
 from deployments.router import REGISTRY_DOC, registry_table
 
@@ -44,7 +44,7 @@ class RegistryDeployment:
     async def add(self, spec: ModelSpec | dict) -> dict:
         spec = ModelSpec.model_validate(spec)
         if spec.provider not in self.providers:
-            raise RegistryError(
+            raise UnknownProviderError(
                 f"provider {spec.provider!r} is not configured (have: {sorted(self.providers)})"
             )
         return await self._change(lambda reg: reg.add(spec))

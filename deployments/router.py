@@ -77,7 +77,11 @@ class RouterDeployment:
     # ---- the request path ---------------------------------------------------------------
 
     async def route(
-        self, x: list[float], limits: dict | None = None, model: str | None = None
+        self,
+        x: list[float],
+        limits: dict | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         self._start_writer()
         router = self.durable.router
@@ -86,6 +90,7 @@ class RouterDeployment:
             RouteLimits.model_validate(limits) if limits else None,
             model,
             time.time(),
+            request_id,
         )
         self._m_decisions.inc(tags={"model": d.model, "routed": str(not d.direct).lower()})
         return {
