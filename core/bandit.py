@@ -2,6 +2,10 @@
 
 All arms live in (K, d, d) / (K, d) arrays so that scoring is a handful of numpy calls with no
 Python loop over arms. Time t counts routed requests; the owner advances it.
+
+A and b of an arm share one (d, d + 1) block [A | b] of `Ab`: forgetting scales both, and the
+rank-1 step adds x [x^T, r] to both, one numpy call each instead of two or three. `A` and `b` are
+views of it. Element-wise the arithmetic is the same as on separate arrays, so are the bits.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ class _HotPath:
         self.config = config
         self.eye = np.eye(d)
         self.outer = np.empty((d, d))
+        # update() scratch, with the row and column views its outer products take (made once):
+        # u = A^-1 x, v = u / denom, xr = [x, r] and x [x^T, r] for the [A | b] block.
+        self.u = np.empty(d)
+        self.v = np.empty(d)
+        self.u_col, self.v_row = self.u.reshape(d, 1), self.v.reshape(1, d)
+        self.xr = np.empty(d + 1)
+        self.x_col, self.xr_row = self.xr[:d].reshape(d, 1), self.xr.reshape(1, d + 1)
+        self.outer_ab = np.empty((d, d + 1))
         self.zero = np.zeros(())
         self.alpha = np.array(config.alpha)
         # Python scalars of update(), read once per call instead of through the config.
@@ -53,6 +65,13 @@ class _HotPath:
             if cap <= _SHRINK_TABLE_MAX
             else None
         )
+        # decay[k] = gamma^k for k = 0..cap, by Python's power as update() computed it (so the
+        # same bits), held as numpy scalars: the cheaper operand for the in-place array ops.
+        self.decay = (
+            [np.float64(config.gamma**k) for k in range(cap + 1)]
+            if cap <= _SHRINK_TABLE_MAX
+            else None
+        )
 
 
 class LinUCB:
@@ -60,9 +79,8 @@ class LinUCB:
         self.config = config
         d = config.dim
         self.t = 0
-        self.A = np.zeros((0, d, d))
+        self._set_Ab(np.zeros((0, d, d + 1)))
         self.A_inv = np.zeros((0, d, d))
-        self.b = np.zeros((0, d))
         self.theta = np.zeros((0, d))
         self.last_update = np.zeros(0, dtype=np.int64)
         self.last_pull = np.zeros(0, dtype=np.int64)
@@ -81,17 +99,25 @@ class LinUCB:
             hot = self._hot = _HotPath(self.config)
         return hot
 
+    def _set_Ab(self, Ab: np.ndarray) -> None:
+        """Install the [A | b] blocks (K, d, d + 1) and the A, b views of them."""
+        d = Ab.shape[1]
+        self.Ab = Ab
+        self.A = Ab[:, :, :d]
+        self.b = Ab[:, :, d]
+
     @property
     def n_arms(self) -> int:
-        return self.A.shape[0]
+        return self.Ab.shape[0]
 
     def add_arm(self) -> int:
         """Append an arm at l0*I, 0; returns its slot."""
         d, l0 = self.config.dim, self.config.ridge
         eye = self._consts().eye
-        self.A = np.concatenate([self.A, (l0 * eye)[None]])
+        block = np.zeros((1, d, d + 1))
+        block[0, :, :d] = l0 * eye
+        self._set_Ab(np.concatenate([self.Ab, block]))
         self.A_inv = np.concatenate([self.A_inv, (eye / l0)[None]])
-        self.b = np.concatenate([self.b, np.zeros((1, d))])
         self.theta = np.concatenate([self.theta, np.zeros((1, d))])
         self.last_update = np.append(self.last_update, self.t)
         self.last_pull = np.append(self.last_pull, self.t)
@@ -144,42 +170,45 @@ class LinUCB:
         if hot.config is not self.config:
             hot = self._consts()
         t = self.t
-        steps = t - int(self.last_update[slot])
-        A, A_inv, b = self.A[slot], self.A_inv[slot], self.b[slot]
-        floor = float(self.ridge_floor[slot])
+        steps = t - self.last_update.item(slot)
+        Ab, A_inv, b = self.Ab[slot], self.A_inv[slot], self.b[slot]
+        d = x.shape[0]
+        floor = self.ridge_floor.item(slot)
         if steps > 0 and hot.forget:
-            decay = hot.gamma ** min(steps, hot.cap)
-            A *= decay
-            b *= decay
-            A_inv /= decay
+            k = min(steps, hot.cap)
+            decay = hot.decay[k] if hot.decay is not None else np.float64(hot.gamma**k)
             floor *= decay
+            Ab *= decay  # A and b
+            A_inv /= decay
         exact = False
         if floor < hot.readd_below:
-            A += (hot.ridge - floor) * hot.eye
+            Ab[:, :d] += (hot.ridge - floor) * hot.eye
             floor = hot.ridge
             exact = True
         self.ridge_floor[slot] = floor
-        u = A_inv.dot(x)
-        denom = 1.0 + float(x.dot(u))
-        # Outer products as k=1 matrix products into a scratch buffer: the same products x_i*x_j
-        # as np.outer, without its allocation and broadcasting (float64 x, the router's case).
-        d = x.shape[0]
+        # float64 x (the router's case): products into scratch buffers, the outer products as
+        # k=1 matrix products (the same products x_i*x_j as np.outer, without its allocation).
         fast = x.dtype == _F64
-        outer = hot.outer
+        u = A_inv.dot(x, out=hot.u) if fast else A_inv.dot(x)
+        denom = 1.0 + float(x.dot(u))
         if fast:
-            x.reshape(d, 1).dot(x.reshape(1, d), out=outer)
-            A += outer
+            xr = hot.xr
+            xr[:d] = x
+            xr[d] = reward
+            hot.x_col.dot(hot.xr_row, out=hot.outer_ab)  # x [x^T, r]: x x^T and r x
+            Ab += hot.outer_ab
         else:
-            A += np.outer(x, x)
-        b += reward * x
-        since = int(self.since_refresh[slot]) + 1
+            Ab[:, :d] += np.outer(x, x)
+            b += reward * x
+        since = self.since_refresh.item(slot) + 1
         if exact or not denom > 1e-9 or since >= hot.refresh_every:
             # Lost positive definiteness, a ridge refresh, or periodic drift control.
-            A_inv[...] = np.linalg.inv(A)
+            A_inv[...] = np.linalg.inv(Ab[:, :d])
             since = 0
         elif fast:
-            u.reshape(d, 1).dot((u / denom).reshape(1, d), out=outer)
-            A_inv -= outer
+            np.divide(u, np.float64(denom), out=hot.v)
+            hot.u_col.dot(hot.v_row, out=hot.outer)  # u (u / denom)^T
+            A_inv -= hot.outer
         else:
             A_inv -= np.outer(u, u / denom)
         self.since_refresh[slot] = since
@@ -192,5 +221,7 @@ class LinUCB:
 
     def load_arrays(self, arrays: dict[str, np.ndarray], t: int) -> None:
         for name in ARRAY_FIELDS:
-            setattr(self, name, np.array(arrays[name], order="C"))
+            if name not in ("A", "b"):
+                setattr(self, name, np.array(arrays[name], order="C"))
+        self._set_Ab(np.concatenate([arrays["A"], np.asarray(arrays["b"])[:, :, None]], axis=2))
         self.t = t

@@ -23,6 +23,15 @@ class InvalidFeedbackError(RouterError):
     pass
 
 
+class DuplicateRequestIdError(RouterError):
+    def __init__(self, request_id: str) -> None:
+        super().__init__(request_id)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"request id {self.request_id!r} is already in use"
+
+
 class NoEligibleModelError(RouterError):
     def __init__(self, reasons: dict[str, str]) -> None:
         super().__init__(reasons)

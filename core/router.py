@@ -9,6 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import compress
+from operator import gt
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.bandit import LinUCB
 from core.config import CostSignal, RouterConfig
 from core.costs import cost_term
-from core.errors import InvalidFeedbackError, NoEligibleModelError, UnknownRequestError
+from core.errors import (
+    DuplicateRequestIdError,
+    InvalidFeedbackError,
+    NoEligibleModelError,
+    UnknownRequestError,
+)
 from core.pacer import BudgetPacer
 from core.priors import Priors, mean_preserving_load
 from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+
+_NEG_INF = np.array(-np.inf)  # a 0-d array operand: numpy converts a Python float on every call
 
 
 def _is_number(v: object) -> bool:
@@ -96,10 +104,13 @@ class _ArmView:
     for the expected costs). Built on demand; see Router._arms_changed and Router._learn_usage."""
 
     expected: np.ndarray  # expected cost of a request per arm, US$ (Router.expected_costs)
-    all_known: bool  # every arm has learned usage, so none borrows the others' mean
+    known: np.ndarray  # the slots with learned usage
+    unknown: np.ndarray  # the others, which borrow the mean usage of the known ones
+    unknown_prices: np.ndarray  # their list prices
     dearest: float | None  # max expected cost over the active arms; None when none is active
     top_price: float | None  # max list price over the active arms; None when none is active
     removed: dict[str, str]  # the eligibility reason of each removed model
+    models: tuple[str, ...]  # the model of each slot (Decision.models)
     signal: np.ndarray | None = None  # expected / signal_budget, made on first use
     signal_budget: float = math.nan
 
@@ -128,9 +139,7 @@ class Router:
     usage_k = _ArmField()
     slot_models = _ArmField()
 
-    def __init__(
-        self, config: RouterConfig, models: list[ModelSpec] | None = None
-    ) -> None:
+    def __init__(self, config: RouterConfig, models: list[ModelSpec] | None = None) -> None:
         self._view: _ArmView | None = None
         self.config = config
         self.bandit = LinUCB(config.bandit)
@@ -193,7 +202,9 @@ class Router:
         any_active = bool(active.any())
         return _ArmView(
             expected=expected,
-            all_known=len(known) == len(usage),
+            known=np.flatnonzero(~unknown),
+            unknown=np.flatnonzero(unknown),
+            unknown_prices=prices[unknown],
             dearest=float(expected[active].max()) if any_active else None,
             top_price=float(prices[active].max()) if any_active else None,
             removed={
@@ -201,13 +212,12 @@ class Router:
                 for m, a in zip(self._slot_models, active.tolist(), strict=True)
                 if not a
             },
+            models=tuple(self._slot_models),
         )
 
     def _set_price(self, slot: int, spec: ModelSpec) -> None:
         self._prices[slot] = spec.blended_price
-        self.cost_terms[slot] = cost_term(
-            np.array([spec.blended_price]), self.config.cost_scale
-        )[0]
+        self.cost_terms[slot] = cost_term(np.array([spec.blended_price]), self.config.cost_scale)[0]
         self._arms_changed()
 
     def add_model(self, spec: ModelSpec, explore: bool = True) -> RegistryChange:
@@ -285,14 +295,10 @@ class Router:
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)
 
-    def load_priors(
-        self, priors: Priors, projection_fingerprint: str | None = None
-    ) -> list[str]:
+    def load_priors(self, priors: Priors, projection_fingerprint: str | None = None) -> list[str]:
         """Warm-start the arms named in the priors; returns the models that got one."""
         if priors.dim != self.config.bandit.dim:
-            raise ValueError(
-                f"priors have dim {priors.dim}, router has {self.config.bandit.dim}"
-            )
+            raise ValueError(f"priors have dim {priors.dim}, router has {self.config.bandit.dim}")
         if (
             projection_fingerprint
             and priors.projection_fingerprint
@@ -303,9 +309,7 @@ class Router:
         for model_id, prior in priors.arms.items():
             if model_id in self.slots:
                 A, b = mean_preserving_load(prior, self.config.bandit.ridge)
-                self.bandit.load_prior(
-                    self.slots[model_id], A, b, self.config.bandit.ridge
-                )
+                self.bandit.load_prior(self.slots[model_id], A, b, self.config.bandit.ridge)
                 loaded.append(model_id)
         return loaded
 
@@ -313,16 +317,15 @@ class Router:
 
     def _eligible(
         self, limits: RouteLimits | None
-    ) -> tuple[np.ndarray, dict[str, str]]:
+    ) -> tuple[np.ndarray, list[bool], dict[str, str]]:
+        """The caller's eligibility: (mask, the mask as a list, why each other model is not)."""
         mask = self._active.copy()
         reasons = dict(self._arm_view().removed)  # a copy: the caller adds to it
         if limits is not None:
             if limits.allowed_models is not None:
                 unknown = set(limits.allowed_models) - set(self.slots)
                 if unknown:
-                    raise NoEligibleModelError(
-                        {m: "not registered" for m in sorted(unknown)}
-                    )
+                    raise NoEligibleModelError({m: "not registered" for m in sorted(unknown)})
                 allowed = np.zeros_like(mask)
                 allowed[[self.slots[m] for m in limits.allowed_models]] = True
                 for m, s in self.slots.items():
@@ -338,7 +341,7 @@ class Router:
                             f"max_blended_per_m {limits.max_blended_per_m:.4g}"
                         )
                 mask &= cheap
-        return mask, reasons
+        return mask, mask.tolist(), reasons
 
     def _check_context(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -349,43 +352,53 @@ class Router:
         return x
 
     def _assess(
-        self, x: np.ndarray, mask: np.ndarray, reasons: dict[str, str]
-    ) -> tuple[np.ndarray, dict[str, str], np.ndarray, np.ndarray, np.ndarray]:
-        """The pacer's ceiling on top of the caller's eligibility (`mask`, `reasons` from
-        _eligible), and the score terms at time t."""
+        self, x: np.ndarray, mask: np.ndarray, eligible: list[bool], reasons: dict[str, str]
+    ) -> tuple[np.ndarray, list[bool], dict[str, str], np.ndarray, np.ndarray, np.ndarray]:
+        """The pacer's ceiling on top of the caller's eligibility (from _eligible), and the score
+        terms at time t: (mask, mask as a list, reasons, quality, bonus, penalty)."""
         quality, bonus = self.bandit.estimates(x)
         signal, ceiling_costs, dearest = self._cost_signal()
         # None in soft mode, at lambda <= 0 (the ceiling admits every arm), or with no arm active.
         cap = None if dearest is None else self.pacer.ceiling(dearest)
         if cap is not None:
-            ceiling = (ceiling_costs <= cap) & mask
+            ceiling = ceiling_costs <= cap
+            ceiling &= mask
             under = ceiling.tolist()
             # If the ceiling leaves nothing, only the caller's limits apply.
             if True in under:
-                eligible = mask.tolist()
                 if under != eligible:  # reasons only when the ceiling excludes an arm
                     why = f"above the pacer's ceiling (lambda={self.pacer.dual:.3f})"
-                    for m, e, u in zip(self._slot_models, eligible, under, strict=True):
-                        if e and not u:
-                            reasons[m] = why
-                mask = ceiling
-        return mask, reasons, quality, bonus, self._penalty(signal)
+                    names = self._slot_models
+                    # The arms it excludes, eligible > under (True > False), found in C.
+                    for i in compress(range(len(under)), map(gt, eligible, under)):
+                        reasons[names[i]] = why
+                mask, eligible = ceiling, under
+        return mask, eligible, reasons, quality, bonus, self._penalty(signal)
 
     def route(
-        self, x: np.ndarray, limits: RouteLimits | None = None, model: str | None = None
+        self,
+        x: np.ndarray,
+        limits: RouteLimits | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
     ) -> Decision:
-        """Pick a model for context x (or record an explicit `model`, bypassing the bandit)."""
+        """Pick a model for context x (or record an explicit `model`, bypassing the bandit but
+        not the caller's own limits). `request_id` names the decision (default: random); a
+        name already in use is refused."""
         x = self._check_context(x)
-        if model is not None and not (
-            model in self.slots and self._active[self.slots[model]]
-        ):
+        if request_id is not None and (request_id in self.pending or request_id in self.applied):
+            raise DuplicateRequestIdError(request_id)
+        if model is not None and not (model in self.slots and self._active[self.slots[model]]):
             why = "removed" if model in self.slots else "not registered"
             raise NoEligibleModelError({model: why})
-        eligible, reasons = self._eligible(limits)
-        if model is None and True not in eligible.tolist():
+        mask, eligible, reasons = self._eligible(limits)
+        if model is None and True not in eligible:
             raise NoEligibleModelError(reasons)
+        if model is not None and not eligible[self.slots[model]]:
+            raise NoEligibleModelError({model: reasons[model]})
         self.bandit.t += 1
-        mask, reasons, quality, bonus, penalty = self._assess(x, eligible, reasons)
+        t = self.bandit.t
+        mask, eligible, reasons, quality, bonus, penalty = self._assess(x, mask, eligible, reasons)
         forced = False
         if model is not None:
             slot = self.slots[model]
@@ -395,12 +408,11 @@ class Router:
             # keeps its pulls, and this check runs, for as long as the ceiling holds.
             explore = None
             pulls = self.forced_left.tolist()
-            if not self.pacer.over_budget and any(pulls):
-                eligible = mask.tolist()
-                explore = next(
-                    (i for i in compress(range(len(pulls)), pulls) if pulls[i] > 0 and eligible[i]),
-                    None,
-                )
+            if any(pulls) and not self.pacer.over_budget:
+                for i in compress(range(len(pulls)), pulls):
+                    if pulls[i] > 0 and eligible[i]:
+                        explore = i
+                        break
             if explore is not None:
                 slot = explore
                 self.forced_left[slot] -= 1
@@ -408,29 +420,33 @@ class Router:
             else:
                 # The best score and its ties (within 1e-12) in Python floats: cheaper than
                 # numpy reductions on K numbers. Ties are broken by the seeded RNG.
-                score = np.where(mask, quality + bonus - penalty, -np.inf).tolist()
+                score = quality + bonus
+                score -= penalty
+                score = np.where(mask, score, _NEG_INF).tolist()
                 top = max(score) - 1e-12
                 best = [i for i, v in enumerate(score) if v >= top]
                 slot = best[0] if len(best) == 1 else int(self.rng.choice(best))
         self.bandit.mark_pull(slot)
         self.context_sum += x
-        request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
-        self.pending[request_id] = _Pending(slot=slot, x=x, t=self.t, forced=forced)
+        if request_id is None:
+            request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
+        self.pending[request_id] = _Pending(slot, x, t, forced)
         if len(self.pending) > self._max_pending:
             self.pending.popitem(last=False)
+        # Positional: keyword arguments would cost ~0.4 us more per request.
         return Decision(
-            request_id=request_id,
-            model=self._slot_models[slot],
-            t=self.t,
-            dual=self.pacer.dual,
-            forced=forced,
-            direct=model is not None,
-            models=tuple(self.slot_models),
-            quality=quality,
-            bonus=bonus,
-            penalty=penalty,
-            eligible=mask,
-            reasons=reasons,
+            request_id,
+            self._slot_models[slot],  # model
+            t,
+            self.pacer.dual,
+            forced,
+            model is not None,  # direct
+            self._arm_view().models,
+            quality,
+            bonus,
+            penalty,
+            mask,  # eligible
+            reasons,
         )
 
     def replay_decision(
@@ -463,9 +479,7 @@ class Router:
     def charge(self, request_id: str, cost_usd: float) -> FeedbackStatus:
         """Charge the realised cost of a routed request to the pacer (once per request)."""
         if not (_is_number(cost_usd) and math.isfinite(cost_usd) and cost_usd >= 0):
-            raise InvalidFeedbackError(
-                f"cost_usd must be a finite number >= 0, got {cost_usd!r}"
-            )
+            raise InvalidFeedbackError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         if request_id in self.applied and request_id not in self.pending:
             return FeedbackStatus.DUPLICATE
         entry = self._lookup(request_id)
@@ -479,26 +493,36 @@ class Router:
         return FeedbackStatus.APPLIED
 
     def _learn_usage(self, slot: int, cost_usd: float) -> None:
-        price = float(self._prices[slot])
+        price = self._prices.item(slot)
         ratio = cost_usd / price
-        old, ema = float(self._usage_k[slot]), self._usage_ema
+        old, ema = self._usage_k.item(slot), self._usage_ema
         usage = ratio if math.isnan(old) else ema * old + (1.0 - ema) * ratio
         self._usage_k[slot] = usage
         view = self._view
-        if view is None:
-            return
-        if not view.all_known or math.isnan(usage):
-            # An arm borrows the mean usage of the others, which this charge moved: rebuild.
-            self._arms_changed()
-            return
-        # Only this arm's expected cost moves. Python float arithmetic is IEEE double, so the
-        # patched values are bit-identical to what a rebuild would compute element-wise.
-        cost = price * usage
-        before = float(view.expected[slot])
+        if view is not None:
+            if math.isnan(old) or math.isnan(usage):
+                self._arms_changed()  # the set of arms with learned usage changed: rebuild
+            else:
+                self._patch_arm_view(view, slot, price * usage)
+
+    def _patch_arm_view(self, view: _ArmView, slot: int, cost: float) -> None:
+        """One arm's usage moved (a charge): update its expected `cost` and what depends on it
+        in place of a rebuild. Python float arithmetic is IEEE double, and numpy's the same
+        element-wise, so the patched values are bit-identical to a rebuild's."""
+        before = view.expected.item(slot)
         view.expected[slot] = cost
+        if len(view.unknown):
+            # Arms with no usage yet borrow the mean usage of the others, which moved too.
+            fallback = self._usage_k[view.known].mean()
+            view.expected[view.unknown] = view.unknown_prices * fallback
+            view.signal_budget = math.nan  # remake the signal on next use
+            if view.dearest is not None:
+                view.dearest = float(view.expected[self._active].max())
+            return
+        # Only this arm's expected cost moved.
         if view.signal is not None:
             view.signal[slot] = cost / view.signal_budget
-        if self._active[slot]:
+        if self._active.item(slot):
             if cost >= view.dearest:
                 view.dearest = cost
             elif before == view.dearest:  # the dearest arm got cheaper: find the new max
@@ -507,9 +531,7 @@ class Router:
     def feedback(self, request_id: str, reward: float) -> FeedbackStatus:
         """Learn from a reward in [0, 1]; a repeat is reported as a duplicate and not applied."""
         if not (_is_number(reward) and math.isfinite(reward) and 0 <= reward <= 1):
-            raise InvalidFeedbackError(
-                f"reward must be a finite number in [0, 1], got {reward!r}"
-            )
+            raise InvalidFeedbackError(f"reward must be a finite number in [0, 1], got {reward!r}")
         if request_id in self.applied:
             return FeedbackStatus.DUPLICATE
         entry = self._lookup(request_id)
@@ -521,18 +543,12 @@ class Router:
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
 
-    def explain(
-        self, x: np.ndarray, limits: RouteLimits | None = None
-    ) -> dict[str, dict]:
+    def explain(self, x: np.ndarray, limits: RouteLimits | None = None) -> dict[str, dict]:
         """What route() would weigh for x as the next request, without routing."""
         x = self._check_context(x)
-        self.bandit.t += (
-            1  # route() scores at t + 1; undone below, nothing else changes
-        )
+        self.bandit.t += 1  # route() scores at t + 1; undone below, nothing else changes
         try:
-            mask, reasons, quality, bonus, penalty = self._assess(
-                x, *self._eligible(limits)
-            )
+            mask, _, reasons, quality, bonus, penalty = self._assess(x, *self._eligible(limits))
         finally:
             self.bandit.t -= 1
         return Decision(
@@ -573,9 +589,7 @@ class Router:
                     "forced_pulls_left": int(self.forced_left[i]),
                     "blended_usd_per_m": float(self.prices[i] * 1000),
                     "expected_cost_usd": float(expected[i]),
-                    "estimated_quality": float(self.bandit.theta[i] @ mean_x)
-                    if self.t
-                    else None,
+                    "estimated_quality": float(self.bandit.theta[i] @ mean_x) if self.t else None,
                 }
                 for i, m in enumerate(self.slot_models)
             },

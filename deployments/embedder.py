@@ -5,7 +5,7 @@ A thin adapter of `core.features.FeaturePipeline` to Ray Serve:
 - `embed(text)` is the request path. Calls from many concurrent requests are gathered by
   `@serve.batch` (up to `max_batch_size`, waiting at most `batch_wait_timeout_s`) and encoded
   together in a worker thread, so the replica's event loop keeps accepting requests. A batch
-  is sorted by length and run in forward passes of `encode_batch_size` prompts (8 on CPU),
+  is sorted by length and run in forward passes of `encode_batch_size` prompts (4 on CPU),
   because on CPU padding every prompt to the batch's longest costs more than batching saves.
 - `embed_many(texts)` encodes a caller's list as it stands (no cross-request batching), for
   bulk work. In `serve.run(..., _local_testing_mode=True)` `@serve.batch` cannot run (it needs
@@ -47,9 +47,9 @@ logger = logging.getLogger("ray.serve")
 
 _BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 # On CPU a forward pass costs ~ batch x longest prompt, and prompt lengths are long-tailed, so
-# one padded pass over 32 real prompts is ~2x slower than 32 single-prompt calls, while
-# length-sorted chunks of 4-8 are ~1.3x faster (docs/benchmarks.md, "Embedder").
-CPU_ENCODE_BATCH_SIZE = 8
+# one padded pass over 32 real prompts is ~1.5x slower than 32 single-prompt calls, while
+# length-sorted passes of 4 are ~1.3x faster (docs/benchmarks.md, "Embedder").
+CPU_ENCODE_BATCH_SIZE = 4
 
 
 class EmbedderArgs(BaseModel):
@@ -78,6 +78,11 @@ class EmbedderArgs(BaseModel):
         "chunks of this size, so short prompts are not padded to the longest; None = "
         f"{CPU_ENCODE_BATCH_SIZE} on CPU (padding costs compute there), max_batch_size on GPU",
     )
+    # Ray 2.60's @serve.batch closes a batch batch_wait_timeout_s after its first request even
+    # while the previous batch is still encoding (it then waits its turn), so batches only grow
+    # past what arrives in that window when the window is near the encode time. On a busy CPU
+    # replica 0.05 s gives full batches and ~1.5x the throughput of 0.005 s; on a GPU (encode
+    # ~ms) or at low load (every request waits the window out) keep it small.
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
     projection_path: str | None = Field(
         default=None,

@@ -8,7 +8,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 
-from core.errors import InvalidFeedbackError, NoEligibleModelError, UnknownRequestError
+from core.errors import (
+    DuplicateRequestIdError,
+    InvalidFeedbackError,
+    NoEligibleModelError,
+    UnknownRequestError,
+)
 from core.protocol import ErrorBody, error_body
 from core.registry import RegistryError, UnknownModelError, UnknownProviderError
 from core.store import StaleVersionError
@@ -46,6 +51,8 @@ def to_http(exc: BaseException) -> HTTPError:
     if isinstance(exc, ValidationError):
         body = ErrorBody.from_validation(exc).error
         return HTTPError(422, body.message, body.param, code=body.code)
+    if isinstance(exc, DuplicateRequestIdError):
+        return HTTPError(409, str(exc), "x-request-id", code="duplicate_request_id")
     if isinstance(exc, UnknownRequestError):
         return HTTPError(404, str(exc), "request_id", code="unknown_request_id")
     if isinstance(exc, InvalidFeedbackError):

@@ -102,7 +102,7 @@ def test_chat_auto_is_openai_shaped_and_priced(client, config_models) -> None:
     body = r.json()
     info = body["paretoserve"]
     rid = info["request_id"]
-    assert len(rid) == 32 and int(rid, 16) >= 0
+    assert 0 < len(rid) <= 200  # Serve's request id (a UUID unless the client sent one)
     assert body["id"] == f"chatcmpl-{rid}"
     assert body["object"] == "chat.completion"
     assert isinstance(body["created"], int) and body["created"] > 0
@@ -125,12 +125,6 @@ def test_chat_auto_is_openai_shaped_and_priced(client, config_models) -> None:
     assert rid in r.headers.get_list("x-request-id")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: two x-request-id headers. Ray Serve's proxy (RequestIdMiddleware, "
-    "ray/serve/_private/http_util.py) appends its own X-Request-ID to every response, "
-    "besides the one Ingress._headers sets (deployments/ingress.py); a fix is in progress",
-)
 def test_chat_has_exactly_one_x_request_id_header(client) -> None:
     r = _chat(client, model="auto")
     assert r.status_code == 200, r.text
@@ -168,13 +162,6 @@ def test_max_blended_price_limit_is_honoured(client, openai_error) -> None:
     assert "max_blended_per_m" in err["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an explicit model ignores the request's own limits: core/router.py "
-    "Router.route computes the eligible mask from `paretoserve` limits but, when `model` is "
-    "given, uses the model's slot without checking the mask, so a model outside "
-    "allowed_models or above max_blended_per_m answers (and is charged)",
-)
 @pytest.mark.parametrize(
     "limits", [{"allowed_models": [CHEAP]}, {"max_blended_per_m": 0.2}], ids=["allowed", "price"]
 )
@@ -202,12 +189,6 @@ def test_malformed_json_is_422(client, openai_error) -> None:
     assert "JSON" in openai_error(r)["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed JSON body's 422 names param '1' (the decode error's character "
-    "offset): ingress._validation_error joins the whole FastAPI loc ('body', 1) minus 'body'. "
-    "No field is at fault, so param should be null",
-)
 def test_malformed_json_error_names_no_field(client, openai_error) -> None:
     r = client.post(
         "/v1/chat/completions", content=b"{bad", headers={"content-type": "application/json"}
@@ -252,12 +233,6 @@ def test_prompt_over_the_limit_is_413_and_at_the_limit_is_served(client, openai_
     assert _chat(client, messages=_messages("y" * MAX_PROMPT_CHARS)).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_prompt_chars is checked against body.prompt_text() only, i.e. the last "
-    "user message (deployments/ingress.py, Ingress.chat), while every message goes to the "
-    "provider and is charged; a long system/history message passes the 413 guard",
-)
 def test_prompt_limit_counts_every_message(client) -> None:
     messages = [
         {"role": "system", "content": "s" * (MAX_PROMPT_CHARS + 1)},
@@ -299,13 +274,6 @@ def test_stream_sends_sse_chunks_then_done(client, admin_headers, svc, config_mo
     assert fb.status_code == 200 and fb.json()["status"] == "applied"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stream the client abandons is never charged: Ingress._stream's events() "
-    "charges the Router only after the provider's last chunk, and Serve cancels the generator "
-    "when the client disconnects, so the pacer never sees that spend (the pending context "
-    "stays uncharged until its TTL)",
-)
 def test_abandoned_stream_is_still_charged(client, admin_headers, svc) -> None:
     spec = {"id": SLOW_STREAM, "provider": "simulated", "input_per_m": 1.0, "output_per_m": 2.0}
     assert client.post("/admin/models", json=spec, headers=admin_headers).status_code == 201
@@ -406,12 +374,6 @@ def test_healthz(client) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): unknown paths and wrong methods answer FastAPI's {'detail': ...} "
-    "instead of OpenAI's error shape: deployments/ingress.py registers handlers for "
-    "RequestValidationError and HTTPError only, not starlette.exceptions.HTTPException",
-)
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nope"), ("GET", "/v1/feedback")])
 def test_unknown_routes_answer_openai_errors(client, openai_error, method, path) -> None:
     r = client.request(method, path)
@@ -571,12 +533,6 @@ def test_admin_add_with_an_unconfigured_provider_is_rejected(
     assert _active(_state(client, admin_headers)) == set(config_models)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unconfigured provider answers 409 with param 'model': "
-    "RegistryDeployment.add raises RegistryError, which http_errors.to_http maps to 409/'model' "
-    "(only 'unknown model...' messages become 404); it is invalid input: 422, param 'provider'",
-)
 def test_admin_add_with_an_unconfigured_provider_is_422_naming_provider(
     client, admin_headers, openai_error
 ) -> None:
@@ -586,12 +542,6 @@ def test_admin_add_with_an_unconfigured_provider_is_422_naming_provider(
     assert openai_error(r)["param"] == "provider"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): admin routes validate the body before checking the key (the check is "
-    "a call inside each handler, deployments/ingress.py Ingress._admin), so a caller without "
-    "the key gets 422 with the schema's field errors instead of 401",
-)
 def test_admin_checks_the_key_before_the_body(client) -> None:
     assert client.put("/admin/budget", json={"usd_per_request": "x"}).status_code == 401
 

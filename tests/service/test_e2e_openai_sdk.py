@@ -163,9 +163,8 @@ def test_chat_auto_with_the_sdk(sdk, config_models) -> None:
     assert completion.choices[0].message.content.startswith(f"[simulated {completion.model}]")
     assert completion.usage.total_tokens > 0
     assert info["routed"] is True and info["cost_usd"] > 0
-    # The feedback key is in the x-request-id header (Ray Serve's proxy adds a second
-    # x-request-id of its own: see test_api_local's xfail); the cost header matches the body.
-    assert info["request_id"] in raw.headers.get_list("x-request-id")
+    # The feedback key is the one x-request-id header; the cost header matches the body.
+    assert raw.headers.get_list("x-request-id") == [info["request_id"]]
     assert float(raw.headers["x-paretoserve-cost-usd"]) == pytest.approx(info["cost_usd"])
 
 

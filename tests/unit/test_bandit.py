@@ -281,3 +281,44 @@ def test_estimates_are_theta_x_and_alpha_sqrt_v() -> None:
         v = x @ np.linalg.solve(bandit.A[a], x) / max(GAMMA**dt, 1 / 200)
         assert quality[a] == pytest.approx(np.linalg.solve(bandit.A[a], bandit.b[a]) @ x, abs=1e-12)
         assert bonus[a] == pytest.approx(ALPHA * math.sqrt(v), rel=1e-10)
+
+
+def test_A_and_b_are_views_of_one_block_that_round_trips() -> None:
+    rng = np.random.default_rng(11)
+    bandit = LinUCB(BanditConfig(refresh_every=7), n_arms=3)
+    for i in range(60):
+        bandit.t = 3 * i
+        bandit.update(i % 3, _ctx(rng), float(rng.random()))
+    assert np.shares_memory(bandit.A, bandit.Ab) and np.shares_memory(bandit.b, bandit.Ab)
+    np.testing.assert_array_equal(bandit.Ab[:, :, :26], bandit.A)
+    np.testing.assert_array_equal(bandit.Ab[:, :, 26], bandit.b)
+    copy = LinUCB(BanditConfig(refresh_every=7))
+    copy.load_arrays({k: v.copy() for k, v in bandit.arrays().items()}, bandit.t)
+    x, r = _ctx(rng), 0.3
+    for b in (bandit, copy):  # the same next step from the original and from the round trip
+        b.t += 5
+        b.update(1, x, r)
+    for name, arr in bandit.arrays().items():
+        np.testing.assert_array_equal(copy.arrays()[name], arr, err_msg=name)
+    assert copy.add_arm() == 3 and copy.A.shape == (4, 26, 26) and copy.b.shape == (4, 26)
+
+
+def test_float32_and_float64_contexts_take_the_same_steps_as_np_outer() -> None:
+    """update() has a scratch-buffer path for float64 contexts and a general one for others;
+    both equal the textbook A += x x^T, b += r x, A^-1 by Sherman-Morrison."""
+    rng = np.random.default_rng(12)
+    # float32: np.outer rounds x x^T to float32 in A, which the float64 Sherman-Morrison step
+    # does not see, hence the looser tolerance on A^-1.
+    for dtype, atol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        bandit = LinUCB(BanditConfig(gamma=1.0), n_arms=1)
+        A, b = np.eye(26), np.zeros(26)
+        for _ in range(5):
+            x = _ctx(rng).astype(dtype)
+            r = float(rng.random())
+            bandit.update(0, x, r)
+            A = A + np.outer(x, x)
+            b = b + r * x
+        np.testing.assert_array_equal(bandit.A[0], A)
+        np.testing.assert_array_equal(bandit.b[0], b)
+        np.testing.assert_allclose(bandit.A_inv[0], np.linalg.inv(A), atol=atol)
+        np.testing.assert_allclose(bandit.theta[0], np.linalg.solve(A, b), atol=100 * atol)

@@ -164,3 +164,23 @@ def test_hard_ceiling_uses_the_most_expensive_active_arm() -> None:
     # Nothing active: the mask leaves the decision to the caller's limits.
     none = np.zeros(4, dtype=bool)
     assert _pacer(mode=PacerMode.HARD, dual=1.0).ceiling_mask(PRICES, none).all()
+
+
+def test_ceiling_threshold_matches_the_mask() -> None:
+    """ceiling(dearest) is the price cap that ceiling_mask applies; None where it applies none."""
+    assert _pacer(mode=PacerMode.SOFT, dual=2.0).ceiling(1.0) is None
+    assert _pacer(mode=PacerMode.HARD, dual=0.0).ceiling(1.0) is None
+    for mode in (PacerMode.HARD, PacerMode.ADAPTIVE):
+        pacer = _pacer(mode=mode, dual=3.0)
+        cap = pacer.ceiling(float(PRICES.max()))
+        assert cap == PRICES.max() / 4.0
+        assert (PRICES <= cap).tolist() == pacer.ceiling_mask(PRICES, ALL).tolist()
+
+
+def test_replacing_the_config_updates_what_charge_reads() -> None:
+    pacer = _pacer(budget=1.0, mode=PacerMode.HARD, dual=0.5)
+    pacer.config = PacerConfig(budget_usd=4.0, mode=PacerMode.SOFT, step=0.1)
+    assert pacer.budget == 4.0 and pacer.soft_weight() == 0.5 and pacer.ceiling(1.0) is None
+    pacer.charge(8.0)  # cbar = 0.95*1 + 0.05*8 = 1.35; dual += 0.1 * (1.35/4 - 1)
+    assert pacer.state.cost_ema == pytest.approx(1.35)
+    assert pacer.dual == pytest.approx(0.5 + 0.1 * (1.35 / 4.0 - 1.0))

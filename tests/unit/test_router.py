@@ -10,6 +10,7 @@ import pytest
 
 from core.config import BanditConfig, PacerConfig, PacerMode, RouterConfig
 from core.errors import (
+    DuplicateRequestIdError,
     InvalidFeedbackError,
     NoEligibleModelError,
     RouterError,
@@ -645,3 +646,79 @@ def test_expected_cost_dual_step_shrinks_with_the_cost_range() -> None:
     assert cheap.pacer.dual == pytest.approx(0.05 * gradient)  # llama costs < B: full step
     scale = (1e-3 / PRO.blended_price) ** 0.75
     assert wide.pacer.dual == pytest.approx(0.05 * gradient * scale)
+
+
+def _expected_from_scratch(router: Router) -> np.ndarray:
+    """Router.expected_costs by its definition, from the public arrays."""
+    usage = router.usage_k
+    known = usage[~np.isnan(usage)]
+    fallback = known.mean() if len(known) else 1.0
+    return router.prices * np.where(np.isnan(usage), fallback, usage)
+
+
+def test_cached_cost_view_tracks_every_change_bit_for_bit() -> None:
+    """The router keeps per-arm expected costs (and their max over the active arms) between
+    requests and patches them on a charge. After every kind of change they equal a computation
+    from scratch exactly, and so do the penalty and the dual step that read them."""
+    from core.snapshot import restore, snapshot
+
+    rng = np.random.default_rng(21)
+    models = [LLAMA, MISTRAL, FLASH, PRO]
+    # A budget below most arms' costs: the dual moves and the step scale (B / dearest) < 1.
+    router = _router(models[:2], budget=2e-4, cost_signal="expected-cost")
+    x = np.append(np.zeros(25), 1.0)
+    for _ in range(600):
+        u = rng.random()
+        active = [m for m in router.slot_models if router.active[router.slots[m]]]
+        if u < 0.05 and len(active) < len(models):
+            spec = next(m for m in models if m.id not in active)
+            router.add_model(spec)  # a new arm (no usage yet) or a re-add
+        elif u < 0.08 and len(active) > 1:
+            router.remove_model(str(rng.choice(active)))
+        elif u < 0.12:
+            m = str(rng.choice(active))
+            router.reprice(m, float(rng.uniform(0.05, 5)), float(rng.uniform(0.05, 20)))
+        elif u < 0.14:
+            router.set_budget(float(rng.choice([1e-4, 2e-4, 4e-4])))
+        elif u < 0.16:
+            router = restore(snapshot(router))
+        else:
+            # About half the requests name a model: every arm gets charged, the dearest too.
+            d = router.route(x, model=str(rng.choice(active)) if u < 0.6 else None)
+            expected = _expected_from_scratch(router)
+            dearest = float(expected[router.active].max())
+            budget, dual, cbar = router.pacer.budget, router.pacer.dual, router.pacer.state.cost_ema
+            cost = float(expected[router.slots[d.model]] * rng.uniform(0.0, 3.0))
+            router.charge(d.request_id, cost)
+            # The pacer's step, by hand: scaled by (B / max active expected cost)^0.75.
+            cbar = 0.95 * cbar + (1.0 - 0.95) * cost
+            scale = min(1.0, budget / dearest) ** 0.75
+            assert router.pacer.dual == min(max(dual + 0.05 * scale * (cbar / budget - 1), 0), 5)
+        expected = _expected_from_scratch(router)
+        np.testing.assert_array_equal(router.expected_costs(), expected)
+        penalties = [v["cost_penalty"] for v in router.explain(x).values()]
+        assert penalties == (router.pacer.dual * (expected / router.pacer.budget)).tolist()
+
+
+def test_explicit_model_still_obeys_the_callers_limits() -> None:
+    router = _router([LLAMA, PRO])
+    x = np.append(np.zeros(25), 1.0)
+    with pytest.raises(NoEligibleModelError, match="not in allowed_models"):
+        router.route(x, RouteLimits(allowed_models=(LLAMA.id,)), model=PRO.id)
+    with pytest.raises(NoEligibleModelError, match="max_blended_per_m"):
+        router.route(x, RouteLimits(max_blended_per_m=0.2), model=PRO.id)
+    assert router.t == 0  # refused before anything moved
+    assert router.route(x, RouteLimits(max_blended_per_m=0.2), model=LLAMA.id).model == LLAMA.id
+
+
+def test_a_given_request_id_names_the_decision_and_cannot_be_reused() -> None:
+    router = _router([LLAMA, PRO])
+    x = np.append(np.zeros(25), 1.0)
+    d = router.route(x, request_id="req-1")
+    assert d.request_id == "req-1"
+    with pytest.raises(DuplicateRequestIdError):
+        router.route(x, request_id="req-1")  # still pending
+    router.charge("req-1", 1e-5)
+    router.feedback("req-1", 0.5)
+    with pytest.raises(DuplicateRequestIdError):
+        router.route(x, request_id="req-1")  # settled, but its feedback is on record
