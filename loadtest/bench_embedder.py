@@ -1,23 +1,27 @@
 """Embedding throughput: unbatched torch vs batched encode vs the Embedder on Ray Serve.
 
-    python -m loadtest.bench_embedder [--n 512] [--threads 1] [--json OUT] [--no-serve]
+    python -m loadtest.bench_embedder [--n 512] [--repeats 3] [--threads 1] [--json OUT]
+                                      [--no-serve]
 
 Modes, all on the same prompts and all producing the full context (MiniLM + projection):
 
 1. `torch, 1 prompt per call`: one prompt per encode call, sequentially, in this process.
 2. `torch, batch B` (B = 8, 32, 64), in this process: "padded" = one forward pass per batch,
-   every prompt padded to the batch's longest; "length-sorted passes of 8" = the batch sorted
-   by length and run in forward passes of 8 (what the Embedder does on CPU).
+   every prompt padded to the batch's longest; "length-sorted passes of C" = the batch sorted
+   by length and run in forward passes of C (what the Embedder does on CPU, C = 4).
 3. Ray Serve, one Embedder replica, a client keeping 32 requests in flight: `embed`
    (cross-request batching by `@serve.batch`) vs `embed_many([p])` (one prompt per request,
-   no batching); then `embed` on a replica whose batches are one padded pass
-   (`encode_batch_size=32`).
+   no batching); then `embed` with `batch_wait_timeout_s=0.05`, with length-sorted passes of
+   4 and with each batch as one padded pass (`encode_batch_size=32`).
 
-Ratios are against mode 1 measured in the same run. This process and the replica use the same
-number of torch threads (`--threads`, also the replica's num_cpus), so the Serve rows differ
-from the in-process rows by Serve's overhead and batching only; the client, the handle calls
-and the replica share the machine. Prompts come from ../shared/data/val.jsonl when present,
-else a built-in set of ~50 varied prompts.
+Each mode runs `--repeats` times in interleaved rounds, so a burst of load from other processes
+falls on every mode alike; the table shows the best round (timeit's convention: other load only
+slows a run down) and the median, and for in-process modes also prompts per CPU-second of this
+process, which contention barely moves. Ratios are best against best of mode 1, same run.
+This process and the replica use the same number of torch threads (`--threads`, also the
+replica's num_cpus), so the Serve rows differ from the in-process rows by Serve's overhead and
+batching only; the client, the handle calls and the replica share the machine. Prompts come
+from ../shared/data/val.jsonl when present, else a built-in set of ~50 varied prompts.
 
 Ray is started locally (logical CPUs, no dashboard, token auth off unless RAY_AUTH_MODE is set)
 and shut down at the end. This harness imports `deployments.embedder` (lazily, for mode 3):
@@ -31,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +47,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BATCH_SIZES = (8, 32, 64)
-CHUNK = 8  # the Embedder's forward-pass size on CPU (EmbedderArgs.encode_batch_size=None)
 CONCURRENCY = 32
 
 BUILTIN_PROMPTS = [
@@ -118,25 +122,38 @@ def load_prompts(n: int) -> tuple[list[str], str]:
     return [prompts[i % len(prompts)] for i in range(n)], source
 
 
-def _row(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
-    return {"mode": name, "prompts": n, "seconds": seconds, "prompts_per_s": n / seconds, **extra}
+def _summary(name: str, n: int, rates: list[float], **extra: Any) -> dict[str, Any]:
+    """Best of the rounds (timeit's convention: other load on the machine only slows a run
+    down), with the median and every run kept in the JSON."""
+    return {
+        "mode": name,
+        "prompts": n,
+        "prompts_per_s": max(rates),
+        "median_prompts_per_s": statistics.median(rates),
+        "runs": [round(r, 2) for r in rates],
+        **extra,
+    }
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _rate(n: int, fn: Callable[[], object]) -> tuple[float, float]:
+    """Prompts per wall-clock second and per CPU-second of this process."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def bench_in_process(prompts: Sequence[str]) -> list[dict[str, Any]]:
-    """Modes 1 and 2. A "padded" batch is one forward pass (every prompt padded to the longest);
-    a "chunked" batch is length-sorted and run in passes of CHUNK, as the Embedder does on CPU."""
+def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any]]:
+    """Modes 1 and 2, in interleaved rounds (machine noise falls on every mode alike).
+
+    "padded" = one forward pass per batch; "length-sorted passes of C" = the batch sorted by
+    length and run in passes of C prompts, as the Embedder does on CPU."""
     from core.features import FeaturePipeline, load_projection
     from core.minilm import MiniLMEncoder
+    from deployments.embedder import CPU_ENCODE_BATCH_SIZE as chunk
 
     projection = load_projection()
     padded = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=max(BATCH_SIZES)), projection)
-    chunked = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=CHUNK), projection)
+    chunked = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=chunk), projection)
 
     def one_by_one() -> None:
         for p in prompts:
@@ -149,15 +166,28 @@ def bench_in_process(prompts: Sequence[str]) -> list[dict[str, Any]]:
 
         return run
 
+    modes: list[tuple[str, Callable[[], None]]] = [
+        ("torch, 1 prompt per call (baseline)", one_by_one)
+    ]
+    for b in BATCH_SIZES:
+        modes.append((f"torch, batch {b}, padded", batched(padded, b)))
+        if b > chunk:
+            modes.append(
+                (f"torch, batch {b}, length-sorted passes of {chunk}", batched(chunked, b))
+            )
     padded.contexts(list(prompts[:64]))  # warm-up: allocator, kernels, tokenizer caches
     chunked.contexts(list(prompts[:64]))
-    rows = [_row("torch, 1 prompt per call (baseline)", len(prompts), _timed(one_by_one))]
-    for b in BATCH_SIZES:
-        rows.append(_row(f"torch, batch {b}, padded", len(prompts), _timed(batched(padded, b))))
-        if b > CHUNK:
-            name = f"torch, batch {b}, length-sorted passes of {CHUNK}"
-            rows.append(_row(name, len(prompts), _timed(batched(chunked, b))))
-    return rows
+    rates: dict[str, list[float]] = {name: [] for name, _ in modes}
+    cpu_rates: dict[str, list[float]] = {name: [] for name, _ in modes}
+    for _ in range(repeats):
+        for name, fn in modes:
+            wall, cpu = _rate(len(prompts), fn)
+            rates[name].append(wall)
+            cpu_rates[name].append(cpu)
+    return [
+        _summary(name, len(prompts), rates[name], per_cpu_s=max(cpu_rates[name]))
+        for name, _ in modes
+    ]
 
 
 async def _drive(call: Callable[[str], Any], prompts: Sequence[str]) -> tuple[float, list[float]]:
@@ -180,9 +210,21 @@ def _ms(latencies: list[float], q: float) -> float:
     return float(np.percentile(latencies, q) * 1000)
 
 
-def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict], dict]:
-    """Mode 3, on one replica: the default Embedder, then one that runs each Serve batch as a
-    single padded forward pass (encode_batch_size = max_batch_size)."""
+_REPLICA_KEYS = (
+    "device",
+    "torch_threads",
+    "max_batch_size",
+    "batch_wait_timeout_s",
+    "encode_batch_size",
+    "batching",
+)
+
+
+def bench_serve(
+    prompts: Sequence[str], replica_cpus: float, repeats: int
+) -> tuple[list[dict], dict]:
+    """Mode 3, on one replica at a time: the default Embedder (`embed` and `embed_many([p])`
+    in interleaved rounds), then `embed` with a 50 ms batch wait, sorted and padded."""
     import ray
     from ray import serve
 
@@ -195,7 +237,8 @@ def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict]
         replica: dict[str, Any] = {"num_cpus": replica_cpus}
         configs: list[tuple[str, dict[str, Any], bool]] = [
             ("default", {}, True),
-            ("padded", {"encode_batch_size": 32}, False),
+            ("wait50ms", {"batch_wait_timeout_s": 0.05}, False),
+            ("wait50ms-padded", {"batch_wait_timeout_s": 0.05, "encode_batch_size": 32}, False),
         ]
         for label, args, with_unbatched in configs:
             app = Embedder.options(
@@ -205,18 +248,8 @@ def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict]
             ).bind(args)
             handle = serve.run(app, name=f"bench-embedder-{label}", route_prefix=None)
             info = handle.info.remote().result()
-            replica[label] = {
-                k: info[k]
-                for k in (
-                    "device",
-                    "torch_threads",
-                    "max_batch_size",
-                    "batch_wait_timeout_s",
-                    "encode_batch_size",
-                    "batching",
-                )
-            }
-            rows += asyncio.run(_serve_rows(handle, prompts, info, with_unbatched))
+            replica[label] = {k: info[k] for k in _REPLICA_KEYS}
+            rows += asyncio.run(_serve_rows(handle, prompts, info, with_unbatched, repeats))
             serve.delete(f"bench-embedder-{label}")
         return rows, replica
     finally:
@@ -225,7 +258,11 @@ def bench_serve(prompts: Sequence[str], replica_cpus: float) -> tuple[list[dict]
 
 
 async def _serve_rows(
-    handle: Any, prompts: Sequence[str], info: dict[str, Any], with_unbatched: bool
+    handle: Any,
+    prompts: Sequence[str],
+    info: dict[str, Any],
+    with_unbatched: bool,
+    repeats: int,
 ) -> list[dict[str, Any]]:
     async def embed(p: str) -> object:
         return await handle.embed.remote(p)
@@ -233,24 +270,47 @@ async def _serve_rows(
     async def embed_single(p: str) -> object:
         return await handle.embed_many.remote([p])
 
-    passes = f"passes of {info['encode_batch_size']}"
-    modes = [
-        (f"Serve `embed`, batched (max {info['max_batch_size']}, {passes})", embed),
-    ]
+    settings = (
+        f"max {info['max_batch_size']}, wait {info['batch_wait_timeout_s'] * 1000:g} ms, "
+        f"passes of {info['encode_batch_size']}"
+    )
+    modes = [(f"Serve `embed`, batched ({settings})", embed)]
     if with_unbatched:
         modes.append(("Serve `embed_many([p])`, unbatched", embed_single))
-    rows = []
-    for name, call in modes:
+    for _, call in modes:
         await _drive(call, prompts[:64])  # warm-up
-        before = await handle.info.remote()
-        seconds, lat = await _drive(call, prompts)
-        row = _row(name, len(prompts), seconds, p50_ms=_ms(lat, 50), p99_ms=_ms(lat, 99))
-        if call is embed:
+    rates: dict[str, list[float]] = {name: [] for name, _ in modes}
+    latencies: dict[str, list[float]] = {name: [] for name, _ in modes}
+    batches = 0
+    for _ in range(repeats):
+        for name, call in modes:
+            before = await handle.info.remote()
+            seconds, lat = await _drive(call, prompts)
             after = await handle.info.remote()
-            batches = after["batches"] - before["batches"]
-            row.update(batches=batches, mean_batch=round(len(prompts) / batches, 2))
-        rows.append(row)
+            rates[name].append(len(prompts) / seconds)
+            latencies[name] += lat
+            if call is embed:
+                batches += after["batches"] - before["batches"]
+    rows = []
+    for name, _ in modes:
+        lat = latencies[name]
+        extra: dict[str, Any] = {"p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99)}
+        if name == modes[0][0]:
+            extra["mean_batch"] = round(len(prompts) * repeats / batches, 2)
+        rows.append(_summary(name, len(prompts), rates[name], **extra))
     return rows
+
+
+def token_lengths(prompts: Sequence[str], max_seq_length: int = 256) -> dict[str, int]:
+    """Token counts as MiniLM reads them (truncated): padding waste depends on their spread."""
+    from transformers import AutoTokenizer
+
+    from core.minilm import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
+    counts = [len(tok(p, truncation=True, max_length=max_seq_length)["input_ids"]) for p in prompts]
+    q = np.percentile(counts, [50, 90, 99])
+    return {"p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]), "max": max(counts)}
 
 
 def machine_info() -> dict[str, Any]:
@@ -272,16 +332,20 @@ def machine_info() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| mode | prompts/s | x baseline | p50 ms | p99 ms | mean batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | prompts/s | x baseline | median prompts/s | prompts/CPU-s | p50 ms | p99 ms "
+        "| mean batch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else ""
+
     for r in result["rows"]:
-        p50 = f"{r['p50_ms']:.0f}" if "p50_ms" in r else ""
-        p99 = f"{r['p99_ms']:.0f}" if "p99_ms" in r else ""
-        mean_batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else ""
         lines.append(
-            f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} | {p50} | {p99} "
-            f"| {mean_batch} |"
+            f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} "
+            f"| {r['median_prompts_per_s']:.1f} | {cell(r, 'per_cpu_s', '.1f')} "
+            f"| {cell(r, 'p50_ms', '.0f')} | {cell(r, 'p99_ms', '.0f')} "
+            f"| {cell(r, 'mean_batch', '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -297,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch threads in this process and num_cpus of the replica (default 1: the "
         "Embedder's default replica has num_cpus 0.5, hence 1 thread)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds per mode; the median is shown"
+    )
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve modes")
     args = parser.parse_args(argv)
     if args.n < 64:
@@ -308,15 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
     machine = machine_info()
     prompts, source = load_prompts(args.n)
-    rows = bench_in_process(prompts)
+    rows = bench_in_process(prompts, args.repeats)
     replica: dict[str, Any] | None = None
     if not args.no_serve:
-        serve_rows, replica = bench_serve(prompts, float(args.threads))
+        serve_rows, replica = bench_serve(prompts, float(args.threads), args.repeats)
         rows += serve_rows
     base = rows[0]["prompts_per_s"]
     for r in rows:
@@ -327,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prompts_source": source,
         "n": args.n,
         "concurrency": CONCURRENCY,
+        "repeats": args.repeats,
+        "token_lengths": token_lengths(prompts),
         "machine": machine,
         "replica": replica,
         "rows": rows,

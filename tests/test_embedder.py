@@ -24,6 +24,7 @@ from ray import serve  # noqa: E402
 from core.features import FeaturePipeline, load_projection  # noqa: E402
 from core.minilm import MiniLMEncoder  # noqa: E402
 from deployments.embedder import (  # noqa: E402
+    CPU_ENCODE_BATCH_SIZE,
     Embedder,
     EmbedderArgs,
     _clean,
@@ -58,6 +59,7 @@ def test_args_defaults_and_validation() -> None:
     a = EmbedderArgs()
     assert (a.device, a.max_seq_length, a.max_batch_size) == (None, 256, 32)
     assert (a.batch_wait_timeout_s, a.projection_path, a.max_prompt_chars) == (0.005, None, 100_000)
+    assert a.encode_batch_size is None
     assert EmbedderArgs.model_validate({"device": "cuda:1"}).device == "cuda:1"
     for bad in ({"max_batch_size": 0}, {"device": "gpu"}, {"max_seq_length": 513}, {"x": 1}):
         with pytest.raises(ValidationError):
@@ -120,6 +122,7 @@ def test_local_embed_falls_back_to_unbatched(local_handle, pipeline: FeaturePipe
     info = local_handle.info.remote().result()
     assert info["batching"] is False and info["batches"] == 0
     assert info["dim"] == 26 and info["device"] == "cpu" and info["projection_fallback"] is False
+    assert info["encode_batch_size"] == CPU_ENCODE_BATCH_SIZE  # length-sorted passes on CPU
     assert info["projection_fingerprint"] == load_projection().fingerprint
 
 
