@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.bandit import LinUCB
-from core.config import CostSignal, RouterConfig
+from core.config import CostSignal, PacerMode, RouterConfig
 from core.costs import cost_term
 from core.errors import (
     DuplicateRequestIdError,
@@ -27,6 +27,7 @@ from core.errors import (
 from core.pacer import BudgetPacer
 from core.priors import Priors, mean_preserving_load
 from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+from core.spend_resolver import SpendResolver
 
 _NEG_INF = np.array(-np.inf)  # a 0-d array operand: numpy converts a Python float on every call
 
@@ -158,6 +159,9 @@ class Router:
         self.applied: OrderedDict[str, None] = OrderedDict()
         self.context_sum = np.zeros(config.bandit.dim)
         self._zero_x = np.zeros(config.bandit.dim)
+        self.resolver = SpendResolver(config.bandit.dim, config.pacer.feedforward_window)
+        self.nu = 0.0  # the feed-forward dual (feedforward mode)
+        self._solve_in = 0  # routes until the next solve; 0 = at the next route
         for spec in models or []:
             self.add_model(spec, explore=False)
 
@@ -177,6 +181,7 @@ class Router:
         self._usage_ema = config.pacer.usage_ema
         self._cost_weight = config.bandit.cost_weight
         self._max_pending = config.max_pending
+        self._feedforward = self._expected_mode and config.pacer.feedforward
         self._view = None
 
     @property
@@ -184,8 +189,10 @@ class Router:
         return self.bandit.t
 
     def _arms_changed(self) -> None:
-        """Prices, usage, the active set or the slots changed: rebuild the arm view on next use."""
+        """Prices, usage, the active set or the slots changed: rebuild the arm view on next use
+        (and re-solve the feed-forward dual at the next route)."""
         self._view = None
+        self._solve_in = 0
 
     def _arm_view(self) -> _ArmView:
         view = self._view
@@ -286,14 +293,33 @@ class Router:
             return 1.0
         return min(1.0, self.pacer.budget / dearest) ** self._step_power
 
+    def _dual_weight(self) -> float:
+        """What the cost signal is multiplied by in the score (0 in hard mode)."""
+        if self._feedforward and self.pacer.config.mode != PacerMode.HARD:
+            return self.nu
+        return self.pacer.soft_weight()
+
     def _penalty(self, signal: np.ndarray) -> np.ndarray:
         weight = self._cost_weight
         if weight == 0.0:  # the default: 0 * c~ adds nothing
-            return self.pacer.soft_weight() * signal
-        return weight * self.cost_terms + self.pacer.soft_weight() * signal
+            return self._dual_weight() * signal
+        return weight * self.cost_terms + self._dual_weight() * signal
+
+    def _feed_forward(self, x: np.ndarray) -> None:
+        """Record x; when due, re-solve nu so that the greedy policy over recent contexts spends
+        the budget shrunk by the integral dual (which absorbs what the estimates miss)."""
+        self.resolver.observe(x)
+        if self._solve_in > 0:
+            self._solve_in -= 1
+            return
+        signal = self._cost_signal()[0]
+        target = 1.0 / (1.0 + self.pacer.dual)
+        self.nu = self.resolver.solve(self.bandit.theta, signal, self._active, target)
+        self._solve_in = self.config.pacer.feedforward_every - 1
 
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)
+        self._solve_in = 0
 
     def load_priors(self, priors: Priors, projection_fingerprint: str | None = None) -> list[str]:
         """Warm-start the arms named in the priors; returns the models that got one."""
@@ -398,6 +424,8 @@ class Router:
             raise NoEligibleModelError({model: reasons[model]})
         self.bandit.t += 1
         t = self.bandit.t
+        if self._feedforward:
+            self._feed_forward(x)
         mask, eligible, reasons, quality, bonus, penalty = self._assess(x, mask, eligible, reasons)
         forced = False
         if model is not None:
@@ -576,6 +604,7 @@ class Router:
             "t": self.t,
             "budget_usd_per_request": self.pacer.budget,
             "dual": s.dual,
+            "feedforward_dual": self.nu if self._feedforward else None,
             "spend_ema_usd": s.cost_ema,
             "charges": s.charges,
             "total_spend_usd": s.total_spend,

@@ -26,6 +26,7 @@ def snapshot(router: Router) -> bytes:
         "usage_k": router.usage_k,
         "context_sum": router.context_sum,
         "pending_x": np.array([e.x for e in entries]).reshape(len(entries), d),
+        "resolver_buffer": router.resolver.buffer,
     }
     meta = {
         "format": SNAPSHOT_FORMAT,
@@ -48,6 +49,12 @@ def snapshot(router: Router) -> bytes:
             for i, e in zip(ids, entries, strict=True)
         ],
         "applied": list(router.applied),
+        "resolver": {
+            "size": router.resolver.size,
+            "head": router.resolver.head,
+            "nu": router.nu,
+            "solve_in": router._solve_in,
+        },
     }
     return pack(arrays, meta)
 
@@ -74,6 +81,10 @@ def restore(data: bytes) -> Router:
     router.forced_left = arrays["forced_left"].astype(np.int64)
     router.context_sum = arrays["context_sum"]
     router.usage_k = arrays["usage_k"].astype(float)
+    router.resolver.buffer = arrays["resolver_buffer"].copy()
+    router.resolver.size = meta["resolver"]["size"]
+    router.resolver.head = meta["resolver"]["head"]
+    router.nu = meta["resolver"]["nu"]
     router.rng.bit_generator.state = meta["rng"]
     router.pending = OrderedDict(
         (
@@ -90,6 +101,7 @@ def restore(data: bytes) -> Router:
         for j, p in enumerate(meta["pending"])
     )
     router.applied = OrderedDict.fromkeys(meta["applied"])
+    router._solve_in = meta["resolver"]["solve_in"]  # last: price restores reset it
     return router
 
 

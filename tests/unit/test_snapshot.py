@@ -205,3 +205,39 @@ def test_restore_rejects_other_formats() -> None:
         restore(pack({"A": np.zeros(1)}, {"format": "paretoserve.router/0"}))
     with pytest.raises(ValueError, match="reserved"):
         pack({"__meta__": np.zeros(1)}, {})
+
+
+def test_feedforward_router_round_trips_with_identical_decisions() -> None:
+    from core.config import PacerConfig, RouterConfig
+    from core.registry import ModelSpec
+    from core.router import Router
+    from core.snapshot import restore, snapshot
+
+    specs = [
+        ModelSpec(id="cheap", input_per_m=0.1, output_per_m=0.1),
+        ModelSpec(id="mid", input_per_m=0.5, output_per_m=1.5),
+        ModelSpec(id="dear", input_per_m=1.25, output_per_m=10.0),
+    ]
+    pacer = PacerConfig(budget_usd=5e-4, feedforward=True, feedforward_every=7)
+    router = Router(RouterConfig(pacer=pacer, seed=5), specs)
+    rng = np.random.default_rng(5)
+    cost = {"cheap": 3e-5, "mid": 5e-4, "dear": 1.5e-2}
+    quality = {"cheap": 0.6, "mid": 0.8, "dear": 0.85}
+
+    def step(r: Router, x: np.ndarray, reward_noise: float, model: str | None = None) -> str:
+        d = r.route(x, model=model)
+        r.charge(d.request_id, cost[d.model])
+        r.feedback(d.request_id, quality[d.model] + reward_noise)
+        return d.model
+
+    for i in range(300):  # first teach every arm, then let it route
+        model = specs[i % 3].id if i < 90 else None
+        step(router, np.append(rng.normal(size=25), 1.0), float(rng.uniform(-0.1, 0.1)), model)
+    assert router.nu > 0  # the feed-forward dual is pricing cost
+    twin = restore(snapshot(router))
+    xs = [np.append(rng.normal(size=25), 1.0) for _ in range(100)]
+    noise = rng.uniform(-0.1, 0.1, size=100)
+    assert [step(router, x, n) for x, n in zip(xs, noise, strict=True)] == [
+        step(twin, x, n) for x, n in zip(xs, noise, strict=True)
+    ]
+    assert twin.nu == router.nu
