@@ -160,7 +160,9 @@ class Router:
         self.context_sum = np.zeros(config.bandit.dim)
         self._zero_x = np.zeros(config.bandit.dim)
         self.resolver = SpendResolver(config.bandit.dim, config.pacer.feedforward_window)
-        self.nu = 0.0  # the feed-forward dual (feedforward mode)
+        self.nu = 0.0  # the feed-forward dual in use (feedforward mode)
+        self._nu_mix = (0.0, 0.0, 0.0)  # (nu_hi, nu_lo, share of requests that use nu_lo)
+        self._mix_credit = 0.0  # error diffusion: the lower dual's owed share, deterministic
         self._solve_in = 0  # routes until the next solve; 0 = at the next route
         for spec in models or []:
             self.add_model(spec, explore=False)
@@ -306,16 +308,24 @@ class Router:
         return weight * self.cost_terms + self._dual_weight() * signal
 
     def _feed_forward(self, x: np.ndarray) -> None:
-        """Record x; when due, re-solve nu so that the greedy policy over recent contexts spends
-        the budget shrunk by the integral dual (which absorbs what the estimates miss)."""
+        """Record x; when due, re-solve the dual so that the greedy policy over recent contexts
+        spends the budget shrunk by the integral dual (which absorbs what the estimates miss).
+        Each request then uses the lower dual for its owed share, else the higher one."""
         self.resolver.observe(x)
         if self._solve_in > 0:
             self._solve_in -= 1
-            return
-        signal = self._cost_signal()[0]
-        target = 1.0 / (1.0 + self.pacer.dual)
-        self.nu = self.resolver.solve(self.bandit.theta, signal, self._active, target)
-        self._solve_in = self.config.pacer.feedforward_every - 1
+        else:
+            signal = self._cost_signal()[0]
+            target = 1.0 / (1.0 + self.pacer.dual)
+            self._nu_mix = self.resolver.solve(self.bandit.theta, signal, self._active, target)
+            self._solve_in = self.config.pacer.feedforward_every - 1
+        nu_hi, nu_lo, share = self._nu_mix
+        self._mix_credit += share
+        if self._mix_credit >= 1.0:
+            self._mix_credit -= 1.0
+            self.nu = nu_lo
+        else:
+            self.nu = nu_hi
 
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)

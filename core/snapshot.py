@@ -54,6 +54,8 @@ def snapshot(router: Router) -> bytes:
             "head": router.resolver.head,
             "nu": router.nu,
             "solve_in": router._solve_in,
+            "mix": list(router._nu_mix),
+            "credit": router._mix_credit,
         },
     }
     return pack(arrays, meta)
@@ -102,6 +104,8 @@ def restore(data: bytes) -> Router:
     )
     router.applied = OrderedDict.fromkeys(meta["applied"])
     router._solve_in = meta["resolver"]["solve_in"]  # last: price restores reset it
+    router._nu_mix = tuple(meta["resolver"]["mix"])
+    router._mix_credit = meta["resolver"]["credit"]
     return router
 
 

@@ -48,21 +48,27 @@ class SpendResolver:
         cost_ratio: np.ndarray,
         eligible: np.ndarray,
         target_ratio: float = 1.0,
-    ) -> float:
-        """Smallest nu in [0, nu_max] whose expected spend / B <= target_ratio (nu_max if none).
-        theta: (K, d) reward weights; cost_ratio: (K,) expected cost / budget."""
+    ) -> tuple[float, float, float]:
+        """(nu_hi, nu_lo, share): nu_hi is the smallest dual in [0, nu_max] whose expected
+        spend / B is <= target_ratio (nu_max if none); nu_lo, just below it, spends more.
+        Greedy spend jumps as nu crosses a breakpoint, so using nu_lo on `share` of requests
+        and nu_hi on the rest spends the target exactly, in expectation (the LP optimum mixes
+        two policies the same way). theta: (K, d) reward weights; cost_ratio: (K,) cost / B."""
         if self.size == 0 or not eligible.any():
-            return 0.0
+            return 0.0, 0.0, 0.0
         idx = np.flatnonzero(eligible)
         quality = self.buffer[: self.size] @ theta[idx].T  # (W, K')
         ratio = cost_ratio[idx]
         coarse = self.spend(quality, ratio, self._grid)
         ok = np.flatnonzero(coarse <= target_ratio)
         if not len(ok):
-            return self.nu_max
+            return self.nu_max, self.nu_max, 0.0
         j = int(ok[0])
         if j == 0:
-            return 0.0
-        fine = np.linspace(self._grid[j - 1], self._grid[j], 13)[1:]
+            return 0.0, 0.0, 0.0
+        fine = np.linspace(self._grid[j - 1], self._grid[j], 13)
         spend = self.spend(quality, ratio, fine)
-        return float(fine[np.flatnonzero(spend <= target_ratio)[0]])
+        k = int(np.flatnonzero(spend <= target_ratio)[0])  # >= 1: fine[0] overspends
+        hi, lo = spend[k], spend[k - 1]
+        share = float((target_ratio - hi) / (lo - hi)) if lo > hi else 0.0
+        return float(fine[k]), float(fine[k - 1]), share

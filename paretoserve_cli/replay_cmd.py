@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         seed_offset=args.seed_offset,
         pacer_mode=args.pacer_mode,
-        pacer={"cost_signal": args.cost_signal},
+        pacer={"cost_signal": args.cost_signal, "feedforward": args.feedforward},
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
     report, runs = run_replay(spec, specs, data, warm, priors)
@@ -133,6 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="expected-cost",
         help="what the pacer's dual prices: expected realised cost (default) or the "
         "paper's normalised log list price",
+    )
+    p.add_argument(
+        "--feedforward",
+        action="store_true",
+        help="expected-cost mode: re-solve the dual over recent contexts (see docs/results.md)",
     )
     p.add_argument(
         "--newcomer-reward-scale",
