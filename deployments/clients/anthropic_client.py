@@ -7,7 +7,6 @@ stop reasons map to OpenAI finish reasons, and input/output tokens to prompt/com
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +16,7 @@ import anthropic
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage
 from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError, is_retryable_status, status_error
-
-PLACEHOLDER_KEY = "no-key"
+from deployments.clients.pool import ClientPool
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -119,27 +117,15 @@ class AnthropicClient:
         # they are dropped unless asked for; then they go as extra body fields, for older models
         # and Anthropic-compatible servers that still take them.
         self.send_sampling_params = send_sampling_params
-        self._specs: dict[str, ModelSpec] = {}
-        self._clients: dict[str | None, anthropic.AsyncAnthropic] = {}
+        self._pool = ClientPool(
+            anthropic.AsyncAnthropic, api_key_env, default_base_url, timeout_s, max_retries
+        )
 
     def set_models(self, specs: list[ModelSpec]) -> None:
-        self._specs = {s.id: s for s in specs}
+        self._pool.set_models(specs)
 
     def _client(self, model_id: str) -> anthropic.AsyncAnthropic:
-        spec = self._specs.get(model_id)
-        base_url = (spec.base_url if spec else None) or self.default_base_url
-        client = self._clients.get(base_url)
-        if client is None:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                if base_url is None:
-                    raise ProviderError(None, f"{self.api_key_env} is not set")
-                key = PLACEHOLDER_KEY
-            client = anthropic.AsyncAnthropic(
-                api_key=key, base_url=base_url, timeout=self.timeout_s, max_retries=self.max_retries
-            )
-            self._clients[base_url] = client
-        return client
+        return self._pool.client(model_id)
 
     def _params(self, req: ProviderRequest) -> dict[str, Any]:
         system, messages = to_anthropic(req.messages)
@@ -219,6 +205,4 @@ class AnthropicClient:
         yield ProviderChunk(finish_reason=finish_reason(stop_reason) or "stop", usage=usage)
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._pool.aclose()

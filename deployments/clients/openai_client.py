@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -14,11 +13,11 @@ import openai
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage, message_text
 from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError, status_error
+from deployments.clients.pool import ClientPool
 
 log = logging.getLogger(__name__)
 
 # Servers that need no key (vLLM, llama.cpp) still get a syntactically valid bearer token.
-PLACEHOLDER_KEY = "no-key"
 
 
 def translate_error(exc: Exception) -> ProviderError:
@@ -57,27 +56,15 @@ class OpenAIClient:
         # OpenAI's reasoning models accept only max_completion_tokens; many compatible servers
         # know only max_tokens.
         self.max_tokens_field = max_tokens_field
-        self._specs: dict[str, ModelSpec] = {}
-        self._clients: dict[str | None, openai.AsyncOpenAI] = {}
+        self._pool = ClientPool(
+            openai.AsyncOpenAI, api_key_env, default_base_url, timeout_s, max_retries
+        )
 
     def set_models(self, specs: list[ModelSpec]) -> None:
-        self._specs = {s.id: s for s in specs}
+        self._pool.set_models(specs)
 
     def _client(self, model_id: str) -> openai.AsyncOpenAI:
-        spec = self._specs.get(model_id)
-        base_url = (spec.base_url if spec else None) or self.default_base_url
-        client = self._clients.get(base_url)
-        if client is None:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                if base_url is None:
-                    raise ProviderError(None, f"{self.api_key_env} is not set")
-                key = PLACEHOLDER_KEY
-            client = openai.AsyncOpenAI(
-                api_key=key, base_url=base_url, timeout=self.timeout_s, max_retries=self.max_retries
-            )
-            self._clients[base_url] = client
-        return client
+        return self._pool.client(model_id)
 
     def _params(self, req: ProviderRequest) -> dict[str, Any]:
         params: dict[str, Any] = {"model": req.upstream_model, "messages": req.messages}
@@ -146,6 +133,4 @@ class OpenAIClient:
         yield ProviderChunk(finish_reason=finish or "stop", usage=usage)
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._pool.aclose()

@@ -1,0 +1,60 @@
+"""One SDK client per base URL, shared by the OpenAI and Anthropic provider clients.
+
+A model's `base_url` (vLLM, OpenRouter, a local server) overrides the provider default. The
+API key comes from an environment variable; a custom base URL may go without one (a placeholder
+is sent), the provider's own endpoint may not. The key is never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from core.registry import ModelSpec
+from deployments.clients.errors import ProviderError
+
+PLACEHOLDER_KEY = "no-key"
+SdkClient = TypeVar("SdkClient")
+
+
+class ClientPool(Generic[SdkClient]):
+    def __init__(
+        self,
+        factory: Callable[..., SdkClient],
+        api_key_env: str,
+        default_base_url: str | None,
+        timeout_s: float,
+        max_retries: int,
+    ) -> None:
+        self._factory = factory
+        self.api_key_env = api_key_env
+        self.default_base_url = default_base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._specs: dict[str, ModelSpec] = {}
+        self._clients: dict[str | None, SdkClient] = {}
+
+    def set_models(self, specs: list[ModelSpec]) -> None:
+        self._specs = {s.id: s for s in specs}
+
+    def client(self, model_id: str) -> SdkClient:
+        spec = self._specs.get(model_id)
+        base_url = (spec.base_url if spec else None) or self.default_base_url
+        client = self._clients.get(base_url)
+        if client is None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                if base_url is None:
+                    raise ProviderError(None, f"{self.api_key_env} is not set")
+                key = PLACEHOLDER_KEY
+            client = self._factory(
+                api_key=key, base_url=base_url, timeout=self.timeout_s, max_retries=self.max_retries
+            )
+            self._clients[base_url] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
