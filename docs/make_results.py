@@ -21,6 +21,12 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "results"
 CLI = str(Path(sys.executable).parent / "paretoserve")
 TIGHT, MODERATE = 2.35e-4, 6.64e-4  # the paper's tight and moderate ceilings, $/request
+# The pacer variants compared: ours (the default), ours without feed-forward, the paper's.
+VARIANTS = {
+    "default": ["--cost-signal", "expected-cost", "--feedforward"],
+    "integral-only": ["--cost-signal", "expected-cost", "--no-feedforward"],
+    "paper": ["--cost-signal", "list-price", "--no-feedforward"],
+}
 
 
 def replay(name: str, *args: str) -> dict:
@@ -39,15 +45,15 @@ def stationary(seeds: int) -> list[str]:
     probe = replay("stationary_probe", *base, "--budget", "1e-3", "--seeds", "1")
     ceilings = probe["paper_ceilings"]
     singles = probe["baselines"]["models"]
-    rows = ["| budget $/req | signal | reward | compliance | mix | best single model at its cost |"
+    rows = ["| budget $/req | pacer | reward | compliance | mix | best single model at its cost |"
             " context-free mix at equal cost |", "|---|---|---|---|---|---|---|"]
     budgets = [("ceiling", b) for b in ceilings] + [
         (f"= {short(m)} mean cost", v["mean_cost"]) for m, v in singles.items()
     ]
     for label, budget in budgets:
-        for signal in ("expected-cost", "list-price"):
+        for signal, flags in VARIANTS.items():
             name = f"stationary_{signal}_{budget:.3g}"
-            r = replay(name, *base, "--budget", f"{budget:.6g}", "--cost-signal", signal)
+            r = replay(name, *base, "--budget", f"{budget:.6g}", *flags)
             s = r["summary"]
             affordable = [v["mean_reward"] for v in singles.values() if v["mean_cost"] <= budget]
             mix = ", ".join(f"{short(m)} {v:.2f}" for m, v in s["mix"].items() if v >= 0.005)
@@ -61,7 +67,7 @@ def stationary(seeds: int) -> list[str]:
 
 
 def phased(seeds: int) -> list[str]:
-    rows = ["| scenario | budget | signal | P1 reward / compliance | P2 | P3 | figure |",
+    rows = ["| scenario | budget | pacer | P1 reward / compliance | P2 | P3 | figure |",
             "|---|---|---|---|---|---|---|"]
     val, k4 = str(DATA / "val.jsonl"), str(DATA / "val_k4.jsonl")
     runs = [
@@ -74,11 +80,11 @@ def phased(seeds: int) -> list[str]:
                                       "--newcomer-reward-scale", "0.5"]),
     ]
     for scenario, budget, data in runs:
-        for signal in ("expected-cost", "list-price"):
+        for signal, flags in VARIANTS.items():
             name = f"{scenario}_{signal}_{budget:.3g}"
             r = replay(name, *data, "--holdout-split", "0", "--seeds", str(seeds),
                        "--scenario", scenario.removesuffix("-bad"), "--budget", f"{budget:.6g}",
-                       "--cost-signal", signal)
+                       *flags)
             cells = [f"{p['mean_reward']:.4f} / {p['compliance']:.4f}" for p in r["phases"]]
             key = next(k for k in ("quality_lift", "reroute_steps", "adoption_steps") if k in r)
             stats = r[f"{key}_stats"]

@@ -136,8 +136,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--feedforward",
-        action="store_true",
-        help="expected-cost mode: re-solve the dual over recent contexts (see docs/results.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="expected-cost mode: re-solve the dual over recent contexts (default; see "
+        "docs/results.md); --no-feedforward keeps only the integral dual",
     )
     p.add_argument(
         "--newcomer-reward-scale",

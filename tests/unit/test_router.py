@@ -34,9 +34,12 @@ def _router(
     mode: PacerMode = PacerMode.ADAPTIVE,
     seed: int = 0,
     cost_signal: str = "list-price",  # the paper's c~; the expected-cost default is tested below
+    feedforward: bool = False,  # the integral dual alone; feed-forward: test_snapshot, below
     **kwargs,
 ) -> Router:
-    pacer = PacerConfig(budget_usd=budget, mode=mode, cost_signal=cost_signal)
+    pacer = PacerConfig(
+        budget_usd=budget, mode=mode, cost_signal=cost_signal, feedforward=feedforward
+    )
     cfg = RouterConfig(pacer=pacer, seed=seed, **kwargs)
     return Router(cfg, models=models)
 
@@ -722,3 +725,18 @@ def test_a_given_request_id_names_the_decision_and_cannot_be_reused() -> None:
     router.feedback("req-1", 0.5)
     with pytest.raises(DuplicateRequestIdError):
         router.route(x, request_id="req-1")  # settled, but its feedback is on record
+
+
+def test_feedforward_dual_is_resolved_at_once_after_a_reprice() -> None:
+    rng = np.random.default_rng(8)
+    router = _router([LLAMA, PRO], budget=1e-3, cost_signal="expected-cost", feedforward=True)
+    for i in range(200):  # learn: pro is much better, and costs ~5.6 budgets at 1k tokens
+        d = router.route(_ctx(rng), model=(LLAMA.id, PRO.id)[i % 2])
+        router.charge(d.request_id, 1e-4 if d.model == LLAMA.id else 5.6e-3)
+        router.feedback(d.request_id, 0.4 if d.model == LLAMA.id else 0.9)
+    router.route(_ctx(rng))
+    expensive_nu = router.nu
+    assert expensive_nu > 0  # pro is priced out, at least partly
+    router.reprice(PRO.id, PRO.input_per_m / 100, PRO.output_per_m / 100)
+    d = router.route(_ctx(rng))  # re-solved on this very request, not 32 requests later
+    assert router.nu < expensive_nu and d.model == PRO.id
