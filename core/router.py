@@ -184,6 +184,8 @@ class Router:
         self._cost_weight = config.bandit.cost_weight
         self._max_pending = config.max_pending
         self._feedforward = self._expected_mode and config.pacer.feedforward
+        # The feed-forward dual weighs the score unless hard mode keeps the score cost-free.
+        self._nu_in_score = self._feedforward and config.pacer.mode != PacerMode.HARD
         self._view = None
 
     @property
@@ -297,9 +299,7 @@ class Router:
 
     def _dual_weight(self) -> float:
         """What the cost signal is multiplied by in the score (0 in hard mode)."""
-        if self._feedforward and self.pacer.config.mode != PacerMode.HARD:
-            return self.nu
-        return self.pacer.soft_weight()
+        return self.nu if self._nu_in_score else self.pacer.soft_weight()
 
     def _penalty(self, signal: np.ndarray) -> np.ndarray:
         weight = self._cost_weight
@@ -320,12 +320,13 @@ class Router:
             self._nu_mix = self.resolver.solve(self.bandit.theta, signal, self._active, target)
             self._solve_in = self.config.pacer.feedforward_every - 1
         nu_hi, nu_lo, share = self._nu_mix
-        self._mix_credit += share
-        if self._mix_credit >= 1.0:
-            self._mix_credit -= 1.0
-            self.nu = nu_lo
-        else:
-            self.nu = nu_hi
+        if share:  # error diffusion: the lower dual for its owed share of requests
+            self._mix_credit += share
+            if self._mix_credit >= 1.0:
+                self._mix_credit -= 1.0
+                self.nu = nu_lo
+                return
+        self.nu = nu_hi
 
     def set_budget(self, usd_per_request: float) -> None:
         self.pacer.set_budget(usd_per_request)

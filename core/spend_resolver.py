@@ -19,15 +19,19 @@ class SpendResolver:
         self, dim: int, window: int = 256, nu_max: float = 5.0, grid: int = 48, nu_min: float = 1e-6
     ) -> None:
         self.buffer = np.zeros((window, dim))
+        self._window = window
         self.size = 0
         self.head = 0
         self.nu_max = nu_max
         self._grid = np.concatenate([[0.0], np.geomspace(nu_min, nu_max, grid - 1)])
 
     def observe(self, x: np.ndarray) -> None:
-        self.buffer[self.head] = x
-        self.head = (self.head + 1) % len(self.buffer)
-        self.size = min(self.size + 1, len(self.buffer))
+        head = self.head
+        self.buffer[head] = x
+        head += 1
+        self.head = 0 if head == self._window else head
+        if self.size < self._window:
+            self.size += 1
 
     @staticmethod
     def spend(quality: np.ndarray, cost_ratio: np.ndarray, nus: np.ndarray) -> np.ndarray:
