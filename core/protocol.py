@@ -149,8 +149,10 @@ class ParetoserveInfo(BaseModel):
 
     request_id: str
     cost_usd: float
-    routed: bool = Field(description="the bandit chose the model (model='auto'); false when the "
-                         "client named a model, bypassing the bandit")
+    routed: bool = Field(
+        description="the bandit chose the model (model='auto'); false when the "
+        "client named a model, bypassing the bandit"
+    )
     forced: bool = Field(description="a forced-exploration pull of a newly added model")
     dual: float = Field(description="the pacer's dual variable at decision time")
     recorded_reward: float | None = Field(
@@ -262,6 +264,13 @@ class RepriceRequest(_OwnBody):
 
 class BudgetRequest(_OwnBody):
     usd_per_request: PosFloat
+
+
+class ExplainRequest(_OwnBody):
+    """POST /admin/explain: how the router would weigh each model for this prompt now."""
+
+    prompt: StrictStr = Field(..., min_length=1)
+    paretoserve: RoutingOptions | None = None
 
 
 # ---------------------------------------------------------------- errors (OpenAI's shape)

@@ -37,6 +37,7 @@ from core.protocol import (
     CompletionUsage,
     Delta,
     ErrorBody,
+    ExplainRequest,
     FeedbackRequest,
     FeedbackResponse,
     ParetoserveInfo,
@@ -364,6 +365,13 @@ class Ingress:
     @app.get("/admin/state")
     async def admin_state(self) -> dict:
         return await self._call("router", self.router.state.remote())
+
+    @app.post("/admin/explain")
+    async def admin_explain(self, body: ExplainRequest) -> dict:
+        """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
+        x = await self._call("embed", self.embedder.embed.remote(body.prompt))
+        limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else None
+        return await self._call("router", self.router.explain.remote(x, limits or None))
 
     @app.put("/admin/budget")
     async def admin_budget(self, body: BudgetRequest) -> dict:

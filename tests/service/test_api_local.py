@@ -605,3 +605,23 @@ def test_admin_model_lifecycle(client, admin_headers, openai_error, config_model
     gone = _chat(client, model=new["id"])
     assert gone.status_code == 404, gone.text
     assert new["id"] in openai_error(gone)["message"]
+
+
+def test_admin_explain_weighs_every_model_without_routing(client, admin_headers) -> None:
+    t_before = _state(client, admin_headers)["t"]
+    body = {"prompt": "Is 91 a prime number?", "paretoserve": {"max_blended_per_m": 1.0}}
+    r = client.post("/admin/explain", json=body, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    explain = r.json()
+    assert {"quality", "bonus", "cost_penalty", "score", "eligible"} <= set(
+        next(iter(explain.values()))
+    )
+    # gemini-pro's blended price (5.625 $/M) is above the caller's 1.0 limit, and says so.
+    pro = explain["google/gemini-2.5-pro"]
+    assert pro["eligible"] is False and "max_blended_per_m" in pro["reason"]
+    assert explain["meta-llama/llama-3.1-8b-instruct"]["eligible"] is True
+    assert _state(client, admin_headers)["t"] == t_before  # explaining routes nothing
+    assert client.post("/admin/explain", json=body).status_code == 401
+    assert (
+        client.post("/admin/explain", json={"prompt": ""}, headers=admin_headers).status_code == 422
+    )
