@@ -8,10 +8,6 @@ import sys
 from paretoserve_cli import bench_cmd, features_cmd, priors_cmd, replay_cmd
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paretoserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # user errors: one line, exit status 2
         print(f"paretoserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

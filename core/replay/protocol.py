@@ -65,10 +65,6 @@ class SeedRun:
     newcomer: str | None
 
 
-def _shuffled(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.permutation(n)
-
-
 def _edited(
     block: Outcomes,
     model: str,
@@ -147,8 +143,8 @@ def run_seed(
     if priors is not None:
         router.load_priors(priors)
     if warmup is not None:
-        run_stream(router, warmup, _shuffled(rng, len(warmup.contexts)))
-    order = _shuffled(rng, len(data.contexts))
+        run_stream(router, warmup, rng.permutation(len(warmup.contexts)))
+    order = rng.permutation(len(data.contexts))
     log, bounds = StreamLog(), []
     for phase in _phases(spec, data, order, rng, newcomer):
         _enter_phase(router, spec, phase.name, specs, newcomer)
