@@ -9,6 +9,7 @@ and the Router keys the decision, the charge and the feedback by it.
 No `from __future__ import annotations` here: FastAPI must see the real annotation types."""
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -132,6 +133,18 @@ def _cost(spec: ModelSpec, usage: Usage) -> float:
     )
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator when the response ends in any way. Starlette leaves a body
+    abandoned by a client hang-up to the garbage collector, so its cleanup (the charge for
+    what the provider already generated) would run at some unknown later time."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def _so_far(req: ProviderRequest, streamed: list[str]) -> Usage:
     """Estimated usage of a stream that ended early (or whose server reports none)."""
     return Usage(
@@ -234,7 +247,7 @@ class Ingress:
             return await self._stream(body, req, spec, decision, provider)
         resp = await self._call("provider", provider.complete.remote(req))
         cost = _cost(spec, resp.usage)
-        await self._call("charge", self.router.charge.remote(rid, cost, spec.id))
+        await self._call("charge", asyncio.shield(self._send_charge(rid, cost, spec.id)))
         out = ChatCompletionResponse.build(resp, self._info(decision, cost, resp.recorded_reward))
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
         log.info("chat model=%s routed=%s cost_usd=%.3g", spec.id, decision["routed"], cost)
@@ -253,12 +266,21 @@ class Ingress:
             recorded_reward=reward,
         )
 
-    def _charge_detached(self, rid: str, cost: float, model: str) -> None:
-        """Charge from a stream the client abandoned: the generator is being closed and cannot
-        await, so the charge runs as its own task (kept referenced until done)."""
-        task = asyncio.get_running_loop().create_task(self.router.charge.remote(rid, cost, model))
-        self._detached.add(task)
+    def _send_charge(self, rid: str, cost: float, model: str) -> asyncio.Task:
+        """Charge the Router in a task of its own, outside the request's context: when a client
+        hangs up, Serve cancels every call its request made, and a charge must land anyway."""
+
+        async def charge() -> None:
+            try:
+                await self.router.charge.remote(rid, cost, model)
+            except Exception:
+                log.exception("charge of %s ($%.6g to %s) failed", rid, cost, model)
+                raise
+
+        task = asyncio.get_running_loop().create_task(charge(), context=contextvars.Context())
+        self._detached.add(task)  # kept referenced until done
         task.add_done_callback(self._detached.discard)
+        return task
 
     async def _stream(
         self,
@@ -302,10 +324,11 @@ class Ingress:
                 return
             finally:
                 if not completed:  # failed, or the client went away: the provider still bills
-                    self._charge_detached(rid, _cost(spec, _so_far(req, streamed)), spec.id)
+                    chunks.cancel()  # stop the upstream generation
+                    self._send_charge(rid, _cost(spec, _so_far(req, streamed)), spec.id)
             usage = last.usage or _so_far(req, streamed)  # some servers send no usage
             cost = _cost(spec, usage)
-            await self.router.charge.remote(rid, cost, spec.id)
+            await asyncio.shield(self._send_charge(rid, cost, spec.id))
             yield chunk(
                 Delta(),
                 last.finish_reason or "stop",
@@ -314,7 +337,7 @@ class Ingress:
             )
             yield SSE_DONE
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return _ClosingStreamingResponse(events(), media_type="text/event-stream")
 
     # ---- feedback, models, health -------------------------------------------------------
 

@@ -45,8 +45,11 @@ def stationary(seeds: int) -> list[str]:
     probe = replay("stationary_probe", *base, "--budget", "1e-3", "--seeds", "1")
     ceilings = probe["paper_ceilings"]
     singles = probe["baselines"]["models"]
-    rows = ["| budget $/req | pacer | reward | compliance | mix | best single model at its cost |"
-            " context-free mix at equal cost |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| budget $/req | pacer | reward | compliance | mix | best single model at its cost |"
+        " context-free mix at equal cost |",
+        "|---|---|---|---|---|---|---|",
+    ]
     budgets = [("ceiling", b) for b in ceilings] + [
         (f"= {short(m)} mean cost", v["mean_cost"]) for m, v in singles.items()
     ]
@@ -67,8 +70,10 @@ def stationary(seeds: int) -> list[str]:
 
 
 def phased(seeds: int) -> list[str]:
-    rows = ["| scenario | budget | pacer | P1 reward / compliance | P2 | P3 | figure |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| scenario | budget | pacer | P1 reward / compliance | P2 | P3 | figure |",
+        "|---|---|---|---|---|---|---|",
+    ]
     val, k4 = str(DATA / "val.jsonl"), str(DATA / "val_k4.jsonl")
     runs = [
         ("price-cut", TIGHT, ["--data", val]),
@@ -76,21 +81,36 @@ def phased(seeds: int) -> list[str]:
         ("regression", MODERATE, ["--data", val]),
         ("regression", TIGHT, ["--data", val]),
         ("onboarding", MODERATE, ["--data", k4, "--warmup", val]),
-        ("onboarding-bad", MODERATE, ["--data", k4, "--warmup", val,
-                                      "--newcomer-reward-scale", "0.5"]),
+        (
+            "onboarding-bad",
+            MODERATE,
+            ["--data", k4, "--warmup", val, "--newcomer-reward-scale", "0.5"],
+        ),
     ]
     for scenario, budget, data in runs:
         for signal, flags in VARIANTS.items():
             name = f"{scenario}_{signal}_{budget:.3g}"
-            r = replay(name, *data, "--holdout-split", "0", "--seeds", str(seeds),
-                       "--scenario", scenario.removesuffix("-bad"), "--budget", f"{budget:.6g}",
-                       *flags)
+            r = replay(
+                name,
+                *data,
+                "--holdout-split",
+                "0",
+                "--seeds",
+                str(seeds),
+                "--scenario",
+                scenario.removesuffix("-bad"),
+                "--budget",
+                f"{budget:.6g}",
+                *flags,
+            )
             cells = [f"{p['mean_reward']:.4f} / {p['compliance']:.4f}" for p in r["phases"]]
             key = next(k for k in ("quality_lift", "reroute_steps", "adoption_steps") if k in r)
             stats = r[f"{key}_stats"]
             value = "never" if r[key] is None else f"{r[key]:.4g}"
-            rows.append(f"| {scenario} | {budget:.3g} | {signal} | {' | '.join(cells)} | "
-                        f"{key} = {value} (reached in {stats['reached']}/{stats['of']} seeds) |")
+            rows.append(
+                f"| {scenario} | {budget:.3g} | {signal} | {' | '.join(cells)} | "
+                f"{key} = {value} (reached in {stats['reached']}/{stats['of']} seeds) |"
+            )
     return rows
 
 

@@ -1,6 +1,6 @@
 """The application builder: binds the deployments into the graph from typed `args`.
 
-    serve run serve_config.yaml          (import_path: graphs.app:build_app)
+serve run serve_config.yaml          (import_path: graphs.app:build_app)
 """
 
 from __future__ import annotations
@@ -40,5 +40,13 @@ def build_app(args: AppArgs) -> Application:
     }
     feedback = FeedbackDeployment.bind(router, cfg.state_path)
     registry = RegistryDeployment.bind(cfg.models, cfg.state_path, router, providers)
-    return Ingress.bind(embedder, router, feedback, registry, providers, cfg.max_prompt_chars,
-                        cfg.admin_key_env, cfg.api_keys_env)
+    return Ingress.bind(
+        embedder,
+        router,
+        feedback,
+        registry,
+        providers,
+        cfg.max_prompt_chars,
+        cfg.admin_key_env,
+        cfg.api_keys_env,
+    )

@@ -42,10 +42,14 @@ def main() -> None:
     ap.add_argument("--variants", type=str, default="")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    variants = json.loads(args.variants) if args.variants else {
-        "paper": {},
-        "expected": {"cost_signal": "expected-cost"},
-    }
+    variants = (
+        json.loads(args.variants)
+        if args.variants
+        else {
+            "paper": {},
+            "expected": {"cost_signal": "expected-cost"},
+        }
+    )
     table: dict = {}
     for split in args.splits:
         warm, evals, models = streams(split)
@@ -57,14 +61,21 @@ def main() -> None:
                 rep, _ = run_replay(spec, specs, evals, warm, priors)
                 s = rep["summary"]
                 table.setdefault((name, i), []).append(
-                    (s["mean_reward"], s["compliance"], rep["baselines"]["random_at_equal_cost"],
-                     budget))
+                    (
+                        s["mean_reward"],
+                        s["compliance"],
+                        rep["baselines"]["random_at_equal_cost"],
+                        budget,
+                    )
+                )
     out = {}
     for (name, i), rows in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         r, c, h, b = (float(np.mean(v)) for v in zip(*rows, strict=True))
         out[f"{name}@{i}"] = {"reward": r, "compliance": c, "hull": h, "budget": b}
-        print(f"ceiling {i} B={b:.3g} {name:>12}: reward={r:.4f} compliance={c:.4f} "
-              f"hull@cost={h:.4f} reward-hull={r - h:+.4f}")
+        print(
+            f"ceiling {i} B={b:.3g} {name:>12}: reward={r:.4f} compliance={c:.4f} "
+            f"hull@cost={h:.4f} reward-hull={r - h:+.4f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
