@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paretoserve_cli import bench_cmd, features_cmd, priors_cmd, replay_cmd
+from paretoserve_cli import bench_cmd, features_cmd, loadtest_cmd, priors_cmd, replay_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paretoserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (replay_cmd, priors_cmd, bench_cmd, features_cmd):
+    for module in (replay_cmd, priors_cmd, bench_cmd, features_cmd, loadtest_cmd):
         module.register(sub)
     return parser
 

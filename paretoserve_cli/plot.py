@@ -16,31 +16,77 @@ from core.replay.protocol import SeedRun  # noqa: E402
 
 def plot_run(run: SeedRun, budget: float, out: Path, title: str = "") -> None:
     log = run.log
-    steps = np.arange(1, len(log.models) + 1)
+    starts = [(name, start) for name, start, _ in run.phases[1:]]
+    _draw(
+        log.models,
+        log.rewards,
+        log.costs,
+        log.spend_ema,
+        log.budgets,
+        starts,
+        out,
+        title or f"budget {budget:.3g} $/request",
+        "spend EMA (pacer)",
+    )
+
+
+def plot_live(report: dict, out: Path) -> None:
+    """The live replay's series; the spend EMA is the pacer's rule applied to observed costs."""
+    s = report["series"]
+    costs = np.asarray(s["costs"], dtype=float)
+    ema, e = np.empty_like(costs), report["budget_usd"]
+    for i, c in enumerate(costs):  # cbar <- 0.95 cbar + 0.05 c, cbar starting at the budget
+        e = ema[i] = 0.95 * e + 0.05 * c
+    rewards = [np.nan if r is None else r for r in s["rewards"]]
+    starts = [(name, start) for name, start, _ in s["phases"][1:]]
+    title = (
+        f"live {report['scenario']}, budget {report['budget_usd']:.3g} $/request, "
+        f"concurrency {report.get('concurrency')}"
+    )
+    _draw(
+        s["models"],
+        rewards,
+        costs,
+        ema,
+        [report["budget_usd"]] * len(costs),
+        starts,
+        out,
+        title,
+        "spend EMA (observed costs)",
+    )
+
+
+def _draw(models, rewards, costs, spend_ema, budgets, phase_starts, out, title, ema_label):
+    steps = np.arange(1, len(models) + 1)
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     ax = axes[0]
-    ax.plot(steps, log.spend_ema, label="spend EMA (pacer)")
-    ax.plot(steps, trailing_mean(np.array(log.costs)), alpha=0.5, label="trailing-100 cost")
-    ax.plot(steps, log.budgets, "k--", label="budget")
+    ax.plot(steps, spend_ema, label=ema_label)
+    ax.plot(
+        steps, trailing_mean(np.asarray(costs, dtype=float)), alpha=0.5, label="trailing-100 cost"
+    )
+    ax.plot(steps, budgets, "k--", label="budget")
     ax.set_yscale("log")
     ax.set_ylabel("US$ / request")
     ax.legend(loc="upper right")
     ax = axes[1]
-    for m in sorted(set(log.models)):
-        ax.plot(
-            steps, trailing_mean(np.array([x == m for x in log.models])), label=m.split("/")[-1]
-        )
+    for m in sorted(set(models)):
+        ax.plot(steps, trailing_mean(np.array([x == m for x in models])), label=m.split("/")[-1])
     ax.set_ylabel("trailing-100 share")
     ax.legend(loc="upper right")
     ax = axes[2]
-    ax.plot(steps, trailing_mean(np.array(log.rewards)), label="trailing-100 reward")
+    r = np.asarray(rewards, dtype=float)
+    ax.plot(
+        steps,
+        trailing_mean(np.nan_to_num(r, nan=float(np.nanmean(r)))),
+        label="trailing-100 reward",
+    )
     ax.set_ylabel("reward")
     ax.set_xlabel("evaluation request")
     for a in axes:
-        for name, start, _ in run.phases[1:]:
+        for name, start in phase_starts:
             a.axvline(start, color="grey", lw=0.8)
             a.text(start, a.get_ylim()[1], f" {name}", va="top", fontsize=8)
-    fig.suptitle(title or f"budget {budget:.3g} $/request")
+    fig.suptitle(title)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

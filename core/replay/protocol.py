@@ -82,18 +82,38 @@ def _edited(
     return Outcomes(block.contexts, np.clip(rewards, 0.0, 1.0), costs, block.models)
 
 
-def _phases(
-    spec: ReplaySpec,
-    data: Outcomes,
-    order: np.ndarray,
-    rng: np.random.Generator,
-    newcomer: str | None,
-) -> list[Phase]:
-    if spec.scenario == Scenario.STATIONARY:
-        return [Phase("all", order, data)]
+def phase_rows(scenario: Scenario, order: np.ndarray, rng: np.random.Generator) -> list[tuple]:
+    """(name, rows) of each phase of a shuffled evaluation stream (see the module docstring).
+    Shared with the live replay, which must walk the same rows in the same order."""
+    if scenario == Scenario.STATIONARY:
+        return [("all", order)]
     third = len(order) // 3
     p1, p2 = order[:third], order[third : 2 * third]
-    p3 = rng.permutation(p1)
+    return [("P1", p1), ("P2", p2), ("P3", rng.permutation(p1))]
+
+
+def stream_orders(
+    n_warmup: int | None, n_data: int, scenario: Scenario, seed: int
+) -> tuple[np.ndarray | None, list[tuple]]:
+    """The warm-up order (None without a warm-up stream) and the evaluation phases of a seed."""
+    rng = np.random.default_rng(seed)
+    warm = rng.permutation(n_warmup) if n_warmup is not None else None
+    order = rng.permutation(n_data)
+    return warm, phase_rows(scenario, order, rng)
+
+
+def start_models(scenario: Scenario, data_models, warmup_models) -> tuple[list[str], str | None]:
+    """The models the router starts with, and the newcomer (onboarding only)."""
+    start = list(warmup_models if warmup_models is not None else data_models)
+    if scenario != Scenario.ONBOARDING:
+        return [m for m in start if m in data_models], None
+    extra = [m for m in data_models if m not in start]
+    if not extra:
+        raise ValueError("onboarding needs a model in --data that the warm-up stream lacks")
+    return start, extra[0]
+
+
+def _phases(spec: ReplaySpec, data: Outcomes, rows: list[tuple], newcomer: str | None):
     changed = data
     if spec.scenario == Scenario.PRICE_CUT:
         changed = _edited(data, spec.price_cut_model, cost_factor=spec.price_cut_factor)
@@ -101,8 +121,10 @@ def _phases(
         changed = _edited(data, spec.regression_model, reward_value=spec.regression_reward)
     elif spec.scenario == Scenario.ONBOARDING and spec.newcomer_reward_scale != 1.0:
         data = changed = _edited(data, newcomer, reward_scale=spec.newcomer_reward_scale)
+    if spec.scenario == Scenario.STATIONARY:
+        return [Phase(name, r, data) for name, r in rows]
     later = changed if spec.scenario == Scenario.ONBOARDING else data
-    return [Phase("P1", p1, data), Phase("P2", p2, changed), Phase("P3", p3, later)]
+    return [Phase(name, r, b) for (name, r), b in zip(rows, (data, changed, later), strict=True)]
 
 
 def _enter_phase(
@@ -125,28 +147,25 @@ def run_seed(
     priors: Priors | None,
     seed: int,
 ) -> SeedRun:
-    rng = np.random.default_rng(seed)
-    start_models = list(warmup.models if warmup is not None else data.models)
-    if spec.scenario != Scenario.ONBOARDING:
-        start_models = [m for m in start_models if m in data.models]
-    extra = [m for m in data.models if m not in start_models]
-    newcomer = extra[0] if spec.scenario == Scenario.ONBOARDING and extra else None
-    if spec.scenario == Scenario.ONBOARDING and newcomer is None:
-        raise ValueError("onboarding needs a model in --data that the warm-up stream lacks")
+    first_models, newcomer = start_models(
+        spec.scenario, data.models, warmup.models if warmup is not None else None
+    )
+    warm_order, rows = stream_orders(
+        len(warmup.contexts) if warmup is not None else None, len(data.contexts), spec.scenario, seed
+    )
     config = RouterConfig(
         bandit=spec.bandit,
         pacer=PacerConfig(budget_usd=spec.budget_usd, mode=spec.pacer_mode, **spec.pacer),
         forced_exploration_pulls=spec.forced_exploration_pulls,
         seed=seed,
     )
-    router = Router(config, [specs[m] for m in start_models])
+    router = Router(config, [specs[m] for m in first_models])
     if priors is not None:
         router.load_priors(priors)
     if warmup is not None:
-        run_stream(router, warmup, rng.permutation(len(warmup.contexts)))
-    order = rng.permutation(len(data.contexts))
+        run_stream(router, warmup, warm_order)
     log, bounds = StreamLog(), []
-    for phase in _phases(spec, data, order, rng, newcomer):
+    for phase in _phases(spec, data, rows, newcomer):
         _enter_phase(router, spec, phase.name, specs, newcomer)
         start = len(log.models)
         log.extend(run_stream(router, phase.block, phase.rows))

@@ -1,0 +1,294 @@
+"""The paper's replay through the live HTTP service: concurrent requests, delayed feedback.
+
+The same rows in the same order as the offline replay (`core.replay.protocol.stream_orders`)
+are sent as chat requests (`model: "auto"`) by `concurrency` workers. The simulated provider,
+in replay mode over the same reward files, answers each recorded prompt with usage that makes
+the realised cost the recorded one, and returns the recorded reward in
+`paretoserve.recorded_reward`; the driver, acting as the judge, posts that reward to
+/v1/feedback after a random delay. Scenario changes are made through the admin API at phase
+boundaries, after the previous phase's requests have been answered (their feedback may still
+be in flight, as in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from core.registry import ModelSpec
+from core.replay import metrics
+from core.replay.protocol import ReplaySpec, Scenario
+
+
+@dataclass
+class Answer:
+    """One chat request as the client saw it."""
+
+    phase: str
+    status: int  # HTTP status; 0 = no response (connection error or timeout)
+    latency_s: float
+    model: str | None = None
+    cost: float = 0.0
+    reward: float | None = None
+    forced: bool = False
+    dual: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class FeedbackTally:
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)  # "applied" / "duplicate" / HTTP status
+    latencies_s: list[float] = field(default_factory=list)
+    no_reward: int = 0  # answers without a recorded reward: nothing to post
+
+
+class LiveDriver:
+    """Sends chat requests and delayed feedback to one service; keeps what it saw."""
+
+    def __init__(
+        self,
+        base_url: str,
+        admin_key: str | None,
+        *,
+        concurrency: int = 16,
+        feedback_delay_ms: tuple[float, float] = (0.0, 2000.0),
+        seed: int = 0,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.admin_headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self.concurrency = concurrency
+        self.delay_ms = feedback_delay_ms
+        self.rng = np.random.default_rng(seed)
+        limits = httpx.Limits(max_connections=concurrency + 64, max_keepalive_connections=64)
+        self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, limits=limits)
+        self.feedback = FeedbackTally()
+        self._feedback_tasks: set[asyncio.Task] = set()
+
+    async def aclose(self) -> None:
+        await self.drain_feedback()
+        await self.client.aclose()
+
+    # ---- requests ---------------------------------------------------------------------
+
+    async def chat(self, prompt: str, phase: str) -> Answer:
+        body = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+        start = time.perf_counter()
+        try:
+            r = await self.client.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return Answer(phase, 0, time.perf_counter() - start, error=type(exc).__name__)
+        latency = time.perf_counter() - start
+        if r.status_code != 200:
+            return Answer(phase, r.status_code, latency, error=r.text[:300])
+        out = r.json()
+        info = out.get("paretoserve") or {}
+        answer = Answer(
+            phase,
+            200,
+            latency,
+            model=out["model"],
+            cost=float(r.headers["x-paretoserve-cost-usd"]),
+            reward=info.get("recorded_reward"),
+            forced=bool(info.get("forced")),
+            dual=float(info.get("dual") or 0.0),
+        )
+        if answer.reward is None:
+            self.feedback.no_reward += 1
+        else:
+            self._post_feedback_later(r.headers["x-request-id"], answer.reward)
+        return answer
+
+    async def run_block(self, prompts: list[str], phase: str) -> list[Answer]:
+        """Send `prompts` in order with `concurrency` workers; answers in prompt order."""
+        answers: list[Answer | None] = [None] * len(prompts)
+        next_index = iter(range(len(prompts)))
+
+        async def worker() -> None:
+            for i in next_index:  # shared iterator: each index is taken once, in order
+                answers[i] = await self.chat(prompts[i], phase)
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        return [a for a in answers if a is not None]
+
+    # ---- feedback ---------------------------------------------------------------------
+
+    def _post_feedback_later(self, request_id: str, reward: float) -> None:
+        lo, hi = self.delay_ms
+        delay = float(self.rng.uniform(lo, hi)) / 1000.0 if hi > 0 else 0.0
+        task = asyncio.get_running_loop().create_task(self._feedback(request_id, reward, delay))
+        self._feedback_tasks.add(task)
+        task.add_done_callback(self._feedback_tasks.discard)
+
+    async def _feedback(self, request_id: str, reward: float, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self.feedback.sent += 1
+        start = time.perf_counter()
+        try:
+            r = await self.client.post(
+                "/v1/feedback", json={"request_id": request_id, "reward": reward}
+            )
+        except httpx.HTTPError as exc:
+            self.feedback.statuses[type(exc).__name__] += 1
+            return
+        self.feedback.latencies_s.append(time.perf_counter() - start)
+        key = r.json().get("status") if r.status_code == 200 else str(r.status_code)
+        self.feedback.statuses[key] += 1
+
+    async def drain_feedback(self) -> None:
+        while self._feedback_tasks:
+            await asyncio.gather(*list(self._feedback_tasks))
+
+    # ---- admin ------------------------------------------------------------------------
+
+    async def admin(self, method: str, path: str, body: dict | None = None) -> Any:
+        r = await self.client.request(method, path, json=body, headers=self.admin_headers)
+        if r.status_code >= 400:
+            raise RuntimeError(f"admin {method} {path} failed: {r.status_code} {r.text[:300]}")
+        return r.json()
+
+
+def percentiles_ms(latencies_s: list[float]) -> dict[str, float | None]:
+    if not latencies_s:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "n": 0}
+    v = np.asarray(latencies_s) * 1000.0
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(v.max()),
+        "n": len(v),
+    }
+
+
+# ---- the scenarios through the admin API ---------------------------------------------------
+
+
+@dataclass
+class LivePlan:
+    """What to send: the warm-up prompts, then the evaluation phases, each in order."""
+
+    scenario: Scenario
+    budget_usd: float
+    warmup: list[str]
+    phases: list[tuple[str, list[str]]]
+    specs: dict[str, ModelSpec]  # every model of the files, at their list prices
+    spec: ReplaySpec  # the scenario's parameters (which model, what factor)
+    newcomer: str | None = None
+
+
+async def _enter_phase(driver: LiveDriver, plan: LivePlan, name: str) -> None:
+    """The operator's action at a phase boundary, as in core.replay.protocol._enter_phase."""
+    s = plan.spec
+    if plan.scenario == Scenario.PRICE_CUT and name in ("P2", "P3"):
+        base = plan.specs[s.price_cut_model]
+        f = s.price_cut_factor if name == "P2" else 1.0
+        body = {"input_per_m": base.input_per_m * f, "output_per_m": base.output_per_m * f}
+        await driver.admin("PATCH", f"/admin/models/{s.price_cut_model}", body)
+    elif plan.scenario == Scenario.REGRESSION and name in ("P2", "P3"):
+        behaviour = {"reward_value": s.regression_reward} if name == "P2" else None
+        body = {"simulation": behaviour}
+        await driver.admin("PATCH", f"/admin/models/{s.regression_model}", body)
+    elif plan.scenario == Scenario.ONBOARDING and name == "P2" and plan.newcomer:
+        body = plan.specs[plan.newcomer].model_dump(mode="json", exclude_none=True)
+        if s.newcomer_reward_scale != 1.0:
+            body["simulation"] = {"reward_scale": s.newcomer_reward_scale}
+        await driver.admin("POST", "/admin/models", body)
+
+
+async def run_plan(driver: LiveDriver, plan: LivePlan) -> dict:
+    """Warm-up, then each phase; returns the report (offline replay schema + service figures)."""
+    if plan.warmup:
+        await driver.run_block(plan.warmup, "warmup")
+    log: list[Answer] = []
+    bounds: list[tuple[str, int, int]] = []
+    start = time.perf_counter()
+    for name, prompts in plan.phases:
+        await _enter_phase(driver, plan, name)
+        first = len(log)
+        log.extend(await driver.run_block(prompts, name))
+        bounds.append((name, first, len(log)))
+    elapsed = time.perf_counter() - start
+    await driver.drain_feedback()
+    return live_report(plan, log, bounds, elapsed, driver)
+
+
+def live_report(
+    plan: LivePlan,
+    log: list[Answer],
+    bounds: list[tuple[str, int, int]],
+    elapsed_s: float,
+    driver: LiveDriver,
+) -> dict:
+    ok = [a for a in log if a.status == 200]
+    ok_bounds, n = [], 0  # phase bounds over the answered requests only
+    for name, a, b in bounds:
+        k = sum(1 for x in log[a:b] if x.status == 200)
+        ok_bounds.append((name, n, n + k))
+        n += k
+    models = [a.model or "" for a in ok]
+    rewards = [a.reward if a.reward is not None else np.nan for a in ok]
+    costs = [a.cost for a in ok]
+
+    def figures(a: int, b: int) -> dict:
+        f = metrics.phase_figures(models[a:b], rewards[a:b], costs[a:b], plan.budget_usd)
+        f["mean_reward"] = float(np.nanmean(rewards[a:b])) if b > a else 0.0
+        return f
+
+    summary = figures(0, len(ok))
+    phases = [{"name": nm, **figures(a, b)} for nm, a, b in ok_bounds] if len(bounds) > 1 else []
+    adapt: dict[str, Any] = {}
+    if len(ok_bounds) > 1:
+        _, p2a, p2b = ok_bounds[1]
+        if plan.scenario == Scenario.PRICE_CUT:
+            adapt["quality_lift"] = phases[1]["mean_reward"] - phases[0]["mean_reward"]
+        elif plan.scenario == Scenario.REGRESSION:
+            adapt["reroute_steps"] = metrics.reroute_steps(
+                models, plan.spec.regression_model, p2a, p2b
+            )
+        elif plan.scenario == Scenario.ONBOARDING and plan.newcomer:
+            forced = [a.forced for a in ok]
+            adapt["adoption_steps"] = metrics.adoption_steps(models, forced, plan.newcomer, p2a)
+    summary.update(adapt)
+    failed = [a for a in log if a.status != 200]
+    fb = driver.feedback
+    return {
+        "mode": "live",
+        "scenario": plan.scenario.value,
+        "budget_usd": plan.budget_usd,
+        "summary": summary,
+        "phases": phases,
+        **adapt,
+        "requests": {
+            "warmup": len(plan.warmup),
+            "sent": len(log),
+            "answered": len(ok),
+            "failed": len(failed),
+            "errors": dict(Counter(str(a.status) for a in failed)),
+            "no_recorded_reward": sum(1 for a in ok if a.reward is None),
+        },
+        "feedback": {
+            "sent": fb.sent,
+            "statuses": dict(fb.statuses),
+            "latency_ms": percentiles_ms(fb.latencies_s),
+        },
+        "latency_ms": percentiles_ms([a.latency_s for a in ok]),
+        "throughput_rps": len(ok) / elapsed_s if elapsed_s > 0 else None,
+        "elapsed_s": elapsed_s,
+        "series": {  # per answered evaluation request, in send order: for plots
+            "models": models,
+            "rewards": [None if np.isnan(r) else r for r in rewards],
+            "costs": costs,
+            "forced": [a.forced for a in ok],
+            "duals": [a.dual for a in ok],
+            "phases": ok_bounds,
+        },
+    }

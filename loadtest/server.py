@@ -1,0 +1,158 @@
+"""Start the real service for a load run: `serve run <config>` in a subprocess, on a free port.
+
+The config is the repo's serve_config.yaml with its application `args` replaced. `serve run`
+starts its own local Ray cluster in a fresh RAY_TMPDIR, so it never joins (or is mistaken for)
+another cluster on the machine. Stopping sends SIGINT (Serve shuts down, the driver stops its
+cluster), SIGKILL after a grace period, then SIGKILL of any process still carrying that
+RAY_TMPDIR. `ray stop --force` is never used: it would kill every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_config() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
+
+
+@dataclass
+class ServedApp:
+    base_url: str
+    admin_key: str
+    proc: subprocess.Popen
+    log_path: Path
+    ray_dir: str
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def ray_pids(self) -> list[int]:
+        return pids_of_ray_dir(self.ray_dir)
+
+
+def pids_of_ray_dir(ray_dir: str) -> list[int]:
+    """PIDs of the processes of the cluster started with RAY_TMPDIR=ray_dir."""
+    env_marker, marker = f"RAY_TMPDIR={ray_dir}".encode(), ray_dir.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or env_marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_healthy(app: ServedApp, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if app.proc.poll() is not None:
+            raise RuntimeError(f"`serve run` exited ({app.proc.returncode}):\n{app.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{app.base_url}/healthz", timeout=5).status_code == 200:
+                return
+        time.sleep(1.0)
+    raise TimeoutError(f"no answer on /healthz in {timeout_s:.0f}s:\n{app.log_tail()}")
+
+
+def _stop(app: ServedApp) -> None:
+    if app.proc.poll() is None:
+        app.proc.send_signal(signal.SIGINT)
+        try:
+            app.proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            app.proc.kill()
+            app.proc.wait(timeout=15)
+    deadline = time.monotonic() + 20
+    while (left := app.ray_pids()) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    shutil.rmtree(app.ray_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serve_app(
+    args: dict[str, Any],
+    workdir: Path,
+    *,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    startup_timeout_s: float = 300.0,
+) -> Iterator[ServedApp]:
+    """Run the app with these `args` (graphs.app:build_app) until the block exits.
+    `deployments` updates the config's per-deployment options by name (e.g. autoscaling)."""
+    cfg = copy.deepcopy(base_config())
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    app_cfg = cfg["applications"][0]
+    app_cfg["args"] = args
+    for d in app_cfg.get("deployments", []):
+        d.update((deployments or {}).get(d["name"], {}))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "serve_config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    admin_key = secrets.token_urlsafe(24)
+    ray_dir = tempfile.mkdtemp(prefix="psray-", dir="/tmp")  # short: Ray puts sockets here
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
+    env.update(
+        {
+            "RAY_TMPDIR": ray_dir,
+            "HF_HUB_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            ADMIN_KEY_ENV: admin_key,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
+    log_path = workdir / "serve_run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", str(cfg_path)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    app = ServedApp(f"http://127.0.0.1:{port}", admin_key, proc, log_path, ray_dir)
+    try:
+        _wait_healthy(app, startup_timeout_s)
+        yield app
+    finally:
+        _stop(app)

@@ -1,0 +1,235 @@
+"""`paretoserve loadtest replay`: the offline replay's protocol through the live HTTP service.
+
+With --start-server the app is started here (`serve run` on a free port, state in a work dir)
+with the simulated provider in replay mode over the same reward files, the router's seed set to
+--seed, and priors built from the warm-up stream (as the offline replay does); with --url a
+running service is driven instead (its admin key from $PARETOSERVE_ADMIN_KEY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from core.data import RewardData, in_first_half, load_reward_file
+from core.features import load_projection
+from core.priors import Priors, build_priors
+from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
+from loadtest.live_replay import LiveDriver, LivePlan, run_plan
+from loadtest.server import ADMIN_KEY_ENV, base_config, serve_app
+from paretoserve_cli.contexts import contexts_for, default_prices_path, load_specs
+from paretoserve_cli.replay_cmd import _positive, _priors_arg
+
+
+def _rows(data: RewardData, split: int | None, first: bool) -> np.ndarray:
+    if split is None:
+        return np.arange(len(data))
+    return np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
+
+
+def _plan(args: argparse.Namespace) -> tuple[LivePlan, dict]:
+    """The prompts to send, the model specs and what the server needs (priors, files)."""
+    split = args.holdout_split
+    data_file = load_reward_file(args.data)
+    data_rows = _rows(data_file, split, first=False)
+    warm_path = args.warmup or (args.data if split is not None else None)
+    warm_file = load_reward_file(warm_path) if warm_path else None
+    warm_rows = _rows(warm_file, split, first=True) if warm_file is not None else None
+    prices = args.prices or default_prices_path(args.warmup, args.data)
+    specs = load_specs(
+        prices, sorted({*data_file.models, *(warm_file.models if warm_file else ())})
+    )
+    scenario = Scenario(args.scenario)
+    first_models, newcomer = start_models(
+        scenario, data_file.models, warm_file.models if warm_file else None
+    )
+    warm_order, phases = stream_orders(
+        len(warm_rows) if warm_rows is not None else None, len(data_rows), scenario, args.seed
+    )
+    warm_prompts = (
+        [warm_file.prompts[warm_rows[i]] for i in warm_order] if warm_file is not None else []
+    )
+    plan = LivePlan(
+        scenario=scenario,
+        budget_usd=args.budget,
+        warmup=warm_prompts,
+        phases=[(name, [data_file.prompts[data_rows[i]] for i in rows]) for name, rows in phases],
+        specs=specs,
+        spec=ReplaySpec(
+            scenario=scenario,
+            budget_usd=args.budget,
+            newcomer_reward_scale=args.newcomer_reward_scale,
+        ),
+        newcomer=newcomer,
+    )
+    server = {
+        "models": [specs[m] for m in first_models],
+        "replay_files": [p for p in (args.data, args.warmup) if p is not None],
+        "prices": prices,
+        "warm": (warm_file, warm_rows) if warm_file is not None else None,
+    }
+    return plan, server
+
+
+def _priors(args: argparse.Namespace, warm, workdir: Path) -> str | None:
+    """A priors file for the service: --priors, or built from the warm-up rows, or none."""
+    if args.priors == "none":
+        return None
+    if args.priors:
+        return str(Path(args.priors).resolve())
+    if warm is None:
+        return None
+    data, rows = warm
+    projection = load_projection()
+    contexts = contexts_for(data, projection)[rows]  # the whole file, as the offline replay
+    priors: Priors = build_priors(
+        contexts,
+        data.rewards[rows],
+        data.models,
+        projection_fingerprint=projection.fingerprint,
+        source=f"{Path(data.path).name} warm-up rows ({len(rows)})",
+    )
+    path = workdir / "priors.json"
+    priors.save(path)
+    return str(path)
+
+
+def _app_args(args: argparse.Namespace, server: dict, workdir: Path) -> dict:
+    base = base_config()["applications"][0]["args"]
+    sim_options = {
+        "seed": args.seed,
+        "time_scale": args.sim_time_scale,
+        "replay_file": str(Path(server["replay_files"][0]).resolve()),
+        "replay_files": [str(Path(p).resolve()) for p in server["replay_files"][1:]],
+        "replay_prices_file": str(Path(server["prices"]).resolve()),
+    }
+    return {
+        **base,
+        "budget_usd_per_request": args.budget,
+        "state_path": str(workdir / "state" / "paretoserve.db"),
+        "priors_path": _priors(args, server["warm"], workdir),
+        "models": [s.model_dump(mode="json", exclude_none=True) for s in server["models"]],
+        "providers": {"simulated": {"kind": "simulated", "options": sim_options}},
+        "router": {"seed": args.seed},
+    }
+
+
+async def _drive(args: argparse.Namespace, plan: LivePlan, url: str, admin_key: str) -> dict:
+    driver = LiveDriver(
+        url,
+        admin_key,
+        concurrency=args.concurrency,
+        feedback_delay_ms=(0.0, args.feedback_delay_ms),
+        seed=args.seed,
+    )
+    try:
+        if args.url:  # a running service: make its budget the one asked for
+            await driver.admin("PUT", "/admin/budget", {"usd_per_request": args.budget})
+        return await run_plan(driver, plan)
+    finally:
+        await driver.aclose()
+
+
+def replay(args: argparse.Namespace) -> int:
+    plan, server = _plan(args)
+    if args.url:
+        admin_key = os.environ.get(ADMIN_KEY_ENV)
+        if not admin_key:
+            raise ValueError(f"--url needs the service's admin key in ${ADMIN_KEY_ENV}")
+        report = asyncio.run(_drive(args, plan, args.url, admin_key))
+    else:
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-live-"))
+        app_args = _app_args(args, server, workdir.resolve())
+        print(f"starting the service (state and logs in {workdir}) ...", flush=True)
+        with serve_app(app_args, workdir.resolve()) as app:
+            report = asyncio.run(_drive(args, plan, app.base_url, app.admin_key))
+    report.update(
+        seed=args.seed,
+        concurrency=args.concurrency,
+        feedback_delay_ms=[0.0, args.feedback_delay_ms],
+        inputs={
+            "data": str(args.data),
+            "warmup": str(args.warmup) if args.warmup else None,
+            "holdout_split": args.holdout_split,
+            "prices": str(server["prices"]),
+            "url": args.url or "started here",
+        },
+    )
+    _print(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        from paretoserve_cli.plot import plot_live
+
+        plot_live(report, args.plot)
+    return 0 if report["requests"]["failed"] == 0 else 1
+
+
+def _print(report: dict) -> None:
+    s, req, lat = report["summary"], report["requests"], report["latency_ms"]
+    print(
+        f"live {report['scenario']} budget={report['budget_usd']:.3g}: "
+        f"reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
+        f"compliance={s['compliance']:.4f} mix="
+        + ", ".join(f"{m.split('/')[-1]}:{v:.2f}" for m, v in s["mix"].items())
+    )
+    for p in report["phases"]:
+        print(f"  {p['name']}: reward={p['mean_reward']:.4f} compliance={p['compliance']:.4f}")
+    for key in ("quality_lift", "reroute_steps", "adoption_steps"):
+        if key in report:
+            print(f"  {key} = {report[key]}")
+    print(
+        f"  requests {req['answered']}/{req['sent']} answered, errors {req['errors']}; "
+        f"feedback {report['feedback']['statuses']}; latency p50 {lat['p50']:.0f} ms "
+        f"p99 {lat['p99']:.0f} ms; {report['throughput_rps']:.1f} req/s"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("loadtest", help="load and replay runs against the live service")
+    lsub = p.add_subparsers(dest="loadtest_command", required=True)
+    r = lsub.add_parser("replay", help="the paper's replay through the HTTP service")
+    r.add_argument("--data", type=Path, required=True, help="evaluation reward file")
+    r.add_argument("--warmup", type=Path, help="warm-up reward file (sent first, over HTTP)")
+    r.add_argument(
+        "--priors",
+        type=_priors_arg,
+        help="priors file, or 'none' (default: built from the warm-up stream; --start-server only)",
+    )
+    r.add_argument("--prices", type=Path, help="prices.json (default: as in `replay`)")
+    r.add_argument("--scenario", choices=[s.value for s in Scenario], default="stationary")
+    r.add_argument("--budget", type=_positive, required=True, help="US$ per request")
+    r.add_argument("--seed", type=int, default=0, help="stream order and router seed")
+    r.add_argument("--holdout-split", type=int, metavar="SEED", help="as in `replay`")
+    r.add_argument("--concurrency", type=int, default=16)
+    r.add_argument(
+        "--feedback-delay-ms",
+        type=float,
+        default=2000.0,
+        help="feedback is posted after a uniform random delay in [0, MS]",
+    )
+    r.add_argument("--newcomer-reward-scale", type=float, default=1.0)
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--start-server",
+        action="store_true",
+        help="start the app here (simulated provider replaying the files)",
+    )
+    where.add_argument("--url", help=f"drive a running service (admin key from ${ADMIN_KEY_ENV})")
+    r.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=0.1,
+        help="--start-server: simulated latency scale (1 = realistic, 0 = instant)",
+    )
+    r.add_argument("--workdir", type=Path, help="--start-server: state and logs (default: temp)")
+    r.add_argument("--json", type=Path, help="write the report here")
+    r.add_argument("--plot", type=Path, help="write a PNG of spend, mix and reward over time")
+    r.set_defaults(func=replay)
