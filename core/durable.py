@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InvalidFeedbackError, UnknownRequestError
+from core.faults import Cooldown
 from core.router import Decision, FeedbackStatus, RouteLimits, Router
 from core.snapshot import restore, snapshot
 from core.store import Event, EventKind, PendingRow, StateStore
@@ -59,6 +60,8 @@ class DurableRouter:
         self.applied_seq = applied_seq  # the last journal seq reflected in the router's state
         self.expiry: OrderedDict[str, float] = OrderedDict()
         self._unflushed: list[PendingRow] = []
+        self._rekeyed: list[tuple[str, str, bool]] = []  # (request_id, model, forced)
+        self._dropped: list[str] = []
         self._events_since_snapshot = 0
         self._last_snapshot_at = now
 
@@ -121,7 +124,7 @@ class DurableRouter:
         now: float,
         request_id: str | None = None,
     ) -> Decision:
-        d = self.router.route(x, limits, model, request_id=request_id)
+        d = self.router.route(x, limits, model, request_id=request_id, now=now)
         expires = now + self.config.pending_ttl_s
         self._unflushed.append(
             PendingRow(
@@ -140,6 +143,78 @@ class DurableRouter:
     def take_unflushed(self) -> list[PendingRow]:
         rows, self._unflushed = self._unflushed, []
         return rows
+
+    # ---- provider faults: fallback re-keys a decision, a final failure drops it ------------
+
+    def fallback(
+        self,
+        request_id: str,
+        failed_model: str,
+        now: float,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        limits: RouteLimits | None = None,
+    ) -> Decision | None:
+        """Router.fallback, with the recorded decision re-keyed (or dropped) to match."""
+        d = self.router.fallback(request_id, failed_model, now, status, retry_after_s, limits)
+        if d is None:
+            self._forget(request_id)
+        else:
+            self._rekey(request_id, d.model)
+        return d
+
+    def fail(
+        self,
+        request_id: str | None,
+        model: str,
+        now: float,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        cool: bool = True,
+    ) -> Cooldown | None:
+        """Router.fail, with the recorded decision dropped when the router dropped it."""
+        had = request_id is not None and request_id in self.router.pending
+        cd = self.router.fail(request_id, model, now, status, retry_after_s, cool)
+        if had and request_id not in self.router.pending:
+            self._forget(request_id)
+        return cd
+
+    def _rekey(self, request_id: str, model: str) -> None:
+        for i, row in enumerate(self._unflushed):
+            if row.request_id == request_id:  # not written yet: write the new model instead
+                self._unflushed[i] = PendingRow(
+                    request_id=row.request_id,
+                    model=model,
+                    x=row.x,
+                    t=row.t,
+                    forced=False,
+                    created_at=row.created_at,
+                    expires_at=row.expires_at,
+                )
+                return
+        self._rekeyed.append((request_id, model, False))
+
+    def _forget(self, request_id: str) -> None:
+        self.expiry.pop(request_id, None)
+        kept = [r for r in self._unflushed if r.request_id != request_id]
+        if len(kept) == len(self._unflushed):
+            self._dropped.append(request_id)
+        self._unflushed = kept
+
+    def take_pending_changes(self) -> tuple[list[tuple[str, str, bool]], list[str]]:
+        """Re-keyed and dropped decisions to write after take_unflushed()'s rows (memory)."""
+        rekeyed, dropped = self._rekeyed, self._dropped
+        self._rekeyed, self._dropped = [], []
+        return rekeyed, dropped
+
+    def write_pending_changes(
+        self, rekeyed: list[tuple[str, str, bool]], dropped: list[str]
+    ) -> None:
+        """Persist take_pending_changes() (I/O)."""
+        if rekeyed:
+            self.store.set_pending_model(rekeyed)
+        if dropped:
+            self.store.delete_pending(dropped)
 
     # ---- charges and feedback: prepare (memory), write (I/O), apply (memory) ----------------
 

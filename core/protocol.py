@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.registry import ModelSpec
+from core.registry import ModelSpec, SimBehaviour
 
 # Finite numbers only: Python's json module accepts NaN/Infinity literals, so a JSON body can
 # carry them; they must fail validation rather than poison the bandit or the pacer.
@@ -158,6 +158,11 @@ class ParetoserveInfo(BaseModel):
     recorded_reward: float | None = Field(
         None, description="simulated/replayed quality, when the provider knows one"
     )
+    fallback_from: list[str] | None = Field(
+        None,
+        description="models that failed this request, in order, before `model` answered "
+        "(absent when the first choice answered)",
+    )
 
 
 class AssistantMessage(BaseModel):
@@ -252,14 +257,34 @@ class AddModelRequest(ModelSpec):
 
 
 class RepriceRequest(_OwnBody):
+    """PATCH /admin/models/{id}: new prices, and/or the simulated provider's behaviour
+    (`"simulation": null` clears it). All of it is applied as one registry version, or none."""
+
     input_per_m: PosFloat | None = None
     output_per_m: PosFloat | None = None
+    simulation: SimBehaviour | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> RepriceRequest:
-        if self.input_per_m is None and self.output_per_m is None:
-            raise ValueError("give input_per_m, output_per_m, or both")
+        if (
+            self.input_per_m is None
+            and self.output_per_m is None
+            and "simulation" not in self.model_fields_set
+        ):
+            raise ValueError("give input_per_m, output_per_m, simulation, or several")
         return self
+
+    @property
+    def reprices(self) -> bool:
+        return self.input_per_m is not None or self.output_per_m is not None
+
+    @property
+    def sets_simulation(self) -> bool:
+        """True when the body names `simulation` (null included: that clears it)."""
+        return "simulation" in self.model_fields_set
+
+
+PatchModelRequest = RepriceRequest  # the body's fuller name
 
 
 class BudgetRequest(_OwnBody):
@@ -329,15 +354,39 @@ class Usage(BaseModel):
 
 
 class ProviderRequest(BaseModel):
+    """One call to a provider client. It carries the model's whole registry entry (`spec`:
+    prices, upstream name, base URL, speed class, simulation knobs), so a client keeps no model
+    table of its own and every replica of a provider deployment answers the same way."""
+
     request_id: str
-    model_id: str = Field(description="the registry id (the client's model table key)")
+    model_id: str = Field(description="the registry id (= spec.id)")
     upstream_model: str = Field(description="the provider-side model name")
+    spec: ModelSpec = Field(description="the model's registry entry when the request was routed")
+    attempt: int = Field(0, ge=0, description="0 for the first try, then 1, 2, ... per retry")
     messages: list[dict[str, Any]] = Field(..., min_length=1)
     prompt_text: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _spec_matches(self) -> ProviderRequest:
+        if self.spec.id != self.model_id:
+            raise ValueError(f"model_id {self.model_id!r} is not spec.id {self.spec.id!r}")
+        return self
+
+    @classmethod
+    def for_model(cls, req: ProviderRequest, spec: ModelSpec) -> ProviderRequest:
+        """The same request for another model (a fallback), from its first attempt."""
+        return req.model_copy(
+            update={
+                "model_id": spec.id,
+                "upstream_model": spec.upstream_name,
+                "spec": spec,
+                "attempt": 0,
+            }
+        )
 
     @classmethod
     def from_chat(
@@ -347,6 +396,7 @@ class ProviderRequest(BaseModel):
             request_id=request_id,
             model_id=spec.id,
             upstream_model=spec.upstream_name,
+            spec=spec,
             messages=[m.model_dump(exclude_none=True) for m in chat.messages],
             prompt_text=chat.prompt_text(),
             max_tokens=chat.output_token_limit,

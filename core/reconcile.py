@@ -17,11 +17,16 @@ def reconcile(router: Router, table: list[ModelSpec]) -> list[str]:
         if current is None or not router.registry.active[spec.id]:
             router.add_model(spec, explore=current is None)
             changes.append(f"add {spec.id}")
-        elif (current.input_per_m, current.output_per_m) != (spec.input_per_m, spec.output_per_m):
-            router.reprice(spec.id, spec.input_per_m, spec.output_per_m)
-            changes.append(f"reprice {spec.id}")
-        elif current != spec:  # provider, base URL, limits: nothing the arm depends on
-            router.registry.specs[spec.id] = spec
+        else:
+            if (current.input_per_m, current.output_per_m) != (
+                spec.input_per_m,
+                spec.output_per_m,
+            ):
+                router.reprice(spec.id, spec.input_per_m, spec.output_per_m)
+                changes.append(f"reprice {spec.id}")
+            if router.registry.specs[spec.id] != spec:
+                # provider, base URL, limits, simulation: nothing the arm depends on
+                router.registry.specs[spec.id] = spec
     for spec in router.registry.active_models():
         if spec.id not in wanted:
             router.remove_model(spec.id)

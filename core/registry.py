@@ -6,7 +6,7 @@ import math
 import time
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.costs import blended_price_per_1k
 
@@ -15,6 +15,47 @@ class SpeedClass(str, Enum):
     FAST = "fast"
     BALANCED = "balanced"
     SLOW = "slow"
+
+
+class SimBehaviour(BaseModel):
+    """Runtime knobs of the simulated provider for one model (PATCH /admin/models/{id} with
+    `simulation`, or a serve_config model entry). Carried in every ProviderRequest, so every
+    provider replica sees the same setting. Real provider clients ignore it.
+
+    Faults are drawn once per attempt from a RNG seeded by (simulator seed, model, request id,
+    attempt): one uniform picks at most one of error / timeout / rate limit (their rates must
+    sum to at most 1); an independent one picks a latency spike."""
+
+    # strict: a number given as a string is an error, not a silent coercion (ints are fine)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    reward_scale: float = Field(
+        1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="multiplies the reward"
+    )
+    quality: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="mean drawn reward override"
+    )
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="5xx")
+    error_status: int = Field(503, ge=500, le=599, description="status of an injected error")
+    timeout_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    timeout_s: float = Field(
+        10.0, ge=0.0, allow_inf_nan=False, description="wait before a timeout (x time_scale)"
+    )
+    rate_limit_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="429")
+    retry_after_s: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="of a 429")
+    latency_spike_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    latency_spike_s: float = Field(
+        5.0, ge=0.0, allow_inf_nan=False, description="added before the first token (x time_scale)"
+    )
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> SimBehaviour:
+        total = self.error_rate + self.timeout_rate + self.rate_limit_rate
+        if total > 1.0 + 1e-12:
+            raise ValueError(
+                f"error_rate + timeout_rate + rate_limit_rate must be at most 1, got {total:.4g}"
+            )
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -28,6 +69,9 @@ class ModelSpec(BaseModel):
     context_length: int = Field(128_000, gt=0)
     base_url: str | None = None
     speed: SpeedClass = SpeedClass.BALANCED
+    simulation: SimBehaviour | None = Field(
+        None, description="simulated provider only: reward scale, quality, injected faults"
+    )
 
     @field_validator("input_per_m", "output_per_m")
     @classmethod
@@ -49,6 +93,7 @@ class ChangeKind(str, Enum):
     ADD = "add"
     REMOVE = "remove"
     REPRICE = "reprice"
+    SIMULATE = "simulate"
 
 
 class RegistryChange(BaseModel):
@@ -131,6 +176,14 @@ class ModelRegistry:
         new = ModelSpec.model_validate({**old.model_dump(), **update})
         self.specs[model_id] = new
         return self._record(ChangeKind.REPRICE, model_id, new)
+
+    def simulate(self, model_id: str, behaviour: SimBehaviour | dict | None) -> RegistryChange:
+        """Set (or with None clear) a model's simulated-provider behaviour."""
+        old = self.get(model_id)
+        sim = None if behaviour is None else SimBehaviour.model_validate(behaviour)
+        new = old.model_copy(update={"simulation": sim})
+        self.specs[model_id] = new
+        return self._record(ChangeKind.SIMULATE, model_id, new)
 
     def to_json(self) -> dict:
         return {

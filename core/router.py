@@ -24,6 +24,7 @@ from core.errors import (
     NoEligibleModelError,
     UnknownRequestError,
 )
+from core.faults import Cooldown, CooldownConfig, Cooldowns
 from core.pacer import BudgetPacer
 from core.priors import Priors, mean_preserving_load
 from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
@@ -96,6 +97,7 @@ class _Pending:
     forced: bool
     charged: bool = False
     rewarded: bool = False
+    failed: tuple[str, ...] = ()  # models that failed this request (fallback); not persisted
 
 
 @dataclass(slots=True)
@@ -140,8 +142,15 @@ class Router:
     usage_k = _ArmField()
     slot_models = _ArmField()
 
-    def __init__(self, config: RouterConfig, models: list[ModelSpec] | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        models: list[ModelSpec] | None = None,
+        cooldowns: CooldownConfig | None = None,
+    ) -> None:
         self._view: _ArmView | None = None
+        # Failing models (provider faults): transient, not in snapshots; see core/faults.py.
+        self.cooldowns = Cooldowns(cooldowns)
         self.config = config
         self.bandit = LinUCB(config.bandit)
         self.pacer = BudgetPacer(config.pacer)
@@ -418,10 +427,12 @@ class Router:
         limits: RouteLimits | None = None,
         model: str | None = None,
         request_id: str | None = None,
+        now: float | None = None,
     ) -> Decision:
         """Pick a model for context x (or record an explicit `model`, bypassing the bandit but
         not the caller's own limits). `request_id` names the decision (default: random); a
-        name already in use is refused."""
+        name already in use is refused. With `now` (unix seconds), auto-routing skips models
+        cooling down after failures, unless that would leave none."""
         x = self._check_context(x)
         if request_id is not None and (request_id in self.pending or request_id in self.applied):
             raise DuplicateRequestIdError(request_id)
@@ -429,6 +440,8 @@ class Router:
             why = "removed" if model in self.slots else "not registered"
             raise NoEligibleModelError({model: why})
         mask, eligible, reasons = self._eligible(limits)
+        if model is None and now is not None and self.cooldowns:
+            mask, eligible = self._skip(mask, eligible, reasons, self.cooldowns.cooling(now), now)
         if model is None and True not in eligible:
             raise NoEligibleModelError(reasons)
         if model is not None and not eligible[self.slots[model]]:
@@ -488,6 +501,118 @@ class Router:
             reasons,
         )
 
+    def _skip(
+        self,
+        mask: np.ndarray,
+        eligible: list[bool],
+        reasons: dict[str, str],
+        cooling: frozenset[str],
+        now: float | None,
+        failed: tuple[str, ...] = (),
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Leave out the models that failed this request (always) and those cooling down
+        (unless that would leave no model). Adds their reasons."""
+        out = mask.copy()
+        for m in failed:
+            out[self.slots[m]] = False
+        after_failed = out.copy()
+        for m in cooling:
+            slot = self.slots.get(m)
+            if slot is not None:
+                out[slot] = False
+        if not out.any():
+            out = after_failed
+        for m, s in self.slots.items():
+            if mask[s] and not out[s]:
+                if m in failed:
+                    reasons[m] = "failed for this request"
+                else:
+                    cd = self.cooldowns.get(m)
+                    left = (cd.until - now) if cd is not None and now is not None else 0.0
+                    reasons[m] = f"cooling down after a provider failure ({left:.3g}s left)"
+        return out, out.tolist()
+
+    def fallback(
+        self,
+        request_id: str,
+        failed_model: str,
+        now: float,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        limits: RouteLimits | None = None,
+    ) -> Decision | None:
+        """`failed_model` failed the pending request `request_id` (after its retries): cool it
+        down, then re-decide for the same context among the caller's eligible models, leaving
+        out every model that failed this request and, if others remain, those cooling down:
+        the best score under the current budget (the pacer's ceiling applies; no forced
+        exploration). The pending decision is re-keyed to the new model, so its charge and
+        feedback go to the model that answers. None: no fallback is left (max_fallbacks
+        reached, or no other eligible model); the pending decision is then dropped."""
+        self.cooldowns.fail(failed_model, now, status, retry_after_s)
+        entry = self._lookup(request_id)
+        current = self._slot_models[entry.slot]
+        if entry.charged or current != failed_model:
+            raise ValueError(
+                f"request {request_id!r} is not awaiting {failed_model!r} (it is on {current!r}"
+                f"{', answered' if entry.charged else ''})"
+            )
+        entry.failed = (*entry.failed, failed_model)
+        if entry.forced:  # the newcomer did not get its exploration pull: give it back
+            self.forced_left[entry.slot] += 1
+            entry.forced = False
+        if len(entry.failed) > self.cooldowns.config.max_fallbacks:
+            del self.pending[request_id]
+            return None
+        mask, eligible, reasons = self._eligible(limits)
+        mask, eligible = self._skip(
+            mask, eligible, reasons, self.cooldowns.cooling(now), now, entry.failed
+        )
+        if True not in eligible:
+            del self.pending[request_id]
+            return None
+        mask, eligible, reasons, quality, bonus, penalty = self._assess(
+            entry.x, mask, eligible, reasons
+        )
+        score = np.where(mask, quality + bonus - penalty, _NEG_INF)
+        slot = int(np.argmax(score))  # the first best: no RNG draw, so routing stays seeded
+        self.bandit.mark_pull(slot)
+        entry.slot = slot
+        return Decision(
+            request_id,
+            self._slot_models[slot],
+            entry.t,
+            self.pacer.dual,
+            False,  # forced
+            False,  # direct
+            self._arm_view().models,
+            quality,
+            bonus,
+            penalty,
+            mask,
+            reasons,
+        )
+
+    def fail(
+        self,
+        request_id: str | None,
+        model: str,
+        now: float,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        cool: bool = True,
+    ) -> Cooldown | None:
+        """`model` failed the request for good (an explicit model, or no fallback left): cool
+        it down (unless `cool` is False: the caller's own bad input) and drop the request's
+        pending decision unless it was charged (a failed attempt is no reward signal, and what
+        was not billed is not charged). Returns the model's cool-down, if it got one."""
+        cd = self.cooldowns.fail(model, now, status, retry_after_s) if cool else None
+        entry = self.pending.get(request_id) if request_id is not None else None
+        if entry is not None and not entry.charged:
+            if entry.forced and self._slot_models[entry.slot] == model:
+                self.forced_left[entry.slot] += 1
+            del self.pending[request_id]
+        return cd
+
     def replay_decision(
         self, request_id: str, model: str, x: np.ndarray, t: int, forced: bool
     ) -> None:
@@ -525,6 +650,8 @@ class Router:
         if entry.charged:
             return FeedbackStatus.DUPLICATE
         cost = float(cost_usd)
+        if self.cooldowns:  # the model answered: its failure streak ends
+            self.cooldowns.succeed(self._slot_models[entry.slot])
         self.pacer.charge(cost, self._dual_step_scale())
         self._learn_usage(entry.slot, cost)
         entry.charged = True
@@ -582,12 +709,17 @@ class Router:
         self._settle(request_id, entry)
         return FeedbackStatus.APPLIED
 
-    def explain(self, x: np.ndarray, limits: RouteLimits | None = None) -> dict[str, dict]:
+    def explain(
+        self, x: np.ndarray, limits: RouteLimits | None = None, now: float | None = None
+    ) -> dict[str, dict]:
         """What route() would weigh for x as the next request, without routing."""
         x = self._check_context(x)
+        mask, eligible, reasons = self._eligible(limits)
+        if now is not None and self.cooldowns:
+            mask, eligible = self._skip(mask, eligible, reasons, self.cooldowns.cooling(now), now)
         self.bandit.t += 1  # route() scores at t + 1; undone below, nothing else changes
         try:
-            mask, _, reasons, quality, bonus, penalty = self._assess(x, *self._eligible(limits))
+            mask, _, reasons, quality, bonus, penalty = self._assess(x, mask, eligible, reasons)
         finally:
             self.bandit.t -= 1
         return Decision(
@@ -607,7 +739,8 @@ class Router:
 
     # ---- observability --------------------------------------------------------------------
 
-    def state(self) -> dict:
+    def state(self, now: float | None = None) -> dict:
+        """With `now`, `cooldowns` says how long each failing model still cools down."""
         s = self.pacer.state
         mean_x = self.context_sum / max(self.t, 1)
         expected = self.expected_costs()
@@ -621,6 +754,7 @@ class Router:
             "total_spend_usd": s.total_spend,
             "registry_version": self.registry.version,
             "pending": len(self.pending),
+            "cooldowns": self.cooldowns.to_json(now),
             "models": {
                 m: {
                     "active": bool(self.active[i]),

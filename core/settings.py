@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.config import BanditConfig, CostSignal, PacerConfig, PacerMode, RouterConfig
 from core.durable import DurabilityConfig
+from core.faults import CooldownConfig, RetryPolicy
 from core.registry import ModelSpec
 
 
@@ -21,6 +22,14 @@ class ProviderSettings(_Strict):
 
     kind: Literal["simulated", "openai", "anthropic"]
     options: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="retries of a failed call on the same model"
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="a fixed number of replicas instead of autoscaling (None: autoscale)",
+    )
 
 
 class RouterTuning(_Strict):
@@ -52,6 +61,7 @@ class RouterSettings(_Strict):
     state_path: str
     priors_path: str | None = None
     durability: DurabilityConfig = DurabilityConfig()
+    faults: CooldownConfig = CooldownConfig()
 
 
 class AppArgs(_Strict):
@@ -66,6 +76,10 @@ class AppArgs(_Strict):
     priors_path: str | None = None
     router: RouterTuning = RouterTuning()
     durability: DurabilityConfig = DurabilityConfig()
+    faults: CooldownConfig = Field(
+        default_factory=CooldownConfig,
+        description="cool-downs of failing models and how far a request falls back",
+    )
     embedder: dict[str, Any] = Field(default_factory=dict, description="EmbedderArgs fields")
     max_prompt_chars: int = Field(100_000, ge=1, description="longer prompts get a 413")
     admin_key_env: str = "PARETOSERVE_ADMIN_KEY"
@@ -102,4 +116,5 @@ class AppArgs(_Strict):
             state_path=self.state_path,
             priors_path=self.priors_path,
             durability=self.durability,
+            faults=self.faults,
         )

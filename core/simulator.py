@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.data import load_prices, load_reward_file
 from core.protocol import ProviderRequest, Usage, message_text
-from core.registry import ModelSpec, SpeedClass
+from core.registry import ModelSpec, SimBehaviour, SpeedClass
 
 _WORDS = (
     "the model considers question answer because therefore result value step first then "
@@ -77,9 +77,29 @@ class SimulatorConfig(BaseModel):
         description="prices the recorded costs were charged at; default: prices.json beside "
         "replay_file if present; models absent there use the registry's current prices",
     )
+    behaviours: dict[str, SimBehaviour] = Field(
+        default_factory=dict,
+        description="per-model default behaviour (reward scale, quality, faults); a model's "
+        "registry `simulation`, when set, replaces it",
+    )
     seed: int = 0
     time_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="0 = instant")
     max_completion_tokens: int = Field(4096, ge=1, description="cap on drawn completions")
+
+
+_NO_BEHAVIOUR = SimBehaviour()
+
+
+@dataclass(frozen=True)
+class SimFault:
+    """What the fault draw of one attempt decided. `kind` None: the call succeeds (maybe late
+    by `spike_s`)."""
+
+    kind: str | None  # "error" | "timeout" | "rate_limit" | None
+    status: int | None = None  # 5xx or 429; None for a timeout (no response)
+    retry_after_s: float | None = None  # of a 429
+    wait_s: float = 0.0  # how long a timeout takes (already x time_scale)
+    spike_s: float = 0.0  # extra wait before the first token (already x time_scale)
 
 
 @dataclass(frozen=True)
@@ -164,12 +184,41 @@ class Simulator:
     def replay_size(self) -> int:
         return len(self._replay)
 
+    def behaviour(self, spec: ModelSpec) -> SimBehaviour:
+        """The model's registry `simulation`, else the configured default, else no change."""
+        if spec.simulation is not None:
+            return spec.simulation
+        return self.config.behaviours.get(spec.id, _NO_BEHAVIOUR)
+
     def profile(self, spec: ModelSpec) -> SimProfile:
         base = self.config.speed_profiles.get(spec.speed) or default_speed_profiles()[spec.speed]
         override = self.config.profiles.get(spec.id)
-        if override is None:
-            return base
-        return base.model_copy(update=override.model_dump(exclude_none=True))
+        if override is not None:
+            base = base.model_copy(update=override.model_dump(exclude_none=True))
+        quality = self.behaviour(spec).quality
+        if quality is not None:
+            base = base.model_copy(update={"quality": quality})
+        return base
+
+    def fault(self, req: ProviderRequest, spec: ModelSpec) -> SimFault:
+        """The injected fault of this attempt: a function of (seed, model, request id, attempt),
+        so a test knows the outcome of every try exactly."""
+        b = self.behaviour(spec)
+        if not (b.error_rate or b.timeout_rate or b.rate_limit_rate or b.latency_spike_rate):
+            return SimFault(None)
+        digest = hashlib.sha256(
+            f"{self.config.seed}\0fault\0{spec.id}\0{req.request_id}\0{req.attempt}".encode()
+        ).digest()
+        u_fail, u_spike = np.random.default_rng(int.from_bytes(digest[:8], "little")).random(2)
+        ts = self.config.time_scale
+        if u_fail < b.error_rate:
+            return SimFault("error", status=b.error_status)
+        if u_fail < b.error_rate + b.timeout_rate:
+            return SimFault("timeout", wait_s=b.timeout_s * ts)
+        if u_fail < b.error_rate + b.timeout_rate + b.rate_limit_rate:
+            return SimFault("rate_limit", status=429, retry_after_s=b.retry_after_s)
+        spike = b.latency_spike_s * ts if u_spike < b.latency_spike_rate else 0.0
+        return SimFault(None, spike_s=spike)
 
     def _rng(self, req: ProviderRequest, spec: ModelSpec) -> np.random.Generator:
         digest = hashlib.sha256(
@@ -200,6 +249,7 @@ class Simulator:
                 completion, finish = self.config.max_completion_tokens, "length"
         if req.max_tokens is not None and completion > req.max_tokens:
             completion, finish = req.max_tokens, "length"
+        reward *= self.behaviour(spec).reward_scale  # x 1.0 unless a regression is simulated
 
         words = rng.choice(len(_WORDS), size=completion)
         body = " ".join(_WORDS[w] for w in words)

@@ -301,6 +301,24 @@ class StateStore:
         with self._write() as conn:
             return conn.execute("DELETE FROM pending WHERE expires_at <= ?", (now,)).rowcount
 
+    def set_pending_model(self, changes: Sequence[tuple[str, str, bool]]) -> int:
+        """(request_id, model, forced) per row: a decision re-keyed to another model (a provider
+        fallback). Unknown ids are ignored; returns how many rows changed. One transaction."""
+        with self._write() as conn:
+            cur = conn.executemany(
+                "UPDATE pending SET model = ?, forced = ? WHERE request_id = ?",
+                [(m, int(f), rid) for rid, m, f in changes],
+            )
+            return cur.rowcount
+
+    def delete_pending(self, request_ids: Sequence[str]) -> int:
+        """Forget decisions (a request that failed for good); returns how many rows went."""
+        with self._write() as conn:
+            cur = conn.executemany(
+                "DELETE FROM pending WHERE request_id = ?", [(r,) for r in request_ids]
+            )
+            return cur.rowcount
+
     # -- event journal ------------------------------------------------------------------------
 
     def append_event(self, ev: Event) -> tuple[int, bool]:

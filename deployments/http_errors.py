@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -74,19 +75,37 @@ def to_http(exc: BaseException) -> HTTPError:
     if isinstance(exc, RegistryError):
         return HTTPError(409, str(exc), "model", code="registry_conflict")
     if isinstance(exc, ProviderError):
-        retry = {"retry-after": f"{exc.retry_after_s:.0f}"} if exc.retry_after_s else None
-        status = 429 if exc.status == 429 else 502
-        return HTTPError(
-            status,
-            f"provider error: {exc}",
-            type="upstream_error",
-            code=str(exc.status),
-            headers=retry,
-        )
+        return provider_http_error(exc)
     if isinstance(exc, ValueError):
         return HTTPError(400, str(exc))
     log.exception("unhandled error", exc_info=exc)
     return HTTPError(500, "internal error", type="server_error")
+
+
+def provider_http_error(exc: ProviderError) -> HTTPError:
+    """The answer to a request whose provider failed (no fallback left, or an explicit model):
+    429 for a rate limit, 504 for a timeout, 503 for an unavailable or overloaded upstream
+    (503/529), else 502. `Retry-After` (whole seconds, rounded up) when the upstream sent one;
+    `code` is the upstream status ("timeout" or "no_response" without one)."""
+    if exc.status == 429:
+        status = 429
+    elif exc.timeout:
+        status = 504
+    elif exc.status in (503, 529):
+        status = 503
+    else:
+        status = 502
+    retry = None
+    if exc.retry_after_s is not None:
+        retry = {"retry-after": str(max(0, math.ceil(exc.retry_after_s)))}
+    code = str(exc.status) if exc.status is not None else ("timeout" if exc.timeout else None)
+    return HTTPError(
+        status,
+        f"provider error: {exc}",
+        type="rate_limit_error" if status == 429 else "upstream_error",
+        code=code or "no_response",
+        headers=retry,
+    )
 
 
 def error_response(err: HTTPError) -> JSONResponse:

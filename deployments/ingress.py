@@ -27,6 +27,7 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.costs import realised_cost_usd
+from core.faults import can_fall_back
 from core.protocol import (
     SSE_DONE,
     AddModelRequest,
@@ -50,7 +51,8 @@ from core.protocol import (
 )
 from core.registry import ModelSpec
 from core.simulator import estimate_tokens
-from deployments.http_errors import HTTPError, error_response, to_http
+from deployments.clients.errors import ProviderError
+from deployments.http_errors import HTTPError, cause, error_response, to_http
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(
@@ -209,6 +211,48 @@ class Ingress:
         finally:
             self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": hop})
 
+    async def _provider(self, hop: str, response):
+        """Like _call, but a provider's own failure comes back as the ProviderError it is (so
+        the request can fall back); anything else becomes an HTTPError."""
+        start = time.perf_counter()
+        try:
+            return await response
+        except Exception as exc:
+            if isinstance(cause(exc), ProviderError):
+                raise cause(exc) from None
+            err = to_http(exc)
+            self._m_errors.inc(tags={"status": str(err.status)})
+            raise err from None
+        finally:
+            self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": hop})
+
+    async def _fall_back(
+        self, decision: dict, exc: ProviderError, limits: dict | None, failed: list[str]
+    ) -> dict:
+        """The decided model failed (after its provider's retries). An auto-routed request
+        moves to the Router's next-best model (the decision is re-keyed there); an explicit
+        model, the caller's own bad input, or no model left ends the request with the
+        provider's error. Failed models are appended to `failed`."""
+        rid, model = decision["request_id"], decision["model"]
+        if decision["routed"] and can_fall_back(exc.status, exc.retryable):
+            nxt = await self._call(
+                "fallback",
+                self.router.fallback.remote(rid, model, exc.status, exc.retry_after_s, limits),
+            )
+            failed.append(model)
+            if nxt is not None:
+                log.warning("fallback %s -> %s after %s: %s", model, nxt["model"], exc.status, exc)
+                return nxt
+        else:
+            cool = can_fall_back(exc.status, exc.retryable)  # not for the caller's bad input
+            await self._call(
+                "fallback",
+                self.router.fail.remote(rid, model, exc.status, exc.retry_after_s, cool),
+            )
+        err = to_http(exc)
+        self._m_errors.inc(tags={"status": str(err.status)})
+        raise err
+
     # ---- chat -------------------------------------------------------------------------
 
     @app.post("/v1/chat/completions")
@@ -235,28 +279,43 @@ class Ingress:
         )
         spec = ModelSpec.model_validate(decision["spec"])
         req = ProviderRequest.from_chat(rid, body, spec)
-        provider = self.providers[spec.provider]
-        self._m_requests.inc(
-            tags={
-                "model": spec.id,
-                "routed": str(decision["routed"]).lower(),
-                "stream": str(body.stream).lower(),
-            }
-        )
         if body.stream:
-            return await self._stream(body, req, spec, decision, provider)
-        resp = await self._call("provider", provider.complete.remote(req))
+            return await self._stream(body, req, decision, limits or None)
+        failed: list[str] = []
+        while True:
+            try:
+                resp = await self._provider(
+                    "provider", self.providers[spec.provider].complete.remote(req)
+                )
+                break
+            except ProviderError as exc:
+                decision = await self._fall_back(decision, exc, limits or None, failed)
+                spec = ModelSpec.model_validate(decision["spec"])
+                req = ProviderRequest.for_model(req, spec)
+        self._count(spec, decision, body.stream)
         cost = _cost(spec, resp.usage)
         await self._call("charge", asyncio.shield(self._send_charge(rid, cost, spec.id)))
-        out = ChatCompletionResponse.build(resp, self._info(decision, cost, resp.recorded_reward))
+        info = self._info(decision, cost, resp.recorded_reward, failed)
+        out = ChatCompletionResponse.build(resp, info)
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
         log.info("chat model=%s routed=%s cost_usd=%.3g", spec.id, decision["routed"], cost)
         return JSONResponse(
             out.model_dump(mode="json"), headers={"x-paretoserve-cost-usd": f"{cost:.10g}"}
         )
 
+    def _count(self, spec: ModelSpec, decision: dict, stream: bool) -> None:
+        self._m_requests.inc(
+            tags={
+                "model": spec.id,
+                "routed": str(decision["routed"]).lower(),
+                "stream": str(stream).lower(),
+            }
+        )
+
     @staticmethod
-    def _info(decision: dict, cost: float, reward: float | None) -> ParetoserveInfo:
+    def _info(
+        decision: dict, cost: float, reward: float | None, failed: list[str] | None = None
+    ) -> ParetoserveInfo:
         return ParetoserveInfo(
             request_id=decision["request_id"],
             cost_usd=cost,
@@ -264,6 +323,7 @@ class Ingress:
             forced=decision["forced"],
             dual=decision["dual"],
             recorded_reward=reward,
+            fallback_from=list(failed) if failed else None,
         )
 
     def _send_charge(self, rid: str, cost: float, model: str) -> asyncio.Task:
@@ -286,14 +346,25 @@ class Ingress:
         self,
         body: ChatCompletionRequest,
         req: ProviderRequest,
-        spec: ModelSpec,
         decision: dict,
-        provider: DeploymentHandle,
+        limits: dict | None,
     ) -> StreamingResponse:
         rid = decision["request_id"]
-        chunks = provider.options(stream=True).stream.remote(req).__aiter__()
-        # Wait for the first chunk here so that an error before any token is a plain HTTP error.
-        first = await self._call("provider_first_chunk", chunks.__anext__())
+        spec = req.spec
+        failed: list[str] = []
+        # Wait for the first chunk here: an error before any token falls back like a plain
+        # request, and with no fallback left it is a plain HTTP error.
+        while True:
+            provider = self.providers[spec.provider]
+            chunks = provider.options(stream=True).stream.remote(req).__aiter__()
+            try:
+                first = await self._provider("provider_first_chunk", chunks.__anext__())
+                break
+            except ProviderError as exc:
+                decision = await self._fall_back(decision, exc, limits, failed)
+                spec = ModelSpec.model_validate(decision["spec"])
+                req = ProviderRequest.for_model(req, spec)
+        self._count(spec, decision, True)
 
         async def events() -> AsyncIterator[str]:
             cid, created = completion_id(rid), int(time.time())
@@ -332,7 +403,7 @@ class Ingress:
             yield chunk(
                 Delta(),
                 last.finish_reason or "stop",
-                paretoserve=self._info(decision, cost, last.recorded_reward),
+                paretoserve=self._info(decision, cost, last.recorded_reward, failed),
                 usage=CompletionUsage.of(usage) if body.include_usage else None,
             )
             yield SSE_DONE
@@ -376,9 +447,16 @@ class Ingress:
 
     @app.patch("/admin/models/{model_id:path}")
     async def admin_reprice(self, model_id: str, body: RepriceRequest) -> dict:
+        """New prices and/or the simulated provider's behaviour, as one registry version."""
         return await self._call(
             "registry",
-            self.registry.reprice.remote(model_id, body.input_per_m, body.output_per_m),
+            self.registry.patch.remote(
+                model_id,
+                body.input_per_m,
+                body.output_per_m,
+                body.simulation,
+                body.sets_simulation,
+            ),
         )
 
     @app.delete("/admin/models/{model_id:path}")

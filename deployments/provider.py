@@ -1,7 +1,10 @@
 """A provider client deployment, bound once per provider (simulated, openai, anthropic).
 
 Thin: it builds the client named in ProviderSettings, keeps one per replica (pooled HTTP
-connections belong to the replica's event loop), and records latency and errors.
+connections belong to the replica's event loop), retries a failed call on the same model by
+the settings' RetryPolicy (deployments/clients/retry.py), and records latency, retries and
+errors. It keeps no model table: each request carries its model's spec, so every replica of an
+autoscaled provider serves a model added at runtime.
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
-from core.registry import ModelSpec
 from core.settings import ProviderSettings
 from core.simulator import SimulatorConfig
-from deployments.clients import ProviderClient, ProviderError
+from deployments.clients import ProviderClient, ProviderError, retry
 
 
 def make_client(settings: ProviderSettings) -> ProviderClient:
@@ -43,12 +45,11 @@ _LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
 )
 class ProviderDeployment:
-    def __init__(
-        self, name: str, settings: ProviderSettings | dict, models: list[ModelSpec | dict]
-    ) -> None:
+    def __init__(self, name: str, settings: ProviderSettings | dict) -> None:
         self.name = name
-        self.client = make_client(ProviderSettings.model_validate(settings))
-        self.client.set_models([ModelSpec.model_validate(m) for m in models])
+        settings = ProviderSettings.model_validate(settings)
+        self.client = make_client(settings)
+        self.retry = settings.retry
         tags = ("provider", "model")
         self._m_latency = Histogram(
             "paretoserve_provider_latency_ms",
@@ -57,16 +58,18 @@ class ProviderDeployment:
             tag_keys=tags,
         )
         self._m_errors = Counter(
-            "paretoserve_provider_errors", "provider call failures", tag_keys=(*tags, "status")
+            "paretoserve_provider_errors",
+            "provider call failures (after retries)",
+            tag_keys=(*tags, "status"),
         )
-
-    async def set_models(self, models: list[ModelSpec | dict]) -> None:
-        self.client.set_models([ModelSpec.model_validate(m) for m in models])
+        self._m_retries = Counter(
+            "paretoserve_provider_retries", "provider calls retried", tag_keys=(*tags, "status")
+        )
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
         start = time.perf_counter()
         try:
-            return await self.client.complete(req)
+            return await retry.complete(self.client, req, self.retry, self._retried)
         except ProviderError as exc:
             self._error(req, exc)
             raise
@@ -76,7 +79,7 @@ class ProviderDeployment:
     async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
         start = time.perf_counter()
         try:
-            async for chunk in self.client.stream(req):
+            async for chunk in retry.stream(self.client, req, self.retry, self._retried):
                 yield chunk
         except ProviderError as exc:
             self._error(req, exc)
@@ -88,6 +91,11 @@ class ProviderDeployment:
         self._m_latency.observe(
             (time.perf_counter() - start) * 1000,
             tags={"provider": self.name, "model": req.model_id},
+        )
+
+    def _retried(self, req: ProviderRequest, exc: ProviderError, delay_s: float) -> None:
+        self._m_retries.inc(
+            tags={"provider": self.name, "model": req.model_id, "status": str(exc.status)}
         )
 
     def _error(self, req: ProviderRequest, exc: ProviderError) -> None:

@@ -1,6 +1,8 @@
 """The Registry deployment: the model table's source of truth. Each change is validated by
-core's ModelRegistry, persisted (versioned) in the state database, then pushed to the provider
-clients (so they know the model before it is routed to) and to the Router."""
+core's ModelRegistry, persisted (versioned) in the state database, then pushed to the Router
+(one replica). Provider deployments get no push: they autoscale to several replicas, and a push
+would reach one; instead the Router hands out each model's spec with its decision, and the
+request carries it to the provider (core.protocol.ProviderRequest.spec)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import copy
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.registry import ModelRegistry, ModelSpec, UnknownProviderError
+from core.registry import ModelRegistry, ModelSpec, SimBehaviour, UnknownProviderError
 from core.store import StateStore
 from deployments.router import REGISTRY_DOC, registry_table
 
@@ -24,7 +26,7 @@ class RegistryDeployment:
         models: list[ModelSpec | dict],
         state_path: str,
         router: DeploymentHandle,
-        providers: dict[str, DeploymentHandle],
+        providers: list[str],
     ) -> None:
         self.store = StateStore(state_path)
         table, self.version = registry_table(
@@ -32,7 +34,7 @@ class RegistryDeployment:
         )
         self.registry = ModelRegistry(table)
         self.router = router
-        self.providers = providers
+        self.providers = sorted(providers)  # the configured provider names
         self._lock = asyncio.Lock()
 
     async def list(self) -> list[dict]:
@@ -45,7 +47,7 @@ class RegistryDeployment:
         spec = ModelSpec.model_validate(spec)
         if spec.provider not in self.providers:
             raise UnknownProviderError(
-                f"provider {spec.provider!r} is not configured (have: {sorted(self.providers)})"
+                f"provider {spec.provider!r} is not configured (have: {self.providers})"
             )
         return await self._change(lambda reg: reg.add(spec))
 
@@ -56,6 +58,29 @@ class RegistryDeployment:
         self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
     ) -> dict:
         return await self._change(lambda reg: reg.reprice(model_id, input_per_m, output_per_m))
+
+    async def patch(
+        self,
+        model_id: str,
+        input_per_m: float | None = None,
+        output_per_m: float | None = None,
+        simulation: SimBehaviour | dict | None = None,
+        set_simulation: bool = False,
+    ) -> dict:
+        """Re-price and/or set the simulated behaviour (None with set_simulation clears it), as
+        one persisted version: all of it or, on any error, none of it."""
+
+        def op(reg: ModelRegistry):
+            change = None
+            if input_per_m is not None or output_per_m is not None:
+                change = reg.reprice(model_id, input_per_m, output_per_m)
+            if set_simulation:
+                change = reg.simulate(model_id, simulation)
+            if change is None:
+                raise ValueError("give input_per_m, output_per_m, simulation, or several")
+            return change
+
+        return await self._change(op)
 
     async def _change(self, op) -> dict:
         """Apply to a copy (bad input changes nothing), persist, push, then adopt."""
@@ -73,10 +98,4 @@ class RegistryDeployment:
 
     async def _push(self, registry: ModelRegistry) -> None:
         specs = registry.active_models()
-        await asyncio.gather(
-            *(
-                handle.set_models.remote([s for s in specs if s.provider == name])
-                for name, handle in self.providers.items()
-            )
-        )
         await self.router.apply_registry.remote([s.model_dump(mode="json") for s in specs])

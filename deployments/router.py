@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge
 
 from core.durable import DurableRouter
+from core.faults import Cooldowns
 from core.features import load_projection
 from core.priors import Priors
 from core.reconcile import reconcile
@@ -51,6 +52,8 @@ class RouterDeployment:
         self.durable, self.recovery = DurableRouter.open(
             self.store, lambda: self._fresh_router(table), self.settings.durability, time.time()
         )
+        # Cool-downs are transient (not in snapshots): a restarted router tries every model.
+        self.durable.router.cooldowns = Cooldowns(self.settings.faults)
         changed = reconcile(self.durable.router, table)  # registry changes made while down
         log.info("router ready: %s; registry reconciled: %s", self.recovery, changed or "none")
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -65,6 +68,16 @@ class RouterDeployment:
         self._m_dual = Gauge("paretoserve_pacer_dual", "the pacer's dual variable")
         self._m_ema = Gauge("paretoserve_pacer_spend_ema_usd", "spend EMA per request")
         self._m_budget = Gauge("paretoserve_pacer_budget_usd", "budget per request")
+        self._m_fallbacks = Counter(
+            "paretoserve_fallbacks",
+            "requests moved to another model after a provider failure",
+            tag_keys=("from_model", "to_model"),
+        )
+        self._m_cooldowns = Counter(
+            "paretoserve_cooldowns",
+            "models cooled down after a provider failure",
+            tag_keys=("model", "status"),
+        )
 
     def _fresh_router(self, table: list[ModelSpec]) -> Router:
         s = self.settings
@@ -84,7 +97,6 @@ class RouterDeployment:
         request_id: str | None = None,
     ) -> dict[str, Any]:
         self._start_writer()
-        router = self.durable.router
         d = self.durable.route(
             np.asarray(x, dtype=np.float64),
             RouteLimits.model_validate(limits) if limits else None,
@@ -93,6 +105,9 @@ class RouterDeployment:
             request_id,
         )
         self._m_decisions.inc(tags={"model": d.model, "routed": str(not d.direct).lower()})
+        return self._decision(d)
+
+    def _decision(self, d) -> dict[str, Any]:
         return {
             "request_id": d.request_id,
             "model": d.model,
@@ -100,8 +115,52 @@ class RouterDeployment:
             "dual": d.dual,
             "forced": d.forced,
             "routed": not d.direct,
-            "spec": router.registry.specs[d.model].model_dump(mode="json"),
+            "spec": self.durable.router.registry.specs[d.model].model_dump(mode="json"),
         }
+
+    async def fallback(
+        self,
+        request_id: str,
+        failed_model: str,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        limits: dict | None = None,
+    ) -> dict[str, Any] | None:
+        """The request's model failed (after retries): cool it down and re-decide (see
+        core.router.Router.fallback). None: no fallback left, the decision is dropped."""
+        self._start_writer()
+        d = self.durable.fallback(
+            request_id,
+            failed_model,
+            time.time(),
+            status,
+            retry_after_s,
+            RouteLimits.model_validate(limits) if limits else None,
+        )
+        self._m_cooldowns.inc(tags={"model": failed_model, "status": str(status)})
+        if d is None:
+            return None
+        self._m_fallbacks.inc(tags={"from_model": failed_model, "to_model": d.model})
+        return self._decision(d)
+
+    async def fail(
+        self,
+        request_id: str | None,
+        model: str,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        cool: bool = True,
+    ) -> dict | None:
+        """The request failed for good on `model` (no fallback): cool the model down (unless
+        `cool` is False) and drop the decision (a failed attempt is no reward signal and is not
+        charged). Returns the model's cool-down, if any."""
+        self._start_writer()
+        now = time.time()
+        cd = self.durable.fail(request_id, model, now, status, retry_after_s, cool)
+        if cd is None:
+            return None
+        self._m_cooldowns.inc(tags={"model": model, "status": str(status)})
+        return cd.to_json(now)
 
     async def charge(self, request_id: str, cost_usd: float, model: str = "") -> str:
         status = await self._journal(request_id, "charge", cost_usd)
@@ -117,7 +176,7 @@ class RouterDeployment:
 
     async def explain(self, x: list[float], limits: dict | None = None) -> dict:
         lim = RouteLimits.model_validate(limits) if limits else None
-        return self.durable.router.explain(np.asarray(x, dtype=np.float64), lim)
+        return self.durable.router.explain(np.asarray(x, dtype=np.float64), lim, time.time())
 
     # ---- administration (pushed by the Registry) ----------------------------------------
 
@@ -135,7 +194,7 @@ class RouterDeployment:
 
     async def state(self) -> dict:
         return {
-            **self.durable.router.state(),
+            **self.durable.router.state(time.time()),
             "recovery": vars(self.recovery),
             "journal_seq": self.durable.applied_seq,
         }
@@ -178,6 +237,9 @@ class RouterDeployment:
         rows = self.durable.take_unflushed()  # decisions first: an event needs its context
         if rows:
             await asyncio.to_thread(self.store.add_pending, rows)
+        rekeyed, dropped = self.durable.take_pending_changes()  # fallbacks, after their rows
+        if rekeyed or dropped:
+            await asyncio.to_thread(self.durable.write_pending_changes, rekeyed, dropped)
         force = False
         for ev, done in items:
             if ev is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray.serve import Application
 
-from core.settings import AppArgs
+from core.settings import AppArgs, ProviderSettings
 from deployments.embedder import Embedder, EmbedderArgs
 from deployments.feedback import FeedbackDeployment
 from deployments.ingress import Ingress
@@ -26,6 +26,13 @@ def project_home() -> Path:
     return Path(home) if home else Path(__file__).resolve().parent.parent
 
 
+def _provider_options(name: str, settings: ProviderSettings) -> dict:
+    options: dict = {"name": f"Provider_{name}"}
+    if settings.replicas is not None:  # a fixed count replaces the autoscaling default
+        options.update(num_replicas=settings.replicas, autoscaling_config=None)
+    return options
+
+
 def build_app(args: AppArgs) -> Application:
     """Serve validates `args` into AppArgs (a clear error names any bad field)."""
     cfg = AppArgs.model_validate(args).resolved(project_home())
@@ -33,13 +40,11 @@ def build_app(args: AppArgs) -> Application:
     embedder = Embedder.bind(EmbedderArgs.model_validate(cfg.embedder))
     router = RouterDeployment.bind(cfg.router_settings())
     providers = {
-        name: ProviderDeployment.options(name=f"Provider_{name}").bind(
-            name, settings, [m for m in cfg.models if m.provider == name]
-        )
+        name: ProviderDeployment.options(**_provider_options(name, settings)).bind(name, settings)
         for name, settings in cfg.providers.items()
     }
     feedback = FeedbackDeployment.bind(router, cfg.state_path)
-    registry = RegistryDeployment.bind(cfg.models, cfg.state_path, router, providers)
+    registry = RegistryDeployment.bind(cfg.models, cfg.state_path, router, sorted(providers))
     return Ingress.bind(
         embedder,
         router,

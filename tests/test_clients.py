@@ -242,6 +242,7 @@ def request(model: ModelSpec, messages: list[dict] | None = None, **kw: Any) -> 
         request_id="req-1",
         model_id=model.id,
         upstream_model=model.upstream_name,
+        spec=model,
         messages=messages,
         prompt_text=message_text(messages[-1]),
         **kw,
@@ -269,10 +270,6 @@ async def openai_client(
 ) -> AsyncIterator[OpenAIClient]:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-123")
     client = OpenAIClient(api_key_env="TEST_OPENAI_KEY", default_base_url=fake.url + "/v1")
-    client.set_models(
-        [spec(m, "openai", None) for m in ("gpt-x", "rate-limited", "broken", "bad", "no-usage")]
-        + [spec("routed", "openai", fake.url + "/v1", upstream="vendor/model-7b")]
-    )
     yield client
     await client.aclose()  # SDK connections belong to this test's event loop
 
@@ -292,12 +289,22 @@ async def test_openai_complete(openai_client: OpenAIClient, fake: FakeServer) ->
 
 
 async def test_openai_upstream_name_and_per_model_base_url(
-    openai_client: OpenAIClient, fake: FakeServer
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    routed = spec("routed", "openai", fake.url + "/v1", upstream="vendor/model-7b")
-    resp = await openai_client.complete(request(routed))
-    assert resp.model_id == "routed"
-    assert fake.last("openai")["body"]["model"] == "vendor/model-7b"
+    # The default base URL answers nothing: the request's spec alone must lead to the server,
+    # for a model this client was never told about (clients keep no model table).
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-123")
+    client = OpenAIClient(api_key_env="TEST_OPENAI_KEY", default_base_url="http://127.0.0.1:9/v1")
+    try:
+        routed = spec("routed", "openai", fake.url + "/v1", upstream="vendor/model-7b")
+        resp = await client.complete(request(routed))
+        assert resp.model_id == "routed"
+        assert fake.last("openai")["body"]["model"] == "vendor/model-7b"
+        with pytest.raises(ProviderError) as exc:  # no base_url: the default, unreachable
+            await client.complete(request(spec("elsewhere", "openai", None)))
+        assert (exc.value.status, exc.value.retryable) == (None, True)
+    finally:
+        await client.aclose()
 
 
 async def test_openai_stream(openai_client: OpenAIClient, fake: FakeServer) -> None:
@@ -439,7 +446,6 @@ CONVERSATION = [
 
 async def test_anthropic_complete(anthropic_client: AnthropicClient, fake: FakeServer) -> None:
     claude = spec("claude", "anthropic", None, upstream="claude-x-1")
-    anthropic_client.set_models([claude])
     resp = await anthropic_client.complete(
         request(claude, CONVERSATION, temperature=1.5, top_p=0.9)
     )
@@ -530,7 +536,6 @@ async def test_simulated_complete_and_stream() -> None:
     client = SimulatedClient(SimulatorConfig(time_scale=0, seed=1))
     assert isinstance(client, ProviderClient)
     fast = ModelSpec(id="sim-fast", input_per_m=0.1, output_per_m=0.1, speed=SpeedClass.FAST)
-    client.set_models([fast])
     req = request(fast, [{"role": "user", "content": "What is the capital of France?"}])
     resp = await client.complete(req)
     assert resp.content.startswith("[simulated sim-fast] ") and resp.finish_reason == "stop"
@@ -546,7 +551,6 @@ async def test_simulated_complete_and_stream() -> None:
 async def test_simulated_paces_by_time_scale() -> None:
     client = SimulatedClient(SimulatorConfig(time_scale=0.05))
     slow = ModelSpec(id="sim-slow", input_per_m=1.0, output_per_m=1.0, speed=SpeedClass.SLOW)
-    client.set_models([slow])
     req = request(slow, max_tokens=20)
     plan = client.simulator.plan(req, slow)
     start = time.monotonic()
@@ -555,11 +559,13 @@ async def test_simulated_paces_by_time_scale() -> None:
     assert chunks[-1].usage == plan.usage
 
 
-async def test_simulated_unknown_model() -> None:
-    client = SimulatedClient(SimulatorConfig(time_scale=0))
-    with pytest.raises(ProviderError) as exc:
-        await client.complete(request(spec("missing", "simulated", None)))
-    assert (exc.value.status, exc.value.retryable) == (404, False)
+async def test_simulated_is_stateless_about_models() -> None:
+    """Two clients (two replicas) answer a model neither was told about, and alike: the spec
+    travels in the request."""
+    new = spec("added-at-runtime", "simulated", None)
+    a = await SimulatedClient(SimulatorConfig(time_scale=0)).complete(request(new))
+    b = await SimulatedClient(SimulatorConfig(time_scale=0)).complete(request(new))
+    assert a == b and a.model_id == "added-at-runtime"
 
 
 def test_retry_after_parsing() -> None:

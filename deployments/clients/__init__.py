@@ -1,5 +1,6 @@
 """Provider clients: one per provider, the same async interface, no Ray (the provider
-deployment wraps one). See docs/architecture.md."""
+deployment wraps one). Clients keep no model table: each request carries its model's `spec`.
+See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
-from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError
 
 
@@ -18,8 +18,6 @@ class ProviderClient(Protocol):
     def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
         """Text deltas; the last chunk carries finish_reason and usage."""
         ...
-
-    def set_models(self, specs: list[ModelSpec]) -> None: ...
 
 
 __all__ = ["ProviderClient", "ProviderError"]

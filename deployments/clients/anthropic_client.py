@@ -14,7 +14,6 @@ from typing import Any
 import anthropic
 
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage
-from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError, is_retryable_status, status_error
 from deployments.clients.pool import ClientPool
 
@@ -92,7 +91,7 @@ def translate_error(exc: Exception) -> ProviderError:
             return ProviderError(status, str(exc), retryable=is_retryable_status(status))
         return status_error(status, exc.message, exc.response.headers)
     if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderError(None, "upstream timed out", retryable=True)
+        return ProviderError(None, "upstream timed out", retryable=True, timeout=True)
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderError(None, f"cannot reach upstream: {exc.message}", retryable=True)
     return ProviderError(None, f"anthropic client error: {exc}")
@@ -121,16 +120,13 @@ class AnthropicClient:
             anthropic.AsyncAnthropic, api_key_env, default_base_url, timeout_s, max_retries
         )
 
-    def set_models(self, specs: list[ModelSpec]) -> None:
-        self._pool.set_models(specs)
-
-    def _client(self, model_id: str) -> anthropic.AsyncAnthropic:
-        return self._pool.client(model_id)
+    def _client(self, req: ProviderRequest) -> anthropic.AsyncAnthropic:
+        return self._pool.client(req.spec.base_url)
 
     def _params(self, req: ProviderRequest) -> dict[str, Any]:
         system, messages = to_anthropic(req.messages)
         params: dict[str, Any] = {
-            "model": req.upstream_model,
+            "model": req.spec.upstream_name,
             "messages": messages,
             "max_tokens": req.max_tokens or self.default_max_tokens,
         }
@@ -149,7 +145,7 @@ class AnthropicClient:
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
         params = self._params(req)
-        client = self._client(req.model_id)
+        client = self._client(req)
         start = time.monotonic()
         try:
             msg = await client.messages.create(**params)
@@ -171,7 +167,7 @@ class AnthropicClient:
 
     async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
         params = self._params(req)
-        client = self._client(req.model_id)
+        client = self._client(req)
         tokens = {"input": 0, "cache_create": 0, "cache_read": 0, "output": 0}
         stop_reason: str | None = None
         try:

@@ -6,13 +6,13 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-# 408 timeout, 409 conflict, 425 too early, 429 rate limit, and every 5xx (529 = overloaded)
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+from core.faults import is_retryable_status
 
 
 class ProviderError(Exception):
     """An upstream failure. `status` is the HTTP status (None: no response, e.g. timeout or
-    connection error); `retryable` says whether trying again (maybe elsewhere) may succeed."""
+    connection error); `retryable` says whether trying again (maybe elsewhere) may succeed;
+    `timeout` marks an upstream that did not answer in time."""
 
     def __init__(
         self,
@@ -20,25 +20,30 @@ class ProviderError(Exception):
         message: str,
         retry_after_s: float | None = None,
         retryable: bool = False,
+        timeout: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
         self.retryable = retryable
+        self.timeout = timeout
 
     def __reduce__(self):  # keep every field when pickled across Ray processes
-        return (type(self), (self.status, self.message, self.retry_after_s, self.retryable))
+        return (
+            type(self),
+            (self.status, self.message, self.retry_after_s, self.retryable, self.timeout),
+        )
 
     def __repr__(self) -> str:
         return (
             f"ProviderError(status={self.status!r}, message={self.message!r}, "
-            f"retry_after_s={self.retry_after_s!r}, retryable={self.retryable!r})"
+            f"retry_after_s={self.retry_after_s!r}, retryable={self.retryable!r}, "
+            f"timeout={self.timeout!r})"
         )
 
 
-def is_retryable_status(status: int) -> bool:
-    return status in _RETRYABLE_4XX or status >= 500
+__all__ = ["ProviderError", "is_retryable_status", "retry_after_s", "status_error"]
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:

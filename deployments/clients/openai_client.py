@@ -11,7 +11,6 @@ from typing import Any, Literal
 import openai
 
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage, message_text
-from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError, status_error
 from deployments.clients.pool import ClientPool
 
@@ -25,7 +24,7 @@ def translate_error(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         return status_error(exc.status_code, exc.message, exc.response.headers)
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(None, "upstream timed out", retryable=True)
+        return ProviderError(None, "upstream timed out", retryable=True, timeout=True)
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(None, f"cannot reach upstream: {exc.message}", retryable=True)
     if isinstance(exc, openai.APIError):  # e.g. an error event inside a stream
@@ -60,14 +59,11 @@ class OpenAIClient:
             openai.AsyncOpenAI, api_key_env, default_base_url, timeout_s, max_retries
         )
 
-    def set_models(self, specs: list[ModelSpec]) -> None:
-        self._pool.set_models(specs)
-
-    def _client(self, model_id: str) -> openai.AsyncOpenAI:
-        return self._pool.client(model_id)
+    def _client(self, req: ProviderRequest) -> openai.AsyncOpenAI:
+        return self._pool.client(req.spec.base_url)
 
     def _params(self, req: ProviderRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": req.upstream_model, "messages": req.messages}
+        params: dict[str, Any] = {"model": req.spec.upstream_name, "messages": req.messages}
         if req.max_tokens is not None:
             params[self.max_tokens_field] = req.max_tokens
         for name in ("temperature", "top_p", "stop"):
@@ -76,7 +72,7 @@ class OpenAIClient:
         return params
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
-        client = self._client(req.model_id)
+        client = self._client(req)
         start = time.monotonic()
         try:
             resp = await client.chat.completions.create(**self._params(req))
@@ -103,7 +99,7 @@ class OpenAIClient:
         )
 
     async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
-        client = self._client(req.model_id)
+        client = self._client(req)
         params = self._params(req)
         parts: list[str] = []
         finish: str | None = None

@@ -1,6 +1,7 @@
 """One SDK client per base URL, shared by the OpenAI and Anthropic provider clients.
 
-A model's `base_url` (vLLM, OpenRouter, a local server) overrides the provider default. The
+A model's `base_url` (vLLM, OpenRouter, a local server; it arrives in each request's `spec`)
+overrides the provider default. The
 API key comes from an environment variable; a custom base URL may go without one (a placeholder
 is sent), the provider's own endpoint may not. The key is never logged.
 """
@@ -11,7 +12,6 @@ import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from core.registry import ModelSpec
 from deployments.clients.errors import ProviderError
 
 PLACEHOLDER_KEY = "no-key"
@@ -32,15 +32,11 @@ class ClientPool(Generic[SdkClient]):
         self.default_base_url = default_base_url
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self._specs: dict[str, ModelSpec] = {}
         self._clients: dict[str | None, SdkClient] = {}
 
-    def set_models(self, specs: list[ModelSpec]) -> None:
-        self._specs = {s.id: s for s in specs}
-
-    def client(self, model_id: str) -> SdkClient:
-        spec = self._specs.get(model_id)
-        base_url = (spec.base_url if spec else None) or self.default_base_url
+    def client(self, base_url: str | None = None) -> SdkClient:
+        """The SDK client of a model's `base_url` (None: the provider default)."""
+        base_url = base_url or self.default_base_url
         client = self._clients.get(base_url)
         if client is None:
             key = os.environ.get(self.api_key_env)

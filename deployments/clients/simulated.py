@@ -17,24 +17,42 @@ _TOKEN = re.compile(r"\s*\S+")  # one word with its leading space; pieces join b
 
 
 class SimulatedClient:
+    """Stateless about the model table: each request carries its model's spec (prices, speed
+    class, simulation knobs), so every replica answers a model added at runtime alike."""
+
     def __init__(self, config: SimulatorConfig | None = None, tokens_per_chunk: int = 4) -> None:
         self.simulator = Simulator(config)
         self.tokens_per_chunk = max(1, tokens_per_chunk)  # fewer, larger chunks: fewer wakeups
-        self._specs: dict[str, ModelSpec] = {}
 
     def set_models(self, specs: list[ModelSpec]) -> None:
-        self._specs = {s.id: s for s in specs}
+        """A no-op, kept for older callers: the model table travels in each request."""
 
-    def _plan(self, req: ProviderRequest) -> SimPlan:
-        spec = self._specs.get(req.model_id)
-        if spec is None:
-            # The registry pushes the model table before routing to a new model; a miss means
-            # the model was removed (or never added here), which retrying will not fix.
-            raise ProviderError(404, f"model {req.model_id!r} is not served by this provider")
-        return self.simulator.plan(req, spec)
+    async def _attempt(self, req: ProviderRequest) -> SimPlan:
+        """This attempt's injected fault, played out (raised), else its plan after any spike."""
+        fault = self.simulator.fault(req, req.spec)
+        if fault.kind == "timeout":
+            if fault.wait_s > 0:
+                await asyncio.sleep(fault.wait_s)
+            raise ProviderError(
+                None, "upstream timed out (simulated)", retryable=True, timeout=True
+            )
+        if fault.kind == "rate_limit":
+            raise ProviderError(
+                429,
+                "rate limited (simulated)",
+                retry_after_s=fault.retry_after_s,
+                retryable=True,
+            )
+        if fault.kind == "error":
+            raise ProviderError(
+                fault.status, f"upstream error {fault.status} (simulated)", retryable=True
+            )
+        if fault.spike_s > 0:
+            await asyncio.sleep(fault.spike_s)
+        return self.simulator.plan(req, req.spec)
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
-        plan = self._plan(req)
+        plan = await self._attempt(req)
         if plan.latency_s > 0:
             await asyncio.sleep(plan.latency_s)
         return ProviderResponse(
@@ -48,7 +66,7 @@ class SimulatedClient:
         )
 
     async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
-        plan = self._plan(req)
+        plan = await self._attempt(req)
         start = time.monotonic()
         if plan.ttft_s > 0:
             await asyncio.sleep(plan.ttft_s)

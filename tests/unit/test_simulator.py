@@ -31,6 +31,7 @@ def request(prompt: str, model: ModelSpec, max_tokens: int | None = None) -> Pro
         request_id="r",
         model_id=model.id,
         upstream_model=model.upstream_name,
+        spec=model,
         messages=[{"role": "user", "content": prompt}],
         prompt_text=prompt,
         max_tokens=max_tokens,

@@ -1,0 +1,79 @@
+"""Retries of one provider call on the same model, by core.faults.RetryPolicy (no Ray).
+
+Each try is a new `attempt` of the request (the simulated provider draws its faults per
+attempt). A stream is retried only until its first chunk arrives: after that the caller has
+seen text, and a failure ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from core.faults import RetryPolicy
+from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
+from deployments.clients import ProviderClient
+from deployments.clients.errors import ProviderError
+
+OnRetry = Callable[[ProviderRequest, ProviderError, float], None]
+
+
+def _next_delay(policy: RetryPolicy, req: ProviderRequest, exc: ProviderError) -> float | None:
+    return policy.delay(req.attempt, exc.status, exc.retryable, exc.retry_after_s)
+
+
+async def complete(
+    client: ProviderClient,
+    req: ProviderRequest,
+    policy: RetryPolicy,
+    on_retry: OnRetry | None = None,
+) -> ProviderResponse:
+    while True:
+        try:
+            return await client.complete(req)
+        except ProviderError as exc:
+            delay = _next_delay(policy, req, exc)
+            if delay is None:
+                raise
+            if on_retry is not None:
+                on_retry(req, exc, delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        req = req.model_copy(update={"attempt": req.attempt + 1})
+
+
+async def stream(
+    client: ProviderClient,
+    req: ProviderRequest,
+    policy: RetryPolicy,
+    on_retry: OnRetry | None = None,
+) -> AsyncIterator[ProviderChunk]:
+    while True:
+        chunks = client.stream(req).__aiter__()
+        try:
+            first = await chunks.__anext__()
+            break
+        except StopAsyncIteration:
+            return
+        except ProviderError as exc:
+            await _close(chunks)
+            delay = _next_delay(policy, req, exc)
+            if delay is None:
+                raise
+            if on_retry is not None:
+                on_retry(req, exc, delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        req = req.model_copy(update={"attempt": req.attempt + 1})
+    try:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await _close(chunks)
+
+
+async def _close(chunks: AsyncIterator[ProviderChunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
