@@ -33,6 +33,7 @@ class Answer:
     phase: str
     status: int  # HTTP status; 0 = no response (connection error or timeout)
     latency_s: float
+    request_id: str | None = None
     model: str | None = None
     cost: float = 0.0
     reward: float | None = None
@@ -47,6 +48,8 @@ class FeedbackTally:
     statuses: Counter = field(default_factory=Counter)  # "applied" / "duplicate" / HTTP status
     latencies_s: list[float] = field(default_factory=list)
     no_reward: int = 0  # answers without a recorded reward: nothing to post
+    acked: dict[str, str] = field(default_factory=dict)  # request id -> "applied"/"duplicate"
+    failed: dict[str, float] = field(default_factory=dict)  # request id -> reward, to retry
 
 
 class LiveDriver:
@@ -71,6 +74,7 @@ class LiveDriver:
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, limits=limits)
         self.feedback = FeedbackTally()
         self._feedback_tasks: set[asyncio.Task] = set()
+        self.admin_log: list[dict] = []  # every admin call made, for the report
 
     async def aclose(self) -> None:
         await self.drain_feedback()
@@ -94,6 +98,7 @@ class LiveDriver:
             phase,
             200,
             latency,
+            request_id=r.headers["x-request-id"],
             model=out["model"],
             cost=float(r.headers["x-paretoserve-cost-usd"]),
             reward=info.get("recorded_reward"),
@@ -105,6 +110,21 @@ class LiveDriver:
         else:
             self._post_feedback_later(r.headers["x-request-id"], answer.reward)
         return answer
+
+    async def run_for(self, prompts: list[str], seconds: float, phase: str) -> list[Answer]:
+        """Send prompts (cycling) with `concurrency` workers until `seconds` have passed."""
+        answers: list[Answer] = []
+        deadline = time.monotonic() + seconds
+        counter = iter(range(1 << 62))
+
+        async def worker() -> None:
+            for i in counter:
+                if time.monotonic() >= deadline:
+                    return
+                answers.append(await self.chat(prompts[i % len(prompts)], phase))
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        return answers
 
     async def run_block(self, prompts: list[str], phase: str) -> list[Answer]:
         """Send `prompts` in order with `concurrency` workers; answers in prompt order."""
@@ -137,10 +157,27 @@ class LiveDriver:
             )
         except httpx.HTTPError as exc:
             self.feedback.statuses[type(exc).__name__] += 1
+            self.feedback.failed[request_id] = reward
             return
         self.feedback.latencies_s.append(time.perf_counter() - start)
-        key = r.json().get("status") if r.status_code == 200 else str(r.status_code)
+        if r.status_code == 200:
+            key = r.json().get("status")
+            self.feedback.acked.setdefault(request_id, key)
+            self.feedback.failed.pop(request_id, None)
+        else:
+            key = str(r.status_code)
+            self.feedback.failed[request_id] = reward
         self.feedback.statuses[key] += 1
+
+    async def retry_failed_feedback(self, rounds: int = 5, pause_s: float = 2.0) -> None:
+        """Post again every feedback that got no 200 (as a client with retries would)."""
+        for _ in range(rounds):
+            if not self.feedback.failed:
+                return
+            await asyncio.gather(
+                *(self._feedback(rid, r, 0.0) for rid, r in list(self.feedback.failed.items()))
+            )
+            await asyncio.sleep(pause_s)
 
     async def drain_feedback(self) -> None:
         while self._feedback_tasks:
@@ -150,6 +187,10 @@ class LiveDriver:
 
     async def admin(self, method: str, path: str, body: dict | None = None) -> Any:
         r = await self.client.request(method, path, json=body, headers=self.admin_headers)
+        if method != "GET":
+            self.admin_log.append(
+                {"method": method, "path": path, "body": body, "status": r.status_code}
+            )
         if r.status_code >= 400:
             raise RuntimeError(f"admin {method} {path} failed: {r.status_code} {r.text[:300]}")
         return r.json()
@@ -212,7 +253,10 @@ async def run_plan(driver: LiveDriver, plan: LivePlan) -> dict:
     bounds: list[tuple[str, int, int]] = []
     start = time.perf_counter()
     for name, prompts in plan.phases:
+        n = len(driver.admin_log)
         await _enter_phase(driver, plan, name)
+        for action in driver.admin_log[n:]:
+            action["phase"] = name
         first = len(log)
         log.extend(await driver.run_block(prompts, name))
         bounds.append((name, first, len(log)))
@@ -283,6 +327,7 @@ def live_report(
         "latency_ms": percentiles_ms([a.latency_s for a in ok]),
         "throughput_rps": len(ok) / elapsed_s if elapsed_s > 0 else None,
         "elapsed_s": elapsed_s,
+        "operator_actions": driver.admin_log,
         "series": {  # per answered evaluation request, in send order: for plots
             "models": models,
             "rewards": [None if np.isnan(r) else r for r in rewards],

@@ -20,21 +20,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 import gevent
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-BUILTIN_PROMPTS = [
-    "What is the capital of Australia?",
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "Explain the difference between a process and a thread in two sentences.",
-    "If a train travels 120 km in 1.5 hours, what is its average speed?",
-    "Summarise the causes of the First World War in one paragraph.",
-    "Which is heavier, a kilogram of feathers or a kilogram of steel? Explain.",
-    "Translate 'good morning, how are you?' into French and Spanish.",
-    "Give three tips for writing clear technical documentation.",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # locust puts only loadtest/ there
+from loadtest.prompts import BUILTIN_PROMPTS, load_prompts  # noqa: E402
+
 PROMPTS: list[str] = list(BUILTIN_PROMPTS)
 
 
@@ -48,13 +43,7 @@ def _options(parser) -> None:
 
 @events.test_start.add_listener
 def _load_prompts(environment, **_kw) -> None:
-    path = environment.parsed_options.data
-    if path:
-        with open(path, encoding="utf-8") as f:
-            loaded = [json.loads(line)["prompt"] for line in f if line.strip()]
-        if not loaded:
-            raise SystemExit(f"no prompts in {path}")
-        PROMPTS[:] = loaded
+    PROMPTS[:] = load_prompts(environment.parsed_options.data)
 
 
 class RouterUser(FastHttpUser):

@@ -156,3 +156,36 @@ def serve_app(
         yield app
     finally:
         _stop(app)
+
+
+def replica_pids(app: ServedApp) -> dict[str, list[int]]:
+    """Deployment name -> PIDs of its replica processes (Ray titles them
+    `ray::ServeReplica:<app>:<deployment>[.<method being run>]`)."""
+    out: dict[str, list[int]] = {}
+    for pid in app.ray_pids():
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if title.startswith("ray::ServeReplica:"):
+            name = title.split(":")[2].split(".")[0].strip()
+            out.setdefault(name, []).append(pid)
+    return out
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def replica_rss_mib(app: ServedApp) -> dict[str, float]:
+    """Deployment name -> resident memory of its replicas, summed (MiB)."""
+    return {
+        name: round(sum(filter(None, (rss_mib(p) for p in pids))), 1)
+        for name, pids in sorted(replica_pids(app).items())
+    }

@@ -21,7 +21,9 @@ from core.data import RewardData, in_first_half, load_reward_file
 from core.features import load_projection
 from core.priors import Priors, build_priors
 from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
+from loadtest.chaos import ChaosConfig, run_chaos
 from loadtest.live_replay import LiveDriver, LivePlan, run_plan
+from loadtest.prompts import load_prompts
 from loadtest.server import ADMIN_KEY_ENV, base_config, serve_app
 from paretoserve_cli.contexts import contexts_for, default_prices_path, load_specs
 from paretoserve_cli.replay_cmd import _positive, _priors_arg
@@ -52,14 +54,17 @@ def _plan(args: argparse.Namespace) -> tuple[LivePlan, dict]:
     warm_order, phases = stream_orders(
         len(warm_rows) if warm_rows is not None else None, len(data_rows), scenario, args.seed
     )
+    cut = slice(args.limit)  # None: everything
     warm_prompts = (
-        [warm_file.prompts[warm_rows[i]] for i in warm_order] if warm_file is not None else []
+        [warm_file.prompts[warm_rows[i]] for i in warm_order[cut]] if warm_file is not None else []
     )
     plan = LivePlan(
         scenario=scenario,
         budget_usd=args.budget,
         warmup=warm_prompts,
-        phases=[(name, [data_file.prompts[data_rows[i]] for i in rows]) for name, rows in phases],
+        phases=[
+            (name, [data_file.prompts[data_rows[i]] for i in rows[cut]]) for name, rows in phases
+        ],
         specs=specs,
         spec=ReplaySpec(
             scenario=scenario,
@@ -172,6 +177,42 @@ def replay(args: argparse.Namespace) -> int:
     return 0 if report["requests"]["failed"] == 0 else 1
 
 
+def chaos(args: argparse.Namespace) -> int:
+    """Start the service here (the Router's process must be ours to kill), run, audit."""
+    prompts = load_prompts(args.data)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-chaos-")).resolve()
+    app_args = base_config()["applications"][0]["args"]
+    app_args.update(budget_usd_per_request=args.budget, state_path=str(workdir / "state.db"))
+    sim = app_args["providers"]["simulated"]["options"]
+    sim["time_scale"] = args.sim_time_scale
+    if args.data:
+        sim["replay_file"] = str(Path(args.data).resolve())
+    cfg = ChaosConfig(
+        seconds=args.minutes * 60,
+        kill_every_s=args.kill_every_s,
+        fault_rate=args.fault_rate,
+        concurrency=args.concurrency,
+        feedback_delay_ms=args.feedback_delay_ms,
+        seed=args.seed,
+    )
+    print(f"starting the service (state and logs in {workdir}) ...", flush=True)
+    with serve_app(app_args, workdir) as app:
+        report = asyncio.run(run_chaos(app, prompts, cfg))
+    req, fb, sp = report["requests"], report["feedback"], report["spend"]
+    print(
+        f"chaos {args.minutes:g} min, {len(report['router_kills'])} Router kills, "
+        f"faults {args.fault_rate:.0%}: answered {req['answered']}/{req['sent']} "
+        f"({req['answered_share']:.4%}), errors {req['errors']}; feedback acknowledged "
+        f"{fb['acknowledged']}, lost {fb['lost']}, double-applied {fb['double_applied']}; "
+        f"compliance {sp['compliance']:.4f}; memory MiB {report['memory_mib']}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    good = fb["lost"] == 0 and fb["double_applied"] == 0 and sp["router_charges"] >= req["answered"]
+    return 0 if good else 1
+
+
 def _print(report: dict) -> None:
     s, req, lat = report["summary"], report["requests"], report["latency_ms"]
     print(
@@ -216,6 +257,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="feedback is posted after a uniform random delay in [0, MS]",
     )
     r.add_argument("--newcomer-reward-scale", type=float, default=1.0)
+    r.add_argument(
+        "--limit",
+        type=int,
+        help="send only the first N prompts of the warm-up stream and of each phase (smoke runs)",
+    )
     where = r.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--start-server",
@@ -233,3 +279,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", type=Path, help="write the report here")
     r.add_argument("--plot", type=Path, help="write a PNG of spend, mix and reward over time")
     r.set_defaults(func=replay)
+
+    c = lsub.add_parser("chaos", help="traffic while killing the Router and injecting faults")
+    c.add_argument("--minutes", type=_positive, default=10.0)
+    c.add_argument("--kill-every-s", type=_positive, default=60.0)
+    c.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.2,
+        help="share of provider attempts that fail: half 5xx, a quarter 429, a quarter timeouts",
+    )
+    c.add_argument("--concurrency", type=int, default=16)
+    c.add_argument("--feedback-delay-ms", type=float, default=2000.0)
+    c.add_argument("--budget", type=_positive, default=6.64e-4, help="US$ per request")
+    c.add_argument(
+        "--data",
+        type=Path,
+        help="reward file: prompts, replayed usage and rewards "
+        "(default: built-in prompts, drawn rewards)",
+    )
+    c.add_argument("--sim-time-scale", type=float, default=0.1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
+    c.add_argument("--json", type=Path, help="write the report here")
+    c.set_defaults(func=chaos)
