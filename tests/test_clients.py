@@ -586,3 +586,108 @@ def test_provider_error_pickles() -> None:
         2.0,
         True,
     )
+
+
+# ------------------------------------------------------------------ injected faults and retries
+
+
+def _sim(model_id: str, **behaviour: Any) -> ModelSpec:
+    from core.registry import SimBehaviour
+
+    return ModelSpec(
+        id=model_id, input_per_m=1.0, output_per_m=1.0, simulation=SimBehaviour(**behaviour)
+    )
+
+
+async def test_simulated_faults_raise_provider_errors() -> None:
+    client = SimulatedClient(SimulatorConfig(time_scale=0))
+    cases = [
+        (_sim("e", error_rate=1.0), (503, True, None, False)),
+        (_sim("t", timeout_rate=1.0), (None, True, None, True)),
+        (_sim("r", rate_limit_rate=1.0, retry_after_s=4.0), (429, True, 4.0, False)),
+    ]
+    for model, expected in cases:
+        for call in (client.complete(request(model)), collect(client.stream(request(model)))):
+            with pytest.raises(ProviderError) as exc:
+                await call
+            e = exc.value
+            assert (e.status, e.retryable, e.retry_after_s, e.timeout) == expected
+
+
+async def test_retry_tries_each_attempt_then_gives_up() -> None:
+    from core.faults import RetryPolicy
+    from deployments.clients import retry
+
+    client = SimulatedClient(SimulatorConfig(time_scale=0))
+    seen: list[tuple[int, int | None, float]] = []
+    policy = RetryPolicy(max_attempts=3, backoff_s=0.0)
+    model = _sim("e", error_rate=1.0)
+
+    def on_retry(req: ProviderRequest, exc: ProviderError, delay: float) -> None:
+        seen.append((req.attempt, exc.status, delay))
+
+    with pytest.raises(ProviderError):
+        await retry.complete(client, request(model), policy, on_retry)
+    assert seen == [(0, 503, 0.0), (1, 503, 0.0)]
+    seen.clear()
+    with pytest.raises(ProviderError):
+        await collect(retry.stream(client, request(model), policy, on_retry))
+    assert seen == [(0, 503, 0.0), (1, 503, 0.0)]
+
+
+async def test_retry_succeeds_on_a_later_attempt_and_streams_whole() -> None:
+    from core.faults import RetryPolicy
+    from deployments.clients import retry
+
+    client = SimulatedClient(SimulatorConfig(time_scale=0))
+    flaky = _sim("flaky", error_rate=0.5)
+    # a request whose first attempt fails and whose second succeeds (the draws are seeded)
+    rid = next(
+        f"r{i}"
+        for i in range(100)
+        if client.simulator.fault(
+            request(flaky).model_copy(update={"request_id": f"r{i}"}), flaky
+        ).kind
+        == "error"
+        and client.simulator.fault(
+            request(flaky).model_copy(update={"request_id": f"r{i}", "attempt": 1}), flaky
+        ).kind
+        is None
+    )
+    req = request(flaky).model_copy(update={"request_id": rid})
+    retries: list[int] = []
+    policy = RetryPolicy(max_attempts=2, backoff_s=0.0)
+    resp = await retry.complete(client, req, policy, lambda r, e, d: retries.append(r.attempt))
+    assert retries == [0] and resp.content.startswith("[simulated flaky]")
+    chunks = await collect(retry.stream(client, req, policy))
+    assert_stream_shape(chunks, resp.content)
+
+
+async def test_retry_waits_a_short_retry_after_and_not_a_long_one() -> None:
+    from core.faults import RetryPolicy
+    from deployments.clients import retry
+
+    client = SimulatedClient(SimulatorConfig(time_scale=0))
+    policy = RetryPolicy(max_attempts=3, max_retry_after_s=1.0)
+    delays: list[float] = []
+    short = _sim("short", rate_limit_rate=1.0, retry_after_s=0.0)
+    with pytest.raises(ProviderError):
+        await retry.complete(client, request(short), policy, lambda r, e, d: delays.append(d))
+    assert delays == [0.0, 0.0]
+    delays.clear()
+    long = _sim("long", rate_limit_rate=1.0, retry_after_s=30.0)
+    with pytest.raises(ProviderError) as exc:
+        await retry.complete(client, request(long), policy, lambda r, e, d: delays.append(d))
+    assert delays == [] and exc.value.retry_after_s == 30.0
+
+
+async def test_retry_against_a_real_http_server(openai_client: OpenAIClient, fake: FakeServer):
+    from core.faults import RetryPolicy
+    from deployments.clients import retry
+
+    policy = RetryPolicy(max_attempts=3, backoff_s=0.0)
+    for model, calls in (("broken", 3), ("bad", 1), ("rate-limited", 1)):  # 429 waits 7 s > 2
+        before = len(fake.seen)
+        with pytest.raises(ProviderError):
+            await retry.complete(openai_client, request(spec(model, "openai", None)), policy)
+        assert len(fake.seen) - before == calls, model

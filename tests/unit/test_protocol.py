@@ -237,3 +237,55 @@ def test_provider_request_from_chat() -> None:
     assert Usage(prompt_tokens=1, completion_tokens=2).total_tokens == 3
     with pytest.raises(ValidationError):
         Usage(prompt_tokens=-1, completion_tokens=0)
+
+
+def test_patch_body_takes_prices_and_or_simulation() -> None:
+    both = RepriceRequest.model_validate({"input_per_m": 2.0, "simulation": {"error_rate": 1}})
+    assert both.reprices and both.sets_simulation and both.simulation.error_rate == 1.0
+    only_sim = RepriceRequest.model_validate({"simulation": {"reward_scale": 0.25}})
+    assert not only_sim.reprices and only_sim.simulation.reward_scale == 0.25
+    clear = RepriceRequest.model_validate({"simulation": None})  # null clears it
+    assert clear.sets_simulation and clear.simulation is None
+    assert not RepriceRequest(input_per_m=1.0).sets_simulation
+    for body, loc in (
+        ({"simulation": {"error_rate": 1.5}}, ("simulation", "error_rate")),
+        ({"simulation": {"error_rate": "1"}}, ("simulation", "error_rate")),
+        ({"simulation": {"nope": 1}}, ("simulation", "nope")),
+        ({"simulation": {"error_rate": 0.7, "rate_limit_rate": 0.7}}, ("simulation",)),
+        ({"price": 1.0}, ("price",)),
+    ):
+        with pytest.raises(ValidationError) as exc:
+            RepriceRequest.model_validate(body)
+        assert exc.value.errors()[0]["loc"] == loc, body
+
+
+def test_provider_request_carries_the_spec() -> None:
+    from core.registry import SimBehaviour
+
+    spec = ModelSpec(
+        id="m",
+        provider_model="up/m",
+        input_per_m=1.0,
+        output_per_m=1.0,
+        base_url="http://h/v1",
+        simulation=SimBehaviour(error_rate=0.5),
+    )
+    req = ProviderRequest.from_chat("r1", chat(), spec)
+    assert req.spec == spec and req.attempt == 0
+    # it survives the trip between processes as JSON
+    assert ProviderRequest.model_validate_json(req.model_dump_json()) == req
+    other = ModelSpec(id="n", input_per_m=2.0, output_per_m=2.0)
+    moved = ProviderRequest.for_model(req.model_copy(update={"attempt": 2}), other)
+    assert (moved.model_id, moved.upstream_model, moved.spec, moved.attempt) == ("n", "n", other, 0)
+    assert moved.messages == req.messages
+    with pytest.raises(ValidationError, match="is not spec.id"):
+        ProviderRequest.model_validate({**req.model_dump(), "model_id": "other"})
+
+
+def test_paretoserve_info_names_the_failed_models() -> None:
+    info = ParetoserveInfo(
+        request_id="r", cost_usd=0.0, routed=True, forced=False, dual=0.0, fallback_from=["a"]
+    )
+    assert info.model_dump()["fallback_from"] == ["a"]
+    plain = ParetoserveInfo(request_id="r", cost_usd=0.0, routed=True, forced=False, dual=0.0)
+    assert plain.fallback_from is None

@@ -116,3 +116,56 @@ def test_json_round_trip() -> None:
     assert back.specs == reg.specs
     assert back.active == reg.active
     assert back.changes == reg.changes
+
+
+# ---------------------------------------------------------------- simulation knobs
+
+
+def test_simulate_is_a_versioned_change_that_keeps_prices() -> None:
+    from core.registry import SimBehaviour
+
+    reg = ModelRegistry([LLAMA, MISTRAL])
+    change = reg.simulate(MISTRAL.id, {"reward_scale": 0.5, "error_rate": 0.2})
+    assert (change.version, change.kind, change.model_id) == (3, ChangeKind.SIMULATE, MISTRAL.id)
+    spec = reg.get(MISTRAL.id)
+    assert spec.simulation == SimBehaviour(reward_scale=0.5, error_rate=0.2)
+    assert (spec.input_per_m, spec.output_per_m) == (0.50, 1.50)
+    reg.reprice(MISTRAL.id, input_per_m=0.4)  # a re-price keeps the simulation
+    assert reg.get(MISTRAL.id).simulation.reward_scale == 0.5
+    reg.simulate(MISTRAL.id, None)
+    assert reg.get(MISTRAL.id).simulation is None and reg.version == 5
+    again = ModelRegistry.from_json(reg.to_json())
+    assert again.changes[2].spec.simulation == SimBehaviour(reward_scale=0.5, error_rate=0.2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"reward_scale": 1.5},
+        {"reward_scale": -0.1},
+        {"quality": 2.0},
+        {"error_rate": math.nan},
+        {"error_rate": 0.5, "timeout_rate": 0.3, "rate_limit_rate": 0.3},  # sums to 1.1
+        {"error_status": 429},
+        {"retry_after_s": -1.0},
+        {"latency_spike_rate": "0.5"},  # strict: no strings
+        {"unknown": 1},
+    ],
+)
+def test_bad_simulation_is_rejected_with_nothing_changed(bad: dict) -> None:
+    reg = ModelRegistry([LLAMA, MISTRAL])
+    before = reg.to_json()
+    with pytest.raises(ValidationError):
+        reg.simulate(MISTRAL.id, bad)
+    assert reg.to_json() == before
+    with pytest.raises(ValidationError):
+        ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0, simulation=bad)
+
+
+def test_simulation_of_an_unknown_model_is_rejected() -> None:
+    from core.registry import UnknownModelError
+
+    reg = ModelRegistry([LLAMA])
+    with pytest.raises(UnknownModelError):
+        reg.simulate("nope", {"error_rate": 1.0})
+    assert reg.version == 1

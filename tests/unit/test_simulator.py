@@ -167,3 +167,85 @@ def test_replay_miss_and_missing_model_fall_back_to_profile(tmp_path: Path) -> N
     assert Simulator().plan(request("unknown prompt", BAL), BAL) == sim.plan(
         request("unknown prompt", BAL), BAL
     )
+
+
+# ---------------------------------------------------------------- runtime knobs and faults
+
+
+def _with(spec: ModelSpec, **behaviour) -> ModelSpec:
+    from core.registry import SimBehaviour
+
+    return spec.model_copy(update={"simulation": SimBehaviour(**behaviour)})
+
+
+def _attempt(rid: str, spec: ModelSpec, attempt: int = 0) -> ProviderRequest:
+    return request("a prompt", spec).model_copy(update={"request_id": rid, "attempt": attempt})
+
+
+def test_reward_scale_multiplies_drawn_and_replayed_rewards(tmp_path: Path) -> None:
+    sim = Simulator()
+    base = sim.plan(request("What is 2+2?", BAL), BAL)
+    half = _with(BAL, reward_scale=0.5)
+    scaled = sim.plan(request("What is 2+2?", half), half)
+    assert scaled.recorded_reward == base.recorded_reward * 0.5
+    assert (scaled.content, scaled.usage) == (base.content, base.usage)  # only the reward
+    row = {"prompt": "known prompt", "arms": {"bal-m": {"reward": 0.8, "cost": 0.001}}}
+    path = tmp_path / "rewards.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    replay = Simulator(SimulatorConfig(replay_file=path))
+    assert replay.plan(request("known prompt", half), half).recorded_reward == 0.4
+    zero = _with(BAL, reward_scale=0)
+    assert sim.plan(request("What is 2+2?", zero), zero).recorded_reward == 0.0
+
+
+def test_quality_override_and_configured_default_behaviours() -> None:
+    from core.registry import SimBehaviour
+
+    exact = _with(BAL, quality=0.3)
+    sim = Simulator(SimulatorConfig(profiles={"bal-m": SimProfileOverride(quality_sd=0.0)}))
+    assert sim.profile(exact).quality == 0.3
+    assert sim.plan(request("q", exact), exact).recorded_reward == pytest.approx(0.3)
+    # a configured per-model default applies until the registry's own setting replaces it
+    cfg = SimulatorConfig(behaviours={"bal-m": SimBehaviour(reward_scale=0.0)})
+    assert Simulator(cfg).plan(request("q", BAL), BAL).recorded_reward == 0.0
+    own = _with(BAL, reward_scale=1.0)
+    assert Simulator(cfg).plan(request("q", own), own).recorded_reward > 0.0
+
+
+def test_faults_at_rate_one_and_zero_are_certain() -> None:
+    sim = Simulator(SimulatorConfig(time_scale=0.5))
+    for i in range(50):
+        rid = f"r{i}"
+        assert sim.fault(_attempt(rid, BAL), BAL).kind is None
+        err = _with(BAL, error_rate=1.0, error_status=502)
+        f = sim.fault(_attempt(rid, err), err)
+        assert (f.kind, f.status) == ("error", 502)
+        slow = _with(BAL, timeout_rate=1.0, timeout_s=4.0)
+        f = sim.fault(_attempt(rid, slow), slow)
+        assert (f.kind, f.status, f.wait_s) == ("timeout", None, 2.0)  # x time_scale
+        limited = _with(BAL, rate_limit_rate=1.0, retry_after_s=7.0)
+        f = sim.fault(_attempt(rid, limited), limited)
+        assert (f.kind, f.status, f.retry_after_s) == ("rate_limit", 429, 7.0)
+        spiky = _with(BAL, latency_spike_rate=1.0, latency_spike_s=3.0)
+        f = sim.fault(_attempt(rid, spiky), spiky)
+        assert (f.kind, f.spike_s) == (None, 1.5)
+
+
+EXPECTED_FAULT_COUNTS = {"error": 629, "timeout": 204, "rate_limit": 198, None: 969}
+
+
+def test_fault_draws_are_seeded_per_request_and_attempt() -> None:
+    flaky = _with(BAL, error_rate=0.3, timeout_rate=0.1, rate_limit_rate=0.1)
+    sim = Simulator(SimulatorConfig(seed=0))
+    kinds = [sim.fault(_attempt(f"r{i}", flaky), flaky).kind for i in range(2000)]
+    # the same draws every time: exact counts (about 30% / 10% / 10% / 50%)
+    counts = {k: kinds.count(k) for k in ("error", "timeout", "rate_limit", None)}
+    assert counts == EXPECTED_FAULT_COUNTS
+    assert [Simulator().fault(_attempt(f"r{i}", flaky), flaky).kind for i in range(20)] == (
+        kinds[:20]
+    )
+    # a retry (the next attempt) draws anew; another seed draws differently
+    retried = [sim.fault(_attempt(f"r{i}", flaky, 1), flaky).kind for i in range(200)]
+    assert retried != kinds[:200]
+    other = Simulator(SimulatorConfig(seed=1))
+    assert [other.fault(_attempt(f"r{i}", flaky), flaky).kind for i in range(200)] != kinds[:200]
