@@ -102,10 +102,10 @@ class Cooldowns:
 
     def __init__(self, config: CooldownConfig | None = None) -> None:
         self.config = config or CooldownConfig()
-        self._state: dict[str, Cooldown] = {}
+        self.state: dict[str, Cooldown] = {}  # read-only outside; empty when none failed
 
     def __bool__(self) -> bool:
-        return bool(self._state)
+        return bool(self.state)
 
     def duration(self, failures: int, retry_after_s: float | None) -> float:
         """The cool-down after `failures` failures in a row (>= 1): cooldown_s x factor^(n-1),
@@ -120,34 +120,34 @@ class Cooldowns:
         self, model: str, now: float, status: int | None = None, retry_after_s: float | None = None
     ) -> Cooldown:
         """Record a failed call (after its retries); the model cools down from `now`."""
-        old = self._state.get(model)
+        old = self.state.get(model)
         failures = (old.failures if old else 0) + 1
         until = now + self.duration(failures, retry_after_s)
         if old is not None:
             until = max(until, old.until)  # concurrent failures never shorten a cool-down
         cd = Cooldown(model, until, failures, status)
-        self._state[model] = cd
+        self.state[model] = cd
         return cd
 
     def succeed(self, model: str) -> None:
         """The model answered: its failure streak ends. A cool-down in progress (a request
         routed before it began may answer during it) keeps running until its end."""
-        cd = self._state.get(model)
+        cd = self.state.get(model)
         if cd is not None and cd.failures:
-            self._state[model] = Cooldown(model, cd.until, 0, cd.status)
+            self.state[model] = Cooldown(model, cd.until, 0, cd.status)
 
     def cooling(self, now: float) -> frozenset[str]:
         """The models still cooling down at `now` (forgets ended ones with no streak)."""
-        if not self._state:
+        if not self.state:
             return frozenset()
-        for m in [m for m, cd in self._state.items() if not cd.failures and cd.until <= now]:
-            del self._state[m]
-        return frozenset(m for m, cd in self._state.items() if cd.until > now)
+        for m in [m for m, cd in self.state.items() if not cd.failures and cd.until <= now]:
+            del self.state[m]
+        return frozenset(m for m, cd in self.state.items() if cd.until > now)
 
     def get(self, model: str) -> Cooldown | None:
-        return self._state.get(model)
+        return self.state.get(model)
 
     def to_json(self, now: float | None = None) -> dict[str, dict]:
         """Every model with a failure streak or a running cool-down (remaining_s 0: it may be
         tried again; None: `now` not given)."""
-        return {m: cd.to_json(now) for m, cd in sorted(self._state.items())}
+        return {m: cd.to_json(now) for m, cd in sorted(self.state.items())}

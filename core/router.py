@@ -440,7 +440,7 @@ class Router:
             why = "removed" if model in self.slots else "not registered"
             raise NoEligibleModelError({model: why})
         mask, eligible, reasons = self._eligible(limits)
-        if model is None and now is not None and self.cooldowns:
+        if model is None and now is not None and self.cooldowns.state:
             mask, eligible = self._skip(mask, eligible, reasons, self.cooldowns.cooling(now), now)
         if model is None and True not in eligible:
             raise NoEligibleModelError(reasons)
@@ -650,7 +650,7 @@ class Router:
         if entry.charged:
             return FeedbackStatus.DUPLICATE
         cost = float(cost_usd)
-        if self.cooldowns:  # the model answered: its failure streak ends
+        if self.cooldowns.state:  # the model answered: its failure streak ends
             self.cooldowns.succeed(self._slot_models[entry.slot])
         self.pacer.charge(cost, self._dual_step_scale())
         self._learn_usage(entry.slot, cost)
