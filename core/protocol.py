@@ -29,11 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from core.registry import ModelSpec, SimBehaviour
+from core.registry import MAX_PRICE_PER_M, MIN_PRICE_PER_M, ModelSpec, SimBehaviour
 
 # Finite numbers only: Python's json module accepts NaN/Infinity literals, so a JSON body can
 # carry them; they must fail validation rather than poison the bandit or the pacer.
 PosFloat = Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)]
+Price = Annotated[StrictFloat, Field(ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, allow_inf_nan=False)]
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = str  # "stop" | "length" | "tool_calls" | "content_filter"; providers add more
 
@@ -260,8 +261,8 @@ class RepriceRequest(_OwnBody):
     """PATCH /admin/models/{id}: new prices, and/or the simulated provider's behaviour
     (`"simulation": null` clears it). All of it is applied as one registry version, or none."""
 
-    input_per_m: PosFloat | None = None
-    output_per_m: PosFloat | None = None
+    input_per_m: Price | None = None
+    output_per_m: Price | None = None
     simulation: SimBehaviour | None = None
 
     @model_validator(mode="after")

@@ -17,6 +17,12 @@ class SpeedClass(str, Enum):
     SLOW = "slow"
 
 
+# Sane bounds on a list price (US$ per million tokens): outside them a price is a typo, and a
+# near-zero one would make cost ratios overflow (the router divides realised cost by price).
+MIN_PRICE_PER_M = 1e-6
+MAX_PRICE_PER_M = 1e6
+
+
 class SimBehaviour(BaseModel):
     """Runtime knobs of the simulated provider for one model (PATCH /admin/models/{id} with
     `simulation`, or a serve_config model entry). Carried in every ProviderRequest, so every
@@ -34,6 +40,14 @@ class SimBehaviour(BaseModel):
     )
     quality: float | None = Field(
         None, ge=0.0, le=1.0, allow_inf_nan=False, description="mean drawn reward override"
+    )
+    reward_value: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="every answer gets this reward (the replay's quality regression); "
+        "overrides reward_scale and quality",
     )
     error_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="5xx")
     error_status: int = Field(503, ge=500, le=599, description="status of an injected error")
@@ -64,8 +78,12 @@ class ModelSpec(BaseModel):
     id: str = Field(..., min_length=1, max_length=200, description="the id clients use")
     provider: str = Field("simulated", min_length=1, description="provider client name")
     provider_model: str | None = Field(None, description="provider-side name (default: id)")
-    input_per_m: float = Field(..., gt=0.0, description="US$ per million input tokens")
-    output_per_m: float = Field(..., gt=0.0, description="US$ per million output tokens")
+    input_per_m: float = Field(
+        ..., ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, description="US$ per million input tokens"
+    )
+    output_per_m: float = Field(
+        ..., ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, description="US$ per million output tokens"
+    )
     context_length: int = Field(128_000, gt=0)
     base_url: str | None = None
     speed: SpeedClass = SpeedClass.BALANCED

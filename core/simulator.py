@@ -72,6 +72,11 @@ class SimulatorConfig(BaseModel):
     speed_profiles: dict[SpeedClass, SimProfile] = Field(default_factory=default_speed_profiles)
     profiles: dict[str, SimProfileOverride] = Field(default_factory=dict)
     replay_file: Path | None = None
+    replay_files: list[Path] = Field(
+        default_factory=list,
+        description="more reward files to replay (e.g. a warm-up and an evaluation file); "
+        "a prompt found in several takes its first occurrence, replay_file first",
+    )
     replay_prices_file: Path | None = Field(
         None,
         description="prices the recorded costs were charged at; default: prices.json beside "
@@ -161,24 +166,21 @@ class Simulator:
         # prompt sha256 -> model -> (reward, cost); first occurrence of a prompt wins
         self._replay: dict[str, dict[str, tuple[float, float]]] = {}
         self._recorded_prices: dict[str, tuple[float, float]] = {}
-        if self.config.replay_file is not None:
-            self._load_replay(Path(self.config.replay_file))
+        files = [self.config.replay_file, *self.config.replay_files]
+        for path in (Path(f) for f in files if f is not None):
+            self._load_replay(path)
 
     def _load_replay(self, path: Path) -> None:
+        """Merge a reward file in: per (prompt, model), the first file that records it wins."""
         data = load_reward_file(path)
         for i, prompt in enumerate(data.prompts):
-            self._replay.setdefault(
-                prompt_key(prompt),
-                {
-                    m: (float(data.rewards[i, j]), float(data.costs[i, j]))
-                    for j, m in enumerate(data.models)
-                },
-            )
+            row = self._replay.setdefault(prompt_key(prompt), {})
+            for j, m in enumerate(data.models):
+                row.setdefault(m, (float(data.rewards[i, j]), float(data.costs[i, j])))
         prices_path = self.config.replay_prices_file or path.with_name("prices.json")
         if self.config.replay_prices_file is not None or prices_path.exists():
-            self._recorded_prices = {
-                m: (e.input_per_m, e.output_per_m) for m, e in load_prices(prices_path).items()
-            }
+            for m, e in load_prices(prices_path).items():
+                self._recorded_prices.setdefault(m, (e.input_per_m, e.output_per_m))
 
     @property
     def replay_size(self) -> int:
@@ -249,7 +251,11 @@ class Simulator:
                 completion, finish = self.config.max_completion_tokens, "length"
         if req.max_tokens is not None and completion > req.max_tokens:
             completion, finish = req.max_tokens, "length"
-        reward *= self.behaviour(spec).reward_scale  # x 1.0 unless a regression is simulated
+        behaviour = self.behaviour(spec)
+        if behaviour.reward_value is not None:  # a regression: one reward on every prompt
+            reward = behaviour.reward_value
+        else:
+            reward *= behaviour.reward_scale  # x 1.0 unless a regression is simulated
 
         words = rng.choice(len(_WORDS), size=completion)
         body = " ".join(_WORDS[w] for w in words)

@@ -22,6 +22,7 @@ from core.features import load_projection
 from core.priors import Priors, build_priors
 from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
 from loadtest.chaos import ChaosConfig, run_chaos
+from loadtest.fuzz import run_schemathesis
 from loadtest.live_replay import LiveDriver, LivePlan, run_plan
 from loadtest.prompts import load_prompts
 from loadtest.server import ADMIN_KEY_ENV, base_config, serve_app
@@ -213,6 +214,33 @@ def chaos(args: argparse.Namespace) -> int:
     return 0 if good else 1
 
 
+def fuzz(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-fuzz-")).resolve()
+    if args.url:
+        admin_key = os.environ.get(ADMIN_KEY_ENV)
+        if not admin_key:
+            raise ValueError(f"--url needs the service's admin key in ${ADMIN_KEY_ENV}")
+        report = run_schemathesis(args.url, admin_key, workdir, args.max_examples, args.seed)
+    else:
+        app_args = base_config()["applications"][0]["args"]
+        app_args["state_path"] = str(workdir / "state.db")
+        app_args["providers"]["simulated"]["options"]["time_scale"] = 0
+        print(f"starting the service (state and logs in {workdir}) ...", flush=True)
+        with serve_app(app_args, workdir) as app:
+            report = run_schemathesis(
+                app.base_url, app.admin_key, workdir, args.max_examples, args.seed
+            )
+    print(
+        f"schemathesis: {report['cases_generated']} cases over "
+        f"{report['operations_tested']}/{report['operations_total']} operations, "
+        f"{report['server_errors']} server errors (details in {workdir})"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["server_errors"] == 0 and not report["errors"] else 1
+
+
 def _print(report: dict) -> None:
     s, req, lat = report["summary"], report["requests"], report["latency_ms"]
     print(
@@ -303,3 +331,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
     c.add_argument("--json", type=Path, help="write the report here")
     c.set_defaults(func=chaos)
+
+    f = lsub.add_parser("fuzz", help="schemathesis over the service's own OpenAPI document")
+    fw = f.add_mutually_exclusive_group(required=True)
+    fw.add_argument("--start-server", action="store_true", help="start the app here")
+    fw.add_argument("--url", help=f"fuzz a running service (admin key from ${ADMIN_KEY_ENV})")
+    f.add_argument("--max-examples", type=int, default=50, help="cases per operation and phase")
+    f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--workdir", type=Path, help="reports, state and logs (default: a temp dir)")
+    f.add_argument("--json", type=Path, help="write the summary here")
+    f.set_defaults(func=fuzz)

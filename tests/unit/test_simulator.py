@@ -249,3 +249,39 @@ def test_fault_draws_are_seeded_per_request_and_attempt() -> None:
     assert retried != kinds[:200]
     other = Simulator(SimulatorConfig(seed=1))
     assert [other.fault(_attempt(f"r{i}", flaky), flaky).kind for i in range(200)] != kinds[:200]
+
+
+def test_reward_value_sets_every_reward_and_keeps_usage(tmp_path: Path) -> None:
+    row = {"prompt": "known prompt", "arms": {"bal-m": {"reward": 0.9, "cost": 0.001}}}
+    path = tmp_path / "rewards.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    sim = Simulator(SimulatorConfig(replay_file=path))
+    regressed = _with(BAL, reward_value=0.75, reward_scale=0.5)  # the value wins
+    for prompt in ("known prompt", "unknown prompt"):
+        base = sim.plan(request(prompt, BAL), BAL)
+        plan = sim.plan(request(prompt, regressed), regressed)
+        assert plan.recorded_reward == 0.75
+        assert plan.usage == base.usage  # the cost is untouched
+
+
+def test_several_replay_files_merge_per_prompt_and_model(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "r.jsonl", tmp_path / "b" / "r.jsonl"
+    for path, arms in (
+        (first, {"bal-m": {"reward": 0.1, "cost": 0.001}}),
+        (
+            second,
+            {"bal-m": {"reward": 0.9, "cost": 0.001}, "slow-m": {"reward": 0.6, "cost": 0.02}},
+        ),
+    ):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"prompt": "p", "arms": arms}) + "\n")
+    sim = Simulator(SimulatorConfig(replay_file=first, replay_files=[second]))
+    assert sim.plan(request("p", BAL), BAL).recorded_reward == 0.1  # the first file wins
+    assert sim.plan(request("p", SLOW), SLOW).recorded_reward == 0.6  # only the second has it
+    assert sim.replay_size == 1
+
+
+def test_prices_outside_sane_bounds_are_rejected() -> None:
+    for bad in (1e-300, 0.0, 2e6):
+        with pytest.raises(ValidationError, match="input_per_m"):
+            ModelSpec(id="m", input_per_m=bad, output_per_m=1.0)
