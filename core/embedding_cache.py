@@ -1,4 +1,5 @@
-"""A disk cache of embeddings, keyed by encoder name and the exact texts.
+"""A disk cache of embeddings, keyed by encoder name and the exact texts (plus `ContextLRU`,
+the Embedder's in-memory per-prompt cache).
 
 Encoding a few thousand prompts with MiniLM on CPU takes minutes; fitting a projection,
 building priors and replays all need the same matrix, so it is computed once per
@@ -11,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,3 +87,65 @@ def cached_encode(
     except OSError as exc:  # a cache is an optimisation: a read-only disk must not fail the run
         logger.warning("could not write embedding cache %s: %s", path, exc)
     return emb
+
+
+class ContextLRU:
+    """An in-memory LRU of per-prompt vectors, keyed by sha256 of the prompt text.
+
+    For the Embedder: production traffic repeats prompts (retries, templated requests, the same
+    question from many users), and a hit costs a dict lookup instead of a MiniLM forward pass.
+    Keys are digests, so the cache holds no prompt text; values are read-only float64 arrays.
+    `capacity` 0 disables it (every lookup misses, nothing is stored). Not thread-safe: the
+    Embedder uses it from its event loop only.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        self.capacity = capacity
+        self._data: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, text: str) -> np.ndarray | None:
+        """The cached vector (counted as a hit, and made most recent) or None (a miss)."""
+        k = self.key(text)
+        value = self._data.get(k)
+        if value is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(k)
+        self.hits += 1
+        return value
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        if not self.capacity:
+            return
+        v = np.array(vector, dtype=np.float64)  # a private, read-only copy
+        v.setflags(write=False)
+        k = self.key(text)
+        self._data[k] = v
+        self._data.move_to_end(k)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def stats(self) -> dict[str, float | int]:
+        return {
+            "cache_capacity": self.capacity,
+            "cache_size": len(self._data),
+            "cache_hits": self.hits,
+            "cache_misses": self.misses,
+            "cache_hit_rate": round(self.hit_rate, 4),
+        }

@@ -34,7 +34,10 @@ _SIG_DIGITS = 7  # enough for float32-grade features; keeps the artifact small a
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Turns texts into fixed-size embeddings. `name` keys caches and must change with settings."""
+    """Turns texts into fixed-size embeddings. `name` keys caches and must change with settings.
+
+    Optional attribute `approximates`: the name of an encoder whose vectors this one reproduces
+    closely (cosine >= 0.99), so a projection fitted for that encoder is accepted here."""
 
     name: str
     dim: int
@@ -278,8 +281,11 @@ class FeaturePipeline:
                 f"projection expects {projection.raw_dim}-d embeddings, "
                 f"encoder {encoder.name!r} gives {encoder.dim}"
             )
-        # A projection fitted on another encoder's space is silently wrong; refuse it.
-        if not projection.fallback and projection.encoder_name != encoder.name:
+        # A projection fitted on another encoder's space is silently wrong; refuse it. An
+        # encoder that reproduces another one up to rounding or quantisation (ONNX Runtime's
+        # MiniLM, core.minilm_onnx) names it in `approximates` and may use its projection.
+        names = {encoder.name, getattr(encoder, "approximates", None)}
+        if not projection.fallback and projection.encoder_name not in names:
             raise ValueError(
                 f"projection was fitted for encoder {projection.encoder_name!r}, "
                 f"not {encoder.name!r}; refit with `paretoserve features fit`"

