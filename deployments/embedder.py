@@ -11,7 +11,13 @@ A thin adapter of `core.features.FeaturePipeline` to Ray Serve:
   bulk work. In `serve.run(..., _local_testing_mode=True)` `@serve.batch` cannot run (it needs
   a replica context), so there `embed` encodes each prompt on its own: same numbers, no
   batching; `info()["batching"]` says which mode a replica is in.
-- `info()` reports the device, the projection (fingerprint, fallback flag), the context
+- `backend` picks the encoder: `torch` (sentence-transformers, the reference vectors; CPU or
+  GPU) or `onnx-fp32` / `onnx-int8` (ONNX Runtime on CPU, `core.minilm_onnx`; the ONNX file is
+  built from the packaged weights on a replica's first start and cached on disk).
+- `cache_size > 0` keeps an in-memory LRU of contexts keyed by sha256(prompt) (`core.
+  embedding_cache.ContextLRU`): a repeated prompt is answered from it before batching, and
+  `info()` reports hits and misses. A batch encodes each distinct prompt once.
+- `info()` reports the backend, the device, the projection (fingerprint, fallback flag), the context
   dimension and the batching settings and counters.
 
 Device: `EmbedderArgs.device=None` picks CUDA when the replica has a GPU and CPU otherwise.
@@ -34,14 +40,15 @@ import asyncio
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
 
-from core.features import FeaturePipeline, Projection, load_projection
+from core.embedding_cache import ContextLRU
+from core.features import Encoder, FeaturePipeline, Projection, load_projection
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,6 +57,10 @@ _BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 # one padded pass over 32 real prompts is ~1.5x slower than 32 single-prompt calls, while
 # length-sorted passes of 4 are ~1.3x faster (docs/benchmarks.md, "Embedder").
 CPU_ENCODE_BATCH_SIZE = 4
+# Dynamic int8 scales activations per pass, so passes of 1 keep an int8 vector a function of its
+# prompt alone (and cost ~5% throughput against passes of 4; docs/benchmarks.md, "Embedder").
+INT8_ENCODE_BATCH_SIZE = 1
+Backend = Literal["torch", "onnx-fp32", "onnx-int8"]
 
 
 class EmbedderArgs(BaseModel):
@@ -57,6 +68,19 @@ class EmbedderArgs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    backend: Backend = Field(
+        default="torch",
+        description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
+        "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.minilm_onnx: built from the packaged "
+        "weights on first use and cached; int8 is ~2x faster on CPU, cosine >= 0.99 to torch)",
+    )
+    cache_size: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="in-memory LRU of contexts keyed by sha256(prompt); a hit skips batching "
+        "and encoding; 0 = off",
+    )
     device: str | None = Field(
         default=None,
         pattern=r"^(cpu|cuda(:\d+)?|mps)$",
@@ -159,24 +183,24 @@ def _set_torch_threads(resources: dict[str, float] | None) -> int:
 )
 class Embedder:
     def __init__(self, args: dict[str, Any] | EmbedderArgs | None = None) -> None:
-        from core.minilm import MiniLMEncoder  # lazy: loads torch
-
         self.args = EmbedderArgs.model_validate(args or {})
         resources = _assigned_resources()
-        self.device = _resolve_device(self.args.device, resources)
+        onnx = self.args.backend.startswith("onnx")
+        if onnx and self.args.device not in (None, "cpu"):
+            raise ValueError(f"backend={self.args.backend!r} runs on the CPU only")
+        self.device = "cpu" if onnx else _resolve_device(self.args.device, resources)
         self.torch_threads = _set_torch_threads(resources)
-        self.encode_batch_size = self.args.encode_batch_size or (
-            CPU_ENCODE_BATCH_SIZE if self.device == "cpu" else self.args.max_batch_size
-        )
+        if self.args.encode_batch_size:
+            self.encode_batch_size = self.args.encode_batch_size
+        elif self.args.backend == "onnx-int8":
+            self.encode_batch_size = INT8_ENCODE_BATCH_SIZE
+        elif self.device == "cpu":
+            self.encode_batch_size = CPU_ENCODE_BATCH_SIZE
+        else:
+            self.encode_batch_size = self.args.max_batch_size
         projection = self._load_projection(self.args.projection_path)  # before the slow part
-        self.pipeline = FeaturePipeline(
-            MiniLMEncoder(
-                device=self.device,
-                max_seq_length=self.args.max_seq_length,
-                batch_size=self.encode_batch_size,  # sentence-transformers sorts by length
-            ),
-            projection,
-        )
+        self.pipeline = FeaturePipeline(self._encoder(resources), projection)
+        self.cache = ContextLRU(self.args.cache_size)
         # `@serve.batch` needs a real replica; in local testing mode embed() encodes each
         # prompt on its own (same numbers, no cross-request batching).
         self.batching = _in_serve_replica()
@@ -207,6 +231,27 @@ class Embedder:
             proj.dim,
         )
 
+    def _encoder(self, resources: dict[str, float] | None) -> Encoder:
+        """The configured backend's encoder (lazy imports: torch or onnxruntime)."""
+        a = self.args
+        if a.backend == "torch":
+            from core.minilm import MiniLMEncoder
+
+            return MiniLMEncoder(
+                device=self.device,
+                max_seq_length=a.max_seq_length,
+                batch_size=self.encode_batch_size,  # sentence-transformers sorts by length
+            )
+        from core.minilm_onnx import OnnxMiniLMEncoder
+
+        return OnnxMiniLMEncoder(
+            precision="int8" if a.backend == "onnx-int8" else "fp32",
+            max_seq_length=a.max_seq_length,
+            batch_size=self.encode_batch_size,  # sorted by length, as above
+            # Ray: the replica's whole CPUs, as for torch; outside Ray, ONNX Runtime's default.
+            threads=self.torch_threads if resources is not None else None,
+        )
+
     @staticmethod
     def _load_projection(path: str | None) -> Projection:
         if path is None:
@@ -218,12 +263,17 @@ class Embedder:
         return Projection.load(Path(path))
 
     async def _encode(self, texts: list[str], method: str) -> list[list[float]]:
+        """Encode `texts` (each distinct text once) and remember them in the LRU."""
+        unique = list(dict.fromkeys(texts))
         async with self._encode_lock:
-            contexts = await asyncio.to_thread(self.pipeline.contexts, texts)
-        self._batch_size_hist.observe(len(texts), tags={"method": method})
-        self._prompt_counter.inc(len(texts), tags={"method": method})
-        self._prompts += len(texts)
-        return contexts.tolist()
+            contexts = await asyncio.to_thread(self.pipeline.contexts, unique)
+        for text, vector in zip(unique, contexts, strict=True):
+            self.cache.put(text, vector)
+        self._batch_size_hist.observe(len(unique), tags={"method": method})
+        self._prompt_counter.inc(len(unique), tags={"method": method})
+        self._prompts += len(unique)
+        by_text = dict(zip(unique, contexts.tolist(), strict=True))
+        return [by_text[t] for t in texts]
 
     # Sizes here are defaults only: __init__ sets them from EmbedderArgs.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -236,6 +286,8 @@ class Embedder:
         """One prompt's context; batched with other concurrent calls."""
         # Validated before batching, so one bad prompt fails alone, not its whole batch.
         text = _clean(text, "prompt", self.args.max_prompt_chars)
+        if self.cache.capacity and (hit := self.cache.get(text)) is not None:
+            return hit.tolist()  # no batch wait, no encode
         if self.batching:
             return await self._embed_batch(text)
         return (await self._encode([text], "embed"))[0]
@@ -249,11 +301,17 @@ class Embedder:
         ]
         if not cleaned:
             return []
-        return await self._encode(cleaned, "embed_many")
+        if not self.cache.capacity:
+            return await self._encode(cleaned, "embed_many")
+        hits = [self.cache.get(t) for t in cleaned]
+        misses = [t for t, h in zip(cleaned, hits, strict=True) if h is None]
+        fresh = iter(await self._encode(misses, "embed_many") if misses else [])
+        return [next(fresh) if h is None else h.tolist() for h in hits]
 
     async def info(self) -> dict[str, Any]:
         proj = self.pipeline.projection
         return {
+            "backend": self.args.backend,
             "device": self.device,
             "torch_threads": self.torch_threads,
             "encoder": self.pipeline.encoder.name,
@@ -270,4 +328,5 @@ class Embedder:
             "batches": self._batches,
             "max_batch_seen": self._max_batch_seen,
             "prompts_embedded": self._prompts,
+            **self.cache.stats(),
         }

@@ -60,8 +60,11 @@ def test_args_defaults_and_validation() -> None:
     assert (a.device, a.max_seq_length, a.max_batch_size) == (None, 256, 32)
     assert (a.batch_wait_timeout_s, a.projection_path, a.max_prompt_chars) == (0.005, None, 100_000)
     assert a.encode_batch_size is None
+    assert (a.backend, a.cache_size) == ("torch", 0)
+    assert EmbedderArgs.model_validate({"backend": "onnx-int8"}).backend == "onnx-int8"
     assert EmbedderArgs.model_validate({"device": "cuda:1"}).device == "cuda:1"
-    for bad in ({"max_batch_size": 0}, {"device": "gpu"}, {"max_seq_length": 513}, {"x": 1}):
+    bads = ({"max_batch_size": 0}, {"device": "gpu"}, {"max_seq_length": 513}, {"x": 1})
+    for bad in (*bads, {"backend": "tensorrt"}, {"cache_size": -1}):
         with pytest.raises(ValidationError):
             EmbedderArgs.model_validate(bad)
     with pytest.raises(ValidationError):
@@ -96,6 +99,11 @@ def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explicit_missing_projection_path_is_an_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="projection_path"):
         Embedder.func_or_class({"projection_path": str(tmp_path / "nope.json")})
+
+
+def test_onnx_backend_is_cpu_only() -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        Embedder.func_or_class({"backend": "onnx-int8", "device": "cuda"})
 
 
 # --- local testing mode ----------------------------------------------------------------------
@@ -142,6 +150,52 @@ def test_local_long_prompt_is_cut(local_handle, pipeline: FeaturePipeline) -> No
     got = np.asarray(local_handle.embed.remote(long).result())
     # MiniLM reads only the first 256 tokens, so the cut changes nothing
     np.testing.assert_allclose(got, _expected(pipeline, [long[:2000]])[0], atol=1e-5)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def onnx_handle():
+    args = {"backend": "onnx-int8", "cache_size": 4}
+    return serve.run(Embedder.bind(args), name="embedder-onnx", _local_testing_mode=True)
+
+
+@pytest.mark.ray
+def test_local_onnx_int8_close_to_torch(onnx_handle, pipeline: FeaturePipeline) -> None:
+    got = np.asarray(onnx_handle.embed_many.remote(PROMPTS).result())
+    assert got.shape == (len(PROMPTS), 26) and np.all(got[:, -1] == 1.0)
+    assert _cos(got, _expected(pipeline, PROMPTS)).min() >= 0.99
+    info = onnx_handle.info.remote().result()
+    assert info["backend"] == "onnx-int8" and info["encoder"].endswith("onnx-int8/fp32-upto16")
+    assert info["encode_batch_size"] == 1 and info["device"] == "cpu"
+
+
+@pytest.mark.ray
+def test_local_cache_hits_return_identical_vectors(onnx_handle) -> None:
+    before = onnx_handle.info.remote().result()
+    text = "A prompt for the cache test: name three moons of Jupiter."
+    first = onnx_handle.embed.remote(text).result()
+    second = onnx_handle.embed.remote(text).result()
+    assert first == second
+    many = onnx_handle.embed_many.remote([text, "Another prompt.", "Another prompt."]).result()
+    assert many[0] == first and many[1] == many[2]
+    info = onnx_handle.info.remote().result()
+    assert info["cache_hits"] - before["cache_hits"] == 2  # second embed, many[0]
+    assert info["cache_misses"] - before["cache_misses"] == 3  # first embed, 2 x "Another"
+    assert info["prompts_embedded"] - before["prompts_embedded"] == 2  # duplicates encoded once
+    assert info["cache_capacity"] == 4 and info["cache_size"] <= 4
+
+
+@pytest.mark.ray
+def test_local_cache_off_by_default(local_handle) -> None:
+    before = local_handle.info.remote().result()
+    local_handle.embed.remote(PROMPTS[0]).result()
+    local_handle.embed.remote(PROMPTS[0]).result()
+    info = local_handle.info.remote().result()
+    assert info["cache_capacity"] == 0 and info["cache_hits"] == 0
+    assert info["prompts_embedded"] - before["prompts_embedded"] == 2
 
 
 # --- a real Serve instance on a local Ray ----------------------------------------------------
