@@ -13,25 +13,49 @@ from core.features import Projection, load_projection
 from core.minilm import MiniLMEncoder, encoder_name
 from core.registry import ModelSpec
 
+ENCODERS = ("torch", "onnx-fp32", "onnx-int8")
+
 
 class LazyMiniLM:
-    """The MiniLM encoder, loaded only on a cache miss (loading it takes seconds)."""
+    """The MiniLM encoder, loaded only on a cache miss (loading it takes seconds).
+
+    `backend` as `EmbedderArgs.backend`: torch (the reference) or an ONNX Runtime variant; the
+    name (the disk cache's key) differs per backend, so their embeddings never mix."""
 
     dim = 384
 
-    def __init__(self) -> None:
-        self.name = encoder_name()
-        self._encoder: MiniLMEncoder | None = None
+    def __init__(self, backend: str = "torch") -> None:
+        if backend not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {backend!r}")
+        self.backend = backend
+        if backend == "torch":
+            self.name = encoder_name()
+        else:
+            from core.minilm_onnx import onnx_encoder_name
+
+            self.name = onnx_encoder_name(precision=backend.removeprefix("onnx-"))
+        self._encoder: object | None = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._encoder is None:
-            self._encoder = MiniLMEncoder()
+            if self.backend == "torch":
+                self._encoder = MiniLMEncoder()
+            else:
+                from core.minilm_onnx import OnnxMiniLMEncoder
+
+                # passes of 1, as the Embedder runs int8 (see deployments/embedder.py)
+                precision = self.backend.removeprefix("onnx-")
+                self._encoder = OnnxMiniLMEncoder(
+                    precision=precision, batch_size=1 if precision == "int8" else 4
+                )
         return self._encoder.encode(texts)
 
 
-def contexts_for(data: RewardData, projection: Projection | None = None) -> np.ndarray:
+def contexts_for(
+    data: RewardData, projection: Projection | None = None, encoder: str = "torch"
+) -> np.ndarray:
     projection = projection or load_projection()
-    return projection.apply(cached_encode(data.prompts, LazyMiniLM()))
+    return projection.apply(cached_encode(data.prompts, LazyMiniLM(encoder)))
 
 
 def default_prices_path(warmup: Path | None, data: Path) -> Path:

@@ -13,14 +13,16 @@ from core.features import Projection, load_projection
 from core.priors import Priors, build_priors
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
 from core.replay.stream import Outcomes
-from paretoserve_cli.contexts import contexts_for, default_prices_path, load_specs
+from paretoserve_cli.contexts import ENCODERS, contexts_for, default_prices_path, load_specs
 
 
-def _stream(path: Path, projection: Projection, split: int | None, first: bool) -> Outcomes:
+def _stream(
+    path: Path, projection: Projection, split: int | None, first: bool, encoder: str = "torch"
+) -> Outcomes:
     """A reward file as outcomes; with a split seed, only one half of it (by prompt hash).
     Contexts are computed on the whole file so the embedding cache is shared by both halves."""
     data = load_reward_file(path)
-    contexts = contexts_for(data, projection)
+    contexts = contexts_for(data, projection, encoder)
     rows = np.arange(len(data))
     if split is not None:
         rows = np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
@@ -30,9 +32,13 @@ def _stream(path: Path, projection: Projection, split: int | None, first: bool) 
 def run(args: argparse.Namespace) -> int:
     projection = load_projection()
     split = args.holdout_split
-    data = _stream(args.data, projection, split, first=False)
+    data = _stream(args.data, projection, split, first=False, encoder=args.encoder)
     warm_path = args.warmup or (args.data if split is not None else None)
-    warm = _stream(warm_path, projection, split, first=True) if warm_path else None
+    warm = (
+        _stream(warm_path, projection, split, first=True, encoder=args.encoder)
+        if warm_path
+        else None
+    )
     prices = args.prices or default_prices_path(args.warmup, args.data)
     specs = load_specs(prices, sorted({*data.models, *(warm.models if warm else ())}))
     if args.priors == "none":
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "priors": priors_desc,
         "warmup_rows": len(warm.contexts) if warm else 0,
         "data_rows": len(data.contexts),
+        "encoder": args.encoder,
         "projection": projection.fingerprint + (" (fallback)" if projection.fallback else ""),
     }
     s = report["summary"]
@@ -146,6 +153,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="onboarding: multiply the newcomer's rewards (0.5 = a bad newcomer)",
+    )
+    p.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default="torch",
+        help="prompt encoder for the contexts, as EmbedderArgs.backend (default torch, the "
+        "reference); the embedding disk cache keys on it",
     )
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--plot", type=Path, help="write a PNG of spend, mix and reward over time")
