@@ -122,6 +122,16 @@ def load_prompts(n: int) -> tuple[list[str], str]:
     return [prompts[i % len(prompts)] for i in range(n)], source
 
 
+def load_pool() -> list[str]:
+    """Every distinct prompt of ../shared/data/val.jsonl (else the built-in set), file order."""
+    path = SHARED_DATA / "val.jsonl"
+    if not path.exists():
+        return list(BUILTIN_PROMPTS)
+    with path.open(encoding="utf-8") as f:
+        prompts = [p for line in f if line.strip() and (p := json.loads(line)["prompt"]).strip()]
+    return list(dict.fromkeys(prompts)) or list(BUILTIN_PROMPTS)
+
+
 def _summary(name: str, n: int, rates: list[float], **extra: Any) -> dict[str, Any]:
     """Best of the rounds (timeit's convention: other load on the machine only slows a run
     down), with the median and every run kept in the JSON."""
@@ -142,41 +152,67 @@ def _rate(n: int, fn: Callable[[], object]) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Row-wise cosine of two (n, d) arrays: min and mean."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"min": float(cos.min()), "mean": float(cos.mean())}
+
+
 def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any]]:
     """Modes 1 and 2, in interleaved rounds (machine noise falls on every mode alike).
 
     "padded" = one forward pass per batch; "length-sorted passes of C" = the batch sorted by
-    length and run in passes of C prompts, as the Embedder does on CPU."""
-    from core.features import FeaturePipeline, load_projection
+    length and run in passes of C prompts, as the Embedder does on CPU. Modes whose vectors
+    differ from the reference (truncation, ONNX Runtime) also report the cosine of their raw
+    embeddings and of their contexts to the reference's, over all the prompts."""
+    import torch
+
+    from core.features import load_projection
     from core.minilm import MiniLMEncoder
+    from core.minilm_onnx import OnnxMiniLMEncoder
     from deployments.embedder import CPU_ENCODE_BATCH_SIZE as chunk
 
-    projection = load_projection()
-    padded = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=max(BATCH_SIZES)), projection)
-    chunked = FeaturePipeline(MiniLMEncoder(device="cpu", batch_size=chunk), projection)
+    threads = torch.get_num_threads()
+    projection = load_projection()  # applied by hand: a max128 encoder is not its encoder
+    padded = MiniLMEncoder(device="cpu", batch_size=max(BATCH_SIZES))
+    encoders: list[tuple[str, Any, int]] = [
+        ("torch, 1 prompt per call (baseline)", padded, 1),
+        ("torch, batch 32, padded", padded, 32),
+        (f"torch, batch 32, length-sorted passes of {chunk}", None, 32),
+        (f"torch, max_seq_length 128, batch 32, passes of {chunk}", None, 32),
+        ("onnx-fp32, batch 32, passes of 4", None, 32),
+        ("onnx-int8, 1 prompt per call", None, 1),
+        ("onnx-int8, batch 32, passes of 1", None, 32),
+        ("onnx-int8, batch 32, passes of 4", None, 32),
+        ("onnx-int8-full (all MatMuls int8), batch 32, passes of 1", None, 32),
+    ]
+    builders: dict[int, Callable[[], Any]] = {
+        2: lambda: MiniLMEncoder(device="cpu", batch_size=chunk),
+        3: lambda: MiniLMEncoder(device="cpu", batch_size=chunk, max_seq_length=128),
+        4: lambda: OnnxMiniLMEncoder("fp32", batch_size=4, threads=threads),
+        5: lambda: OnnxMiniLMEncoder("int8", batch_size=1, threads=threads),
+        6: lambda: OnnxMiniLMEncoder("int8", batch_size=1, threads=threads),
+        7: lambda: OnnxMiniLMEncoder("int8", batch_size=4, threads=threads),
+        8: lambda: OnnxMiniLMEncoder("int8-full", batch_size=1, threads=threads),
+    }
+    encoders = [(n, e or builders[i](), b) for i, (n, e, b) in enumerate(encoders)]
 
-    def one_by_one() -> None:
-        for p in prompts:
-            padded.contexts([p])
-
-    def batched(pipeline: Any, b: int) -> Callable[[], None]:
+    def run_mode(encoder: Any, b: int) -> Callable[[], None]:
         def run() -> None:
             for i in range(0, len(prompts), b):
-                pipeline.contexts(prompts[i : i + b])
+                projection.apply(encoder.encode(prompts[i : i + b]))
 
         return run
 
-    modes: list[tuple[str, Callable[[], None]]] = [
-        ("torch, 1 prompt per call (baseline)", one_by_one)
-    ]
-    for b in BATCH_SIZES:
-        modes.append((f"torch, batch {b}, padded", batched(padded, b)))
-        if b > chunk:
-            modes.append(
-                (f"torch, batch {b}, length-sorted passes of {chunk}", batched(chunked, b))
-            )
-    padded.contexts(list(prompts[:64]))  # warm-up: allocator, kernels, tokenizer caches
-    chunked.contexts(list(prompts[:64]))
+    modes = [(name, run_mode(enc, b)) for name, enc, b in encoders]
+    ref = padded.encode(list(prompts))  # sentence-transformers sorts, passes of 64
+    ref_ctx = projection.apply(ref)
+    quality: dict[str, dict[str, float]] = {}
+    for name, enc, b in encoders[2:]:
+        emb = np.concatenate([enc.encode(prompts[i : i + b]) for i in range(0, len(prompts), b)])
+        c, cc = _cosines(emb, ref), _cosines(projection.apply(emb), ref_ctx)
+        quality[name] = {"cos_min": c["min"], "cos_mean": c["mean"], "ctx_cos_min": cc["min"]}
     rates: dict[str, list[float]] = {name: [] for name, _ in modes}
     cpu_rates: dict[str, list[float]] = {name: [] for name, _ in modes}
     for _ in range(repeats):
@@ -185,7 +221,13 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
             rates[name].append(wall)
             cpu_rates[name].append(cpu)
     return [
-        _summary(name, len(prompts), rates[name], per_cpu_s=max(cpu_rates[name]))
+        _summary(
+            name,
+            len(prompts),
+            rates[name],
+            per_cpu_s=max(cpu_rates[name]),
+            **quality.get(name, {}),
+        )
         for name, _ in modes
     ]
 
@@ -211,92 +253,148 @@ def _ms(latencies: list[float], q: float) -> float:
 
 
 _REPLICA_KEYS = (
+    "backend",
     "device",
     "torch_threads",
     "max_batch_size",
     "batch_wait_timeout_s",
     "encode_batch_size",
     "batching",
+    "cache_capacity",
 )
+
+# (label, EmbedderArgs, replicas, stream): stream "same" = the benchmark's prompts every round;
+# "unique" = fresh, never-seen prompts every round (a cache can only miss); "repeats" = each
+# round draws n requests uniformly from its own n/2 fresh prompts (~57% of requests repeat one).
+SERVE_CONFIGS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("torch", {"batch_wait_timeout_s": 0.05}, 1, "same"),
+    ("onnx-int8", {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05}, 1, "same"),
+    ("onnx-int8-2rep", {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05}, 2, "same"),
+    (
+        "onnx-int8-lru-unique",
+        {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05, "cache_size": 8192},
+        1,
+        "unique",
+    ),
+    (
+        "onnx-int8-lru-repeats",
+        {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05, "cache_size": 8192},
+        1,
+        "repeats",
+    ),
+]
+
+
+def _stream(kind: str, prompts: Sequence[str], pool: Sequence[str], rnd: int) -> list[str]:
+    n = len(prompts)
+    if kind == "same":
+        return list(prompts)
+    if kind == "unique":
+        return [pool[(rnd * n + i) % len(pool)] for i in range(n)]
+    half = n // 2
+    fresh = [pool[(rnd * half + i) % len(pool)] for i in range(half)]
+    rng = np.random.default_rng(rnd)
+    return [fresh[i] for i in rng.integers(0, half, size=n)]
 
 
 def bench_serve(
-    prompts: Sequence[str], replica_cpus: float, repeats: int
+    prompts: Sequence[str], pool: Sequence[str], replica_cpus: float, repeats: int
 ) -> tuple[list[dict], dict]:
-    """Mode 3, on one replica at a time: the default Embedder (`embed` and `embed_many([p])`
-    in interleaved rounds), then `embed` with a 50 ms batch wait, sorted and padded."""
+    """Mode 3: every configuration deployed at once (one app each), driven in interleaved
+    rounds together with the in-process baseline (re-measured here, so the Serve rows' ratios
+    are against a baseline taken under the same load)."""
     import ray
     from ray import serve
 
+    from core.features import FeaturePipeline, load_projection
+    from core.minilm import MiniLMEncoder
     from deployments.embedder import Embedder
 
+    baseline = FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")
-        rows: list[dict[str, Any]] = []
         replica: dict[str, Any] = {"num_cpus": replica_cpus}
-        configs: list[tuple[str, dict[str, Any], bool]] = [
-            ("default", {}, True),
-            ("wait50ms", {"batch_wait_timeout_s": 0.05}, False),
-            ("wait50ms-padded", {"batch_wait_timeout_s": 0.05, "encode_batch_size": 32}, False),
-        ]
-        for label, args, with_unbatched in configs:
+        handles = {}
+        for label, args, replicas, _ in SERVE_CONFIGS:
             app = Embedder.options(
                 ray_actor_options={"num_cpus": replica_cpus},
-                num_replicas=1,
+                num_replicas=replicas,
                 autoscaling_config=None,
             ).bind(args)
-            handle = serve.run(app, name=f"bench-embedder-{label}", route_prefix=None)
-            info = handle.info.remote().result()
-            replica[label] = {k: info[k] for k in _REPLICA_KEYS}
-            rows += asyncio.run(_serve_rows(handle, prompts, info, with_unbatched, repeats))
-            serve.delete(f"bench-embedder-{label}")
+            handles[label] = serve.run(app, name=f"bench-embedder-{label}", route_prefix=None)
+            info = handles[label].info.remote().result()
+            replica[label] = {"replicas": replicas, **{k: info[k] for k in _REPLICA_KEYS}}
+        rows = asyncio.run(_serve_rounds(handles, prompts, pool, repeats, baseline))
         return rows, replica
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-async def _serve_rows(
-    handle: Any,
+async def _serve_rounds(
+    handles: dict[str, Any],
     prompts: Sequence[str],
-    info: dict[str, Any],
-    with_unbatched: bool,
+    pool: Sequence[str],
     repeats: int,
+    baseline: Any,
 ) -> list[dict[str, Any]]:
-    async def embed(p: str) -> object:
-        return await handle.embed.remote(p)
+    base_name = "torch, 1 prompt per call (baseline, re-measured between Serve rounds)"
+    modes: list[tuple[str, str, Callable[[str], Any], str]] = []
+    for label, _, replicas, stream in SERVE_CONFIGS:
+        h = handles[label]
+        args = dict(next(c[1] for c in SERVE_CONFIGS if c[0] == label))
+        desc = f"Serve `embed`, {label}, {replicas} replica{'s' * (replicas > 1)}, " + (
+            f"wait {args['batch_wait_timeout_s'] * 1000:g} ms, {stream} prompts"
+        )
 
-    async def embed_single(p: str) -> object:
-        return await handle.embed_many.remote([p])
+        async def embed(p: str, h: Any = h) -> object:
+            return await h.embed.remote(p)
 
-    settings = (
-        f"max {info['max_batch_size']}, wait {info['batch_wait_timeout_s'] * 1000:g} ms, "
-        f"passes of {info['encode_batch_size']}"
-    )
-    modes = [(f"Serve `embed`, batched ({settings})", embed)]
-    if with_unbatched:
-        modes.append(("Serve `embed_many([p])`, unbatched", embed_single))
-    for _, call in modes:
-        await _drive(call, prompts[:64])  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name, _ in modes}
-    latencies: dict[str, list[float]] = {name: [] for name, _ in modes}
-    batches = 0
-    for _ in range(repeats):
-        for name, call in modes:
-            before = await handle.info.remote()
-            seconds, lat = await _drive(call, prompts)
-            after = await handle.info.remote()
-            rates[name].append(len(prompts) / seconds)
+        modes.append((desc, label, embed, stream))
+        if label == "torch":
+
+            async def embed_single(p: str, h: Any = h) -> object:
+                return await h.embed_many.remote([p])
+
+            modes.append(("Serve `embed_many([p])`, torch, unbatched", label, embed_single, stream))
+    for _, _, call, _ in modes:
+        await _drive(call, BUILTIN_PROMPTS)  # warm-up on prompts outside the streams
+    for p in prompts[:16]:
+        baseline.contexts([p])
+    rates: dict[str, list[float]] = {name: [] for name, *_ in modes}
+    rates[base_name] = []
+    latencies: dict[str, list[float]] = {name: [] for name, *_ in modes}
+    counts: dict[str, dict[str, int]] = {
+        name: {"batches": 0, "prompts": 0, "hits": 0, "misses": 0} for name, *_ in modes
+    }
+    for rnd in range(repeats):
+        t0 = time.perf_counter()
+        for p in prompts:
+            baseline.contexts([p])
+        rates[base_name].append(len(prompts) / (time.perf_counter() - t0))
+        for name, label, call, stream in modes:
+            texts = _stream(stream, prompts, pool, rnd)
+            before = await handles[label].info.remote()
+            seconds, lat = await _drive(call, texts)
+            after = await handles[label].info.remote()  # one replica's counters
+            rates[name].append(len(texts) / seconds)
             latencies[name] += lat
-            if call is embed:
-                batches += after["batches"] - before["batches"]
-    rows = []
-    for name, _ in modes:
+            c = counts[name]
+            c["batches"] += after["batches"] - before["batches"]
+            c["prompts"] += len(texts)
+            c["hits"] += after["cache_hits"] - before["cache_hits"]
+            c["misses"] += after["cache_misses"] - before["cache_misses"]
+    rows = [_summary(base_name, len(prompts), rates[base_name])]
+    for name, label, _call, _ in modes:
         lat = latencies[name]
+        c = counts[name]
         extra: dict[str, Any] = {"p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99)}
-        if name == modes[0][0]:
-            extra["mean_batch"] = round(len(prompts) * repeats / batches, 2)
+        single = "2rep" not in label
+        if single and c["batches"] and "embed_many" not in name:
+            extra["mean_batch"] = round((c["prompts"] - c["hits"]) / c["batches"], 2)
+        if single and c["hits"] + c["misses"]:
+            extra["hit_rate"] = round(c["hits"] / (c["hits"] + c["misses"]), 3)
         rows.append(_summary(name, len(prompts), rates[name], **extra))
     return rows
 
@@ -314,6 +412,7 @@ def token_lengths(prompts: Sequence[str], max_seq_length: int = 256) -> dict[str
 
 
 def machine_info() -> dict[str, Any]:
+    import onnxruntime
     import ray
     import sentence_transformers
     import torch
@@ -326,15 +425,16 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sentence_transformers": sentence_transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "ray": ray.__version__,
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| mode | prompts/s | x baseline | median prompts/s | prompts/CPU-s | p50 ms | p99 ms "
-        "| mean batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | prompts/s | x baseline | median prompts/s | prompts/CPU-s | cosine min / mean "
+        "| context cosine min | p50 ms | p99 ms | mean batch | hit rate |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def cell(r: dict[str, Any], key: str, fmt: str) -> str:
@@ -344,8 +444,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['mode']} | {r['prompts_per_s']:.1f} | {r['ratio']:.2f} "
             f"| {r['median_prompts_per_s']:.1f} | {cell(r, 'per_cpu_s', '.1f')} "
+            + (f"| {r['cos_min']:.4f} / {r['cos_mean']:.4f} " if "cos_min" in r else "| ")
+            + f"| {cell(r, 'ctx_cos_min', '.4f')} "
             f"| {cell(r, 'p50_ms', '.0f')} | {cell(r, 'p99_ms', '.0f')} "
-            f"| {cell(r, 'mean_batch', '.1f')} |"
+            f"| {cell(r, 'mean_batch', '.1f')} | {cell(r, 'hit_rate', '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -383,10 +485,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = bench_in_process(prompts, args.repeats)
     replica: dict[str, Any] | None = None
     if not args.no_serve:
-        serve_rows, replica = bench_serve(prompts, float(args.threads), args.repeats)
+        serve_rows, replica = bench_serve(prompts, load_pool(), float(args.threads), args.repeats)
         rows += serve_rows
+    # Ratios: in-process rows against the in-process baseline; Serve rows against the baseline
+    # re-measured between the Serve rounds (the first Serve row).
     base = rows[0]["prompts_per_s"]
     for r in rows:
+        if r["mode"].startswith("torch, 1 prompt per call (baseline, re-measured"):
+            base = r["prompts_per_s"]
         r["ratio"] = r["prompts_per_s"] / base
     machine["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     result = {
