@@ -78,6 +78,8 @@ class DurableRouter:
         decisions = [r for r in store.pending_after(snap_t) if r.expires_at > now]
         events = store.events_after(snap_seq)
         durable = cls(router, store, config, applied_seq=snap_seq, now=now)
+        if snap is not None:
+            durable._rekey_from_store()
         skipped, di = 0, 0
         for ev in events:  # decisions and events interleave by t; a decision comes first
             while di < len(decisions) and decisions[di].t <= ev.t:
@@ -96,6 +98,15 @@ class DurableRouter:
             replayed_events=len(events),
             skipped_events=skipped,
         )
+
+    def _rekey_from_store(self) -> None:
+        """A fallback after the snapshot re-keyed a decision the snapshot holds: the recorded
+        row names the model that answered, so it wins over the snapshot's."""
+        for rid, entry in list(self.router.pending.items()):
+            row = self.store.get_pending(rid)
+            if row is not None and row.model in self.router.slots:
+                if self.router.slots[row.model] != entry.slot:
+                    self.router.answered_by(rid, row.model, row.x, row.forced)
 
     def _replay_decision(self, row: PendingRow) -> None:
         if row.request_id in self.router.pending or row.model not in self.router.slots:
@@ -162,6 +173,30 @@ class DurableRouter:
         else:
             self._rekey(request_id, d.model)
         return d
+
+    def answered_by(
+        self, request_id: str, model: str, x: np.ndarray, forced: bool, now: float
+    ) -> str:
+        """Router.answered_by, with a restored decision or re-key recorded too."""
+        outcome = self.router.answered_by(request_id, model, x, forced)
+        if outcome == "rekeyed":
+            self._rekey(request_id, model)
+        elif outcome == "adopted":
+            entry = self.router.pending[request_id]
+            expires = now + self.config.pending_ttl_s
+            self._unflushed.append(
+                PendingRow(
+                    request_id=request_id,
+                    model=model,
+                    x=np.asarray(entry.x, dtype=np.float64),
+                    t=entry.t,
+                    forced=entry.forced,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+            self.expiry[request_id] = expires
+        return outcome
 
     def fail(
         self,

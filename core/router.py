@@ -501,6 +501,20 @@ class Router:
             reasons,
         )
 
+    def resume(self, request_id: str, direct: bool) -> Decision | None:
+        """The decision already made under `request_id`, if it is pending and not yet charged:
+        a caller whose route call was lost (the Router died mid-call) picks it up instead of
+        deciding twice. None: no such decision, route again."""
+        entry = self.pending.get(request_id)
+        if entry is None or entry.charged:
+            return None
+        none = np.empty(0)
+        model = self._slot_models[entry.slot]
+        return Decision(
+            request_id, model, entry.t, self.pacer.dual, entry.forced, direct, (model,),
+            none, none, none, none,
+        )  # fmt: skip
+
     def _skip(
         self,
         mask: np.ndarray,
@@ -591,6 +605,30 @@ class Router:
             mask,
             reasons,
         )
+
+    def answered_by(self, request_id: str, model: str, x: np.ndarray, forced: bool) -> str:
+        """Make sure the pending decision of an answered request names `model`, the one that
+        answered, before it is charged. A Router that restarted may have lost the decision
+        (made after its last flush) or a fallback's re-key; the caller, who holds the context,
+        restores it. Returns "known", "rekeyed" or "adopted" (or "settled" if already charged
+        and rewarded). An adopted decision is a pull at the current time."""
+        if request_id in self.applied and request_id not in self.pending:
+            return "settled"
+        entry = self.pending.get(request_id)
+        if model not in self.slots:
+            raise NoEligibleModelError({model: "not registered"})
+        slot = self.slots[model]
+        if entry is not None:
+            if entry.slot == slot:
+                return "known"
+            entry.slot = slot
+            return "rekeyed"
+        x = self._check_context(x)
+        self.bandit.t += 1
+        self.bandit.mark_pull(slot)
+        self.context_sum += x
+        self.pending[request_id] = _Pending(slot, x, self.bandit.t, forced)
+        return "adopted"
 
     def fail(
         self,

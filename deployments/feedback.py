@@ -9,6 +9,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.store import StateStore
+from deployments.router_calls import retrying
 
 
 @serve.deployment(name="Feedback", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
@@ -21,4 +22,5 @@ class FeedbackDeployment:
         """'applied' or 'duplicate'; an unknown id or a bad reward raises (the ingress maps)."""
         if await asyncio.to_thread(self.store.has_event, request_id, "feedback"):
             return "duplicate"
-        return await self.router.feedback.remote(request_id, reward)
+        # Safe to repeat: a feedback journalled before the Router died answers "duplicate".
+        return await retrying(lambda: self.router.feedback.remote(request_id, reward))

@@ -53,6 +53,7 @@ from core.registry import ModelSpec
 from core.simulator import estimate_tokens
 from deployments.clients.errors import ProviderError
 from deployments.http_errors import HTTPError, cause, error_response, to_http
+from deployments.router_calls import retrying
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(
@@ -199,6 +200,9 @@ class Ingress:
             tag_keys=("hop",),
         )
         self._m_errors = Counter("paretoserve_http_errors", "error responses", tag_keys=("status",))
+        self._m_router_retries = Counter(
+            "paretoserve_router_retries", "Router calls repeated after the Router replica died"
+        )
 
     async def _call(self, hop: str, response):
         start = time.perf_counter()
@@ -274,13 +278,11 @@ class Ingress:
         x = await self._call("embed", self.embedder.embed.remote(text))
         limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else None
         model = None if body.model == "auto" else body.model
-        decision = await self._call(
-            "route", self.router.route.remote(x, limits or None, model, rid)
-        )
+        decision = await self._call("route", self._decide(x, limits or None, model, rid))
         spec = ModelSpec.model_validate(decision["spec"])
         req = ProviderRequest.from_chat(rid, body, spec)
         if body.stream:
-            return await self._stream(body, req, decision, limits or None)
+            return await self._stream(body, req, decision, limits or None, x)
         failed: list[str] = []
         while True:
             try:
@@ -294,7 +296,8 @@ class Ingress:
                 req = ProviderRequest.for_model(req, spec)
         self._count(spec, decision, body.stream)
         cost = _cost(spec, resp.usage)
-        await self._call("charge", asyncio.shield(self._send_charge(rid, cost, spec.id)))
+        charge = self._send_charge(rid, cost, spec.id, x, decision["forced"])
+        await self._call("charge", asyncio.shield(charge))
         info = self._info(decision, cost, resp.recorded_reward, failed)
         out = ChatCompletionResponse.build(resp, info)
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
@@ -302,6 +305,25 @@ class Ingress:
         return JSONResponse(
             out.model_dump(mode="json"), headers={"x-paretoserve-cost-usd": f"{cost:.10g}"}
         )
+
+    async def _decide(self, x, limits: dict | None, model: str | None, rid: str) -> dict:
+        """Route; if the Router died mid-call, pick up the decision if it survived, else route
+        again under the same request id."""
+        first = True
+
+        async def once() -> dict:
+            nonlocal first
+            if not first:
+                d = await self.router.resume.remote(rid, model is not None)
+                if d is not None:
+                    return d
+            first = False
+            return await self.router.route.remote(x, limits, model, rid)
+
+        return await retrying(once, self._router_retry)
+
+    def _router_retry(self) -> None:
+        self._m_router_retries.inc()
 
     def _count(self, spec: ModelSpec, decision: dict, stream: bool) -> None:
         self._m_requests.inc(
@@ -326,13 +348,17 @@ class Ingress:
             fallback_from=list(failed) if failed else None,
         )
 
-    def _send_charge(self, rid: str, cost: float, model: str) -> asyncio.Task:
+    def _send_charge(
+        self, rid: str, cost: float, model: str, x: list[float], forced: bool
+    ) -> asyncio.Task:
         """Charge the Router in a task of its own, outside the request's context: when a client
-        hangs up, Serve cancels every call its request made, and a charge must land anyway."""
+        hangs up, Serve cancels every call its request made, and a charge must land anyway.
+        The context goes along so that a restarted Router can restore a lost decision."""
 
         async def charge() -> None:
             try:
-                await self.router.charge.remote(rid, cost, model)
+                call = self.router.charge.remote
+                await retrying(lambda: call(rid, cost, model, x, forced), self._router_retry)
             except Exception:
                 log.exception("charge of %s ($%.6g to %s) failed", rid, cost, model)
                 raise
@@ -348,6 +374,7 @@ class Ingress:
         req: ProviderRequest,
         decision: dict,
         limits: dict | None,
+        x: list[float],
     ) -> StreamingResponse:
         rid = decision["request_id"]
         spec = req.spec
@@ -396,10 +423,11 @@ class Ingress:
             finally:
                 if not completed:  # failed, or the client went away: the provider still bills
                     chunks.cancel()  # stop the upstream generation
-                    self._send_charge(rid, _cost(spec, _so_far(req, streamed)), spec.id)
+                    so_far = _cost(spec, _so_far(req, streamed))
+                    self._send_charge(rid, so_far, spec.id, x, decision["forced"])
             usage = last.usage or _so_far(req, streamed)  # some servers send no usage
             cost = _cost(spec, usage)
-            await asyncio.shield(self._send_charge(rid, cost, spec.id))
+            await asyncio.shield(self._send_charge(rid, cost, spec.id, x, decision["forced"]))
             yield chunk(
                 Delta(),
                 last.finish_reason or "stop",

@@ -118,6 +118,11 @@ class RouterDeployment:
             "spec": self.durable.router.registry.specs[d.model].model_dump(mode="json"),
         }
 
+    async def resume(self, request_id: str, direct: bool = False) -> dict[str, Any] | None:
+        """The pending decision under `request_id` (see core.router.Router.resume)."""
+        d = self.durable.router.resume(request_id, direct)
+        return None if d is None else self._decision(d)
+
     async def fallback(
         self,
         request_id: str,
@@ -162,7 +167,24 @@ class RouterDeployment:
         self._m_cooldowns.inc(tags={"model": model, "status": str(status)})
         return cd.to_json(now)
 
-    async def charge(self, request_id: str, cost_usd: float, model: str = "") -> str:
+    async def charge(
+        self,
+        request_id: str,
+        cost_usd: float,
+        model: str = "",
+        x: list[float] | None = None,
+        forced: bool = False,
+    ) -> str:
+        """Charge an answered request. With its context `x`, a decision this replica does not
+        know (made by a predecessor that died before flushing it) or keyed to another model (a
+        lost fallback re-key) is first restored, so the answer is always accounted."""
+        if x is not None and model:
+            self._start_writer()
+            outcome = self.durable.answered_by(
+                request_id, model, np.asarray(x, dtype=np.float64), forced, time.time()
+            )
+            if outcome in ("rekeyed", "adopted"):
+                log.warning("charge of %s: decision %s (model %s)", request_id, outcome, model)
         status = await self._journal(request_id, "charge", cost_usd)
         if status == FeedbackStatus.APPLIED:
             self._m_spend.inc(cost_usd, tags={"model": model or "unknown"})

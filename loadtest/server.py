@@ -168,7 +168,7 @@ def replica_pids(app: ServedApp) -> dict[str, list[int]]:
         except OSError:
             continue
         if title.startswith("ray::ServeReplica:"):
-            name = title.split(":")[2].split(".")[0].strip()
+            name = title.rsplit(":", 1)[-1].split(".")[0].strip()
             out.setdefault(name, []).append(pid)
     return out
 

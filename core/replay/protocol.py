@@ -151,7 +151,10 @@ def run_seed(
         spec.scenario, data.models, warmup.models if warmup is not None else None
     )
     warm_order, rows = stream_orders(
-        len(warmup.contexts) if warmup is not None else None, len(data.contexts), spec.scenario, seed
+        len(warmup.contexts) if warmup is not None else None,
+        len(data.contexts),
+        spec.scenario,
+        seed,
     )
     config = RouterConfig(
         bandit=spec.bandit,

@@ -283,3 +283,58 @@ def test_fallback_rekeys_the_recorded_decision_and_recovery_sees_it(tmp_path: Pa
     with pytest.raises(UnknownRequestError):
         r.feedback("gone", 1.0)
     again.store.close()
+
+
+# ---------------------------------------------------------------- a Router that died mid-request
+
+
+def test_resume_returns_a_pending_uncharged_decision_only() -> None:
+    r = _router()
+    d = r.route(_x(1), request_id="rid")
+    back = r.resume("rid", direct=False)
+    assert (back.request_id, back.model, back.t, back.forced) == ("rid", d.model, d.t, d.forced)
+    assert r.resume("unknown", direct=False) is None
+    r.charge("rid", 1e-4)
+    assert r.resume("rid", direct=False) is None  # answered already: route anew is wrong too
+
+
+def test_answered_by_restores_a_lost_decision_and_a_lost_rekey(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    durable = _durable(path)
+    d = durable.route(_x(3), None, None, NOW, "kept")
+    _flush(durable)
+    durable.store.close()  # the Router dies: "kept" was flushed, "lost" never existed here
+
+    again = _durable(path)
+    r = again.router
+    t0, pulls_a = r.t, int(r.bandit.pulls[r.slots["a"]])
+    other = next(m for m in ("a", "b", "c") if m != d.model)
+    # "kept" was re-keyed by a fallback the dead replica never flushed: the answer says `other`
+    assert again.answered_by("kept", other, _x(3), False, NOW) == "rekeyed"
+    assert r.slot_models[r.pending["kept"].slot] == other
+    assert again.answered_by("kept", other, _x(3), False, NOW) == "known"
+    # "lost" was routed to a and answered, but its decision died with the replica
+    assert again.answered_by("lost", "a", _x(4), False, NOW) == "adopted"
+    assert r.t == t0 + 1 and int(r.bandit.pulls[r.slots["a"]]) == pulls_a + 1
+    assert r.charge("lost", 2e-4) == FeedbackStatus.APPLIED
+    assert r.feedback("lost", 0.5) == FeedbackStatus.APPLIED
+    _flush(durable := again)
+    assert durable.store.get_pending("kept").model == other
+    assert durable.store.get_pending("lost").model == "a"
+    again.store.close()
+
+
+def test_a_rekey_after_the_snapshot_survives_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    durable = _durable(path)
+    d = durable.route(_x(5), None, None, NOW, "r")
+    _flush(durable)
+    durable.save_snapshot(*durable.take_snapshot(NOW), NOW)  # holds "r" on its first model
+    fb = durable.fallback("r", d.model, NOW)
+    _flush(durable)  # the re-key reaches the recorded row, not the snapshot
+    durable.store.close()
+
+    again = _durable(path)
+    r = again.router
+    assert r.slot_models[r.pending["r"].slot] == fb.model != d.model
+    again.store.close()

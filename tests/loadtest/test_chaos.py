@@ -1,0 +1,52 @@
+"""A short chaos run (the documented long one: `paretoserve loadtest chaos --minutes 10`):
+traffic with delayed feedback while the Router replica is SIGKILLed and providers fail 20% of
+attempts. Every answered chat is charged, every acknowledged feedback is applied exactly once
+to the model that answered, and requests survive the restarts and the faults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paretoserve_cli.main import main
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("chaos") / "chaos.json"
+    rc = main(
+        [
+            "loadtest", "chaos", "--minutes", "0.8", "--kill-every-s", "15",
+            "--fault-rate", "0.2", "--concurrency", "8", "--feedback-delay-ms", "1000",
+            "--sim-time-scale", "0.05", "--json", str(out),
+        ]
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    data["exit_code"] = rc
+    return data
+
+
+def test_the_router_was_killed_and_requests_survived(report) -> None:
+    assert len(report["router_kills"]) >= 2
+    req = report["requests"]
+    assert req["sent"] > 50
+    assert req["answered_share"] >= 0.99, req["errors"]
+    # faults were injected and fell back: more than one model answered
+    assert len(req["answered_by"]) >= 2
+
+
+def test_no_acknowledged_feedback_lost_or_applied_twice(report) -> None:
+    fb = report["feedback"]
+    assert fb["acknowledged"] >= report["requests"]["answered"] - fb["never_acknowledged"]
+    assert fb["lost"] == 0
+    assert fb["double_applied"] == 0
+    assert report["exit_code"] == 0
+
+
+def test_every_answered_chat_was_charged(report) -> None:
+    spend = report["spend"]
+    assert spend["router_charges"] >= report["requests"]["answered"]
+    assert spend["router_spend_usd"] >= spend["answered_cost_usd"] * (1 - 1e-9)
