@@ -52,6 +52,9 @@ def fault_behaviour(rate: float) -> dict:
 async def _kill_router_every(app: ServedApp, every_s: float, stop: asyncio.Event) -> list[float]:
     kills: list[float] = []
     start = time.monotonic()
+    if every_s <= 0:  # a soak: no kills
+        await stop.wait()
+        return kills
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), every_s)

@@ -310,7 +310,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = lsub.add_parser("chaos", help="traffic while killing the Router and injecting faults")
     c.add_argument("--minutes", type=_positive, default=10.0)
-    c.add_argument("--kill-every-s", type=_positive, default=60.0)
+    c.add_argument("--kill-every-s", type=float, default=60.0, help="0 = never (a soak)")
     c.add_argument(
         "--fault-rate",
         type=float,
