@@ -65,7 +65,6 @@ class Passthrough:
             raise ValueError(f"model_id: {model_id!r} is not one of {sorted(self.specs)}")
         self.default = self.specs[model_id] if model_id is not None else specs[0]
         self.client = SimulatedClient(SimulatorConfig.model_validate(simulator or {}))
-        self.client.set_models(specs)
 
     @app.post("/v1/chat/completions")
     async def chat(self, body: ChatCompletionRequest, request: Request) -> JSONResponse:

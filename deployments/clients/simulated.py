@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 
 from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
-from core.registry import ModelSpec
 from core.simulator import SimPlan, Simulator, SimulatorConfig
 from deployments.clients.errors import ProviderError
 
@@ -23,9 +22,6 @@ class SimulatedClient:
     def __init__(self, config: SimulatorConfig | None = None, tokens_per_chunk: int = 4) -> None:
         self.simulator = Simulator(config)
         self.tokens_per_chunk = max(1, tokens_per_chunk)  # fewer, larger chunks: fewer wakeups
-
-    def set_models(self, specs: list[ModelSpec]) -> None:
-        """A no-op, kept for older callers: the model table travels in each request."""
 
     async def _attempt(self, req: ProviderRequest) -> SimPlan:
         """This attempt's injected fault, played out (raised), else its plan after any spike."""
