@@ -269,8 +269,10 @@ class Embedder:
             contexts = await asyncio.to_thread(self.pipeline.contexts, unique)
         for text, vector in zip(unique, contexts, strict=True):
             self.cache.put(text, vector)
-        self._batch_size_hist.observe(len(unique), tags={"method": method})
-        self._prompt_counter.inc(len(unique), tags={"method": method})
+        # The metrics count prompts as callers sent them (a repeat within a batch is encoded
+        # once but served twice); info()'s `prompts_embedded` counts the encodes.
+        self._batch_size_hist.observe(len(texts), tags={"method": method})
+        self._prompt_counter.inc(len(texts), tags={"method": method})
         self._prompts += len(unique)
         by_text = dict(zip(unique, contexts.tolist(), strict=True))
         return [by_text[t] for t in texts]

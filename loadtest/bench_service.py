@@ -145,11 +145,14 @@ def app_args(
     state_dir: Path, time_scale: float, embed_batch_wait_s: float | None = None
 ) -> dict[str, Any]:
     """graphs.app:build_app args: serve_config.yaml's, with state under `state_dir`, the
-    simulated provider's time_scale set and, if given, the Embedder's batch wait."""
+    simulated provider's time_scale set and, if given, the Embedder's batch wait. The
+    Embedder's prompt cache is off: the runs repeat prompts (warm-up, rounds), and cache hits
+    would measure the cache instead of the encode path that unseen prompts take."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     args = copy.deepcopy(config["applications"][0]["args"])
     args["state_path"] = str(state_dir.resolve() / "paretoserve.db")
     args["providers"]["simulated"].setdefault("options", {})["time_scale"] = time_scale
+    args.setdefault("embedder", {})["cache_size"] = 0
     if embed_batch_wait_s is not None:
         args.setdefault("embedder", {})["batch_wait_timeout_s"] = embed_batch_wait_s
     return args
