@@ -72,6 +72,20 @@ async def _kill_router_every(app: ServedApp, every_s: float, stop: asyncio.Event
     return kills
 
 
+async def _sample_memory(app: ServedApp, every_s: float, stop: asyncio.Event) -> list[dict]:
+    """Resident memory of each deployment every `every_s` seconds until `stop`."""
+    samples: list[dict] = []
+    start = time.monotonic()
+    while True:
+        rss = await asyncio.to_thread(replica_rss_mib, app)
+        samples.append({"t_s": round(time.monotonic() - start, 1), "mib": rss})
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+            return samples
+        except TimeoutError:
+            pass
+
+
 async def _state_when_up(driver: LiveDriver, timeout_s: float = 180.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -112,11 +126,13 @@ async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dic
                 await driver.admin("PATCH", f"/admin/models/{m}", body)
         stop = asyncio.Event()
         killer = asyncio.create_task(_kill_router_every(app, cfg.kill_every_s, stop))
+        sampler = asyncio.create_task(_sample_memory(app, 60.0, stop))
         start = time.perf_counter()
         answers = await driver.run_for(prompts, cfg.seconds, "chaos")
         elapsed = time.perf_counter() - start
         stop.set()
         kills = await killer
+        memory_timeline = await sampler
         await driver.drain_feedback()
         await _state_when_up(driver)  # the Router is back before the retries
         await driver.retry_failed_feedback()
@@ -159,5 +175,5 @@ async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dic
         },
         "latency_ms": percentiles_ms([a.latency_s for a in ok]),
         "throughput_rps": len(ok) / elapsed if elapsed > 0 else None,
-        "memory_mib": {"start": memory_start, "end": memory_end},
+        "memory_mib": {"start": memory_start, "end": memory_end, "every_60s": memory_timeline},
     }
