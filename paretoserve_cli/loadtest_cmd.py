@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from loadtest.live_replay import LiveDriver, LivePlan, run_plan
 from loadtest.prompts import load_prompts
 from loadtest.server import ADMIN_KEY_ENV, base_config, serve_app
 from paretoserve_cli.contexts import contexts_for, default_prices_path, load_specs
-from paretoserve_cli.replay_cmd import _positive, _priors_arg
+from paretoserve_cli.replay_cmd import _positive, _priors_arg, print_summary, write_json
 
 
 def _rows(data: RewardData, split: int | None, first: bool) -> np.ndarray:
@@ -145,10 +144,7 @@ async def _drive(args: argparse.Namespace, plan: LivePlan, url: str, admin_key: 
 def replay(args: argparse.Namespace) -> int:
     plan, server = _plan(args)
     if args.url:
-        admin_key = os.environ.get(ADMIN_KEY_ENV)
-        if not admin_key:
-            raise ValueError(f"--url needs the service's admin key in ${ADMIN_KEY_ENV}")
-        report = asyncio.run(_drive(args, plan, args.url, admin_key))
+        report = asyncio.run(_drive(args, plan, args.url, _admin_key()))
     else:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-live-"))
         app_args = _app_args(args, server, workdir.resolve())
@@ -168,9 +164,7 @@ def replay(args: argparse.Namespace) -> int:
         },
     )
     _print(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     if args.plot:
         from paretoserve_cli.plot import plot_live
 
@@ -207,9 +201,7 @@ def chaos(args: argparse.Namespace) -> int:
         f"{fb['acknowledged']}, lost {fb['lost']}, double-applied {fb['double_applied']}; "
         f"compliance {sp['compliance']:.4f}; memory MiB {report['memory_mib']}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     good = fb["lost"] == 0 and fb["double_applied"] == 0 and sp["router_charges"] >= req["answered"]
     return 0 if good else 1
 
@@ -217,10 +209,7 @@ def chaos(args: argparse.Namespace) -> int:
 def fuzz(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-fuzz-")).resolve()
     if args.url:
-        admin_key = os.environ.get(ADMIN_KEY_ENV)
-        if not admin_key:
-            raise ValueError(f"--url needs the service's admin key in ${ADMIN_KEY_ENV}")
-        report = run_schemathesis(args.url, admin_key, workdir, args.max_examples, args.seed)
+        report = run_schemathesis(args.url, _admin_key(), workdir, args.max_examples, args.seed)
     else:
         app_args = base_config()["applications"][0]["args"]
         app_args["state_path"] = str(workdir / "state.db")
@@ -235,30 +224,26 @@ def fuzz(args: argparse.Namespace) -> int:
         f"{report['operations_tested']}/{report['operations_total']} operations, "
         f"{report['server_errors']} server errors (details in {workdir})"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0 if report["server_errors"] == 0 and not report["errors"] else 1
 
 
 def _print(report: dict) -> None:
-    s, req, lat = report["summary"], report["requests"], report["latency_ms"]
-    print(
-        f"live {report['scenario']} budget={report['budget_usd']:.3g}: "
-        f"reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
-        f"compliance={s['compliance']:.4f} mix="
-        + ", ".join(f"{m.split('/')[-1]}:{v:.2f}" for m, v in s["mix"].items())
-    )
-    for p in report["phases"]:
-        print(f"  {p['name']}: reward={p['mean_reward']:.4f} compliance={p['compliance']:.4f}")
-    for key in ("quality_lift", "reroute_steps", "adoption_steps"):
-        if key in report:
-            print(f"  {key} = {report[key]}")
+    print_summary(report, f"live {report['scenario']} budget={report['budget_usd']:.3g}")
+    req, lat = report["requests"], report["latency_ms"]
     print(
         f"  requests {req['answered']}/{req['sent']} answered, errors {req['errors']}; "
         f"feedback {report['feedback']['statuses']}; latency p50 {lat['p50']:.0f} ms "
         f"p99 {lat['p99']:.0f} ms; {report['throughput_rps']:.1f} req/s"
     )
+
+
+def _admin_key() -> str:
+    """The admin key of a running service (--url), from the environment."""
+    key = os.environ.get(ADMIN_KEY_ENV)
+    if not key:
+        raise ValueError(f"--url needs the service's admin key in ${ADMIN_KEY_ENV}")
+    return key
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -73,10 +73,20 @@ def run(args: argparse.Namespace) -> int:
         "encoder": args.encoder,
         "projection": projection.fingerprint + (" (fallback)" if projection.fallback else ""),
     }
+    print_summary(report, f"{args.scenario} budget={args.budget:.3g} seeds={args.seeds}")
+    write_json(args.json, report)
+    if args.plot:
+        from paretoserve_cli.plot import plot_run
+
+        plot_run(runs[0], args.budget, args.plot, title=f"{args.scenario}, seed {runs[0].seed}")
+    return 0
+
+
+def print_summary(report: dict, title: str) -> None:
+    """The replay report's headline: reward, cost, compliance, mix, phases, adaptation."""
     s = report["summary"]
     print(
-        f"{args.scenario} budget={args.budget:.3g} seeds={args.seeds}: "
-        f"reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
+        f"{title}: reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
         f"compliance={s['compliance']:.4f} mix="
         + ", ".join(f"{m.split('/')[-1]}:{v:.2f}" for m, v in s["mix"].items())
     )
@@ -85,14 +95,12 @@ def run(args: argparse.Namespace) -> int:
     for key in ("quality_lift", "reroute_steps", "adoption_steps"):
         if key in report:
             print(f"  {key} = {report[key]}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.plot:
-        from paretoserve_cli.plot import plot_run
 
-        plot_run(runs[0], args.budget, args.plot, title=f"{args.scenario}, seed {runs[0].seed}")
-    return 0
+
+def write_json(path: Path | None, report: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
 
 
 def _priors_arg(value: str) -> str:

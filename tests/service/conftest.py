@@ -19,7 +19,6 @@ import contextlib
 import copy
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from loadtest.server import free_port, pids_of_ray_dir  # the same helpers the load tools use
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"
@@ -41,12 +42,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 # ---- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.5) -> Any:
@@ -92,24 +87,6 @@ def sse_events(text: str) -> list[str]:
         if lines:
             events.append("\n".join(ln[len("data:") :].strip() for ln in lines))
     return events
-
-
-def pids_of_ray_dir(ray_dir: str) -> list[int]:
-    """PIDs of processes started with RAY_TMPDIR=ray_dir (or naming it on their command line):
-    exactly the processes of the cluster one test started in its own temp dir."""
-    marker, env_marker = ray_dir.encode(), f"RAY_TMPDIR={ray_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline or env_marker in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
 
 
 def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
