@@ -622,6 +622,7 @@ class Router:
             if entry.slot == slot:
                 return "known"
             entry.slot = slot
+            self.bandit.mark_pull(slot)  # as the lost fallback did
             return "rekeyed"
         x = self._check_context(x)
         self.bandit.t += 1

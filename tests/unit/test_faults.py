@@ -307,13 +307,13 @@ def test_answered_by_restores_a_lost_decision_and_a_lost_rekey(tmp_path: Path) -
 
     again = _durable(path)
     r = again.router
-    t0, pulls_a = r.t, int(r.bandit.pulls[r.slots["a"]])
     other = next(m for m in ("a", "b", "c") if m != d.model)
     # "kept" was re-keyed by a fallback the dead replica never flushed: the answer says `other`
     assert again.answered_by("kept", other, _x(3), False, NOW) == "rekeyed"
     assert r.slot_models[r.pending["kept"].slot] == other
     assert again.answered_by("kept", other, _x(3), False, NOW) == "known"
     # "lost" was routed to a and answered, but its decision died with the replica
+    t0, pulls_a = r.t, int(r.bandit.pulls[r.slots["a"]])
     assert again.answered_by("lost", "a", _x(4), False, NOW) == "adopted"
     assert r.t == t0 + 1 and int(r.bandit.pulls[r.slots["a"]]) == pulls_a + 1
     assert r.charge("lost", 2e-4) == FeedbackStatus.APPLIED
