@@ -24,7 +24,9 @@ def run_schemathesis(
         "--checks", "not_a_server_error",
         "--max-examples", str(max_examples),
         "--seed", str(seed),
-        "--workers", "2",
+        # One worker: with two, hypothesis' code introspection raced in threads once
+        # ("AST constructor recursion depth mismatch"), a tool error, not a finding.
+        "--workers", "1",
         "--request-timeout", "60",
         "--header", f"Authorization: Bearer {admin_key}",
         "--output-sanitize", "true",  # keys never reach the report
