@@ -175,6 +175,14 @@ def in_first_half(prompt: str, seed: int = 0) -> bool:
     return hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[0] % 2 == 0
 
 
+def half_rows(data: RewardData, split: int | None, first: bool) -> np.ndarray:
+    """Row indices of one half of a file by prompt hash (`first` or not); all rows without a
+    split seed."""
+    if split is None:
+        return np.arange(len(data))
+    return np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
+
+
 def split_halves(data: RewardData, seed: int = 0) -> tuple[RewardData, RewardData]:
     """Deterministic ~50/50 split by prompt hash; a prompt lands in the same half in any file."""
     mask = np.array([in_first_half(p, seed) for p in data.prompts], dtype=bool)

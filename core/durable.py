@@ -136,20 +136,26 @@ class DurableRouter:
         request_id: str | None = None,
     ) -> Decision:
         d = self.router.route(x, limits, model, request_id=request_id, now=now)
+        self._record(d.request_id, d.model, x, d.t, d.forced, now)
+        return d
+
+    def _record(
+        self, request_id: str, model: str, x: np.ndarray, t: int, forced: bool, now: float
+    ) -> None:
+        """Queue a decision's row for the writer and start its TTL."""
         expires = now + self.config.pending_ttl_s
         self._unflushed.append(
             PendingRow(
-                request_id=d.request_id,
-                model=d.model,
+                request_id=request_id,
+                model=model,
                 x=np.asarray(x, dtype=np.float64),
-                t=d.t,
-                forced=d.forced,
+                t=t,
+                forced=forced,
                 created_at=now,
                 expires_at=expires,
             )
         )
-        self.expiry[d.request_id] = expires
-        return d
+        self.expiry[request_id] = expires
 
     def take_unflushed(self) -> list[PendingRow]:
         rows, self._unflushed = self._unflushed, []
@@ -183,19 +189,7 @@ class DurableRouter:
             self._rekey(request_id, model)
         elif outcome == "adopted":
             entry = self.router.pending[request_id]
-            expires = now + self.config.pending_ttl_s
-            self._unflushed.append(
-                PendingRow(
-                    request_id=request_id,
-                    model=model,
-                    x=np.asarray(entry.x, dtype=np.float64),
-                    t=entry.t,
-                    forced=entry.forced,
-                    created_at=now,
-                    expires_at=expires,
-                )
-            )
-            self.expiry[request_id] = expires
+            self._record(request_id, model, entry.x, entry.t, entry.forced, now)
         return outcome
 
     def fail(

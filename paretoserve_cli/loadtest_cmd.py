@@ -14,9 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from core.data import RewardData, in_first_half, load_reward_file
+from core.data import half_rows, load_reward_file
 from core.features import load_projection
 from core.priors import Priors, build_priors
 from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
@@ -29,20 +27,14 @@ from paretoserve_cli.contexts import contexts_for, default_prices_path, load_spe
 from paretoserve_cli.replay_cmd import _positive, _priors_arg, print_summary, write_json
 
 
-def _rows(data: RewardData, split: int | None, first: bool) -> np.ndarray:
-    if split is None:
-        return np.arange(len(data))
-    return np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
-
-
 def _plan(args: argparse.Namespace) -> tuple[LivePlan, dict]:
     """The prompts to send, the model specs and what the server needs (priors, files)."""
     split = args.holdout_split
     data_file = load_reward_file(args.data)
-    data_rows = _rows(data_file, split, first=False)
+    data_rows = half_rows(data_file, split, first=False)
     warm_path = args.warmup or (args.data if split is not None else None)
     warm_file = load_reward_file(warm_path) if warm_path else None
-    warm_rows = _rows(warm_file, split, first=True) if warm_file is not None else None
+    warm_rows = half_rows(warm_file, split, first=True) if warm_file is not None else None
     prices = args.prices or default_prices_path(args.warmup, args.data)
     specs = load_specs(
         prices, sorted({*data_file.models, *(warm_file.models if warm_file else ())})

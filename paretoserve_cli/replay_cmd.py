@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import in_first_half, load_reward_file
+from core.data import half_rows, load_reward_file
 from core.features import Projection, load_projection
 from core.priors import Priors, build_priors
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
@@ -23,9 +23,7 @@ def _stream(
     Contexts are computed on the whole file so the embedding cache is shared by both halves."""
     data = load_reward_file(path)
     contexts = contexts_for(data, projection, encoder)
-    rows = np.arange(len(data))
-    if split is not None:
-        rows = np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
+    rows = half_rows(data, split, first)
     return Outcomes(contexts[rows], data.rewards[rows], data.costs[rows], tuple(data.models))
 
 

@@ -18,8 +18,18 @@ from deployments.clients.errors import ProviderError
 OnRetry = Callable[[ProviderRequest, ProviderError, float], None]
 
 
-def _next_delay(policy: RetryPolicy, req: ProviderRequest, exc: ProviderError) -> float | None:
-    return policy.delay(req.attempt, exc.status, exc.retryable, exc.retry_after_s)
+async def _next_attempt(
+    policy: RetryPolicy, req: ProviderRequest, exc: ProviderError, on_retry: OnRetry | None
+) -> ProviderRequest:
+    """The request's next attempt, after the policy's wait; re-raises `exc` if none is left."""
+    delay = policy.delay(req.attempt, exc.status, exc.retryable, exc.retry_after_s)
+    if delay is None:
+        raise exc
+    if on_retry is not None:
+        on_retry(req, exc, delay)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return req.model_copy(update={"attempt": req.attempt + 1})
 
 
 async def complete(
@@ -32,14 +42,7 @@ async def complete(
         try:
             return await client.complete(req)
         except ProviderError as exc:
-            delay = _next_delay(policy, req, exc)
-            if delay is None:
-                raise
-            if on_retry is not None:
-                on_retry(req, exc, delay)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        req = req.model_copy(update={"attempt": req.attempt + 1})
+            req = await _next_attempt(policy, req, exc, on_retry)
 
 
 async def stream(
@@ -57,14 +60,7 @@ async def stream(
             return
         except ProviderError as exc:
             await _close(chunks)
-            delay = _next_delay(policy, req, exc)
-            if delay is None:
-                raise
-            if on_retry is not None:
-                on_retry(req, exc, delay)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        req = req.model_copy(update={"attempt": req.attempt + 1})
+            req = await _next_attempt(policy, req, exc, on_retry)
     try:
         yield first
         async for chunk in chunks:
