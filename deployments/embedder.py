@@ -42,7 +42,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
@@ -58,7 +58,8 @@ _BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 # length-sorted passes of 4 are ~1.3x faster (docs/benchmarks.md, "Embedder").
 CPU_ENCODE_BATCH_SIZE = 4
 # Dynamic int8 scales activations per pass, so passes of 1 keep an int8 vector a function of its
-# prompt alone (and cost ~5% throughput against passes of 4; docs/benchmarks.md, "Embedder").
+# prompt alone; in passes of 4 padding and pass-mates cost accuracy (cosine min 0.955) and
+# throughput (docs/benchmarks.md, "Embedder"). So int8 runs passes of 1 only.
 INT8_ENCODE_BATCH_SIZE = 1
 Backend = Literal["torch", "onnx-fp32", "onnx-int8"]
 
@@ -72,7 +73,7 @@ class EmbedderArgs(BaseModel):
         default="torch",
         description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
         "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.minilm_onnx: built from the packaged "
-        "weights on first use and cached; int8 is ~2x faster on CPU, cosine >= 0.99 to torch)",
+        "weights on first use and cached; int8 is ~3x torch on CPU, cosine >= 0.99 to torch)",
     )
     cache_size: int = Field(
         default=0,
@@ -114,6 +115,15 @@ class EmbedderArgs(BaseModel):
         "(falls back to a seeded random projection, with a warning, if it is missing)",
     )
     max_prompt_chars: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _int8_runs_passes_of_one(self) -> EmbedderArgs:
+        if self.backend == "onnx-int8" and self.encode_batch_size not in (None, 1):
+            raise ValueError(
+                "backend onnx-int8 encodes one prompt per pass (encode_batch_size 1 or unset): "
+                "in passes of several, padding and pass-mates cost int8 accuracy"
+            )
+        return self
 
 
 def _clean(text: object, what: str, max_chars: int) -> str:

@@ -185,7 +185,7 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
         ("onnx-int8, 1 prompt per call", None, 1),
         ("onnx-int8, batch 32, passes of 1", None, 32),
         ("onnx-int8, batch 32, passes of 4", None, 32),
-        ("onnx-int8-full (all MatMuls int8), batch 32, passes of 1", None, 32),
+        ("onnx-int8-full (no smoothing), batch 32, passes of 1", None, 32),
     ]
     builders: dict[int, Callable[[], Any]] = {
         2: lambda: MiniLMEncoder(device="cpu", batch_size=chunk),

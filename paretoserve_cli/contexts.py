@@ -43,11 +43,8 @@ class LazyMiniLM:
             else:
                 from core.minilm_onnx import OnnxMiniLMEncoder
 
-                # passes of 1, as the Embedder runs int8 (see deployments/embedder.py)
-                precision = self.backend.removeprefix("onnx-")
-                self._encoder = OnnxMiniLMEncoder(
-                    precision=precision, batch_size=1 if precision == "int8" else 4
-                )
+                # its default passes: of 1 for int8, as the Embedder runs it
+                self._encoder = OnnxMiniLMEncoder(precision=self.backend.removeprefix("onnx-"))
         return self._encoder.encode(texts)
 
 

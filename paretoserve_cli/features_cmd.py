@@ -10,6 +10,7 @@ from pathlib import Path
 from core.data import load_reward_file
 from core.embedding_cache import cached_encode
 from core.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_projection
+from core.onnx_smoothing import DEFAULT_ALPHA, DEFAULT_SMOOTHING_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,19 +52,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     fit.set_defaults(func=run_fit)
 
+    cal = sub.add_parser(
+        "calibrate-int8",
+        help="measure the int8 embedder's smoothing scales on reward-file prompts",
+        description="Run the (deduplicated) prompts of the reward files through the fp32 ONNX "
+        "MiniLM and record each quantised node's per-channel activation maxima, from which the "
+        "int8 backend's SmoothQuant scales are made. Only numbers are written, never prompts. "
+        "A new calibration changes the int8 model and its cache key.",
+    )
+    cal.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="reward file (JSON lines); repeat for several",
+    )
+    cal.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help="migration strength in (0, 1] (default %(default)s)",
+    )
+    cal.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_SMOOTHING_PATH,
+        help="where to write the calibration JSON (default: the packaged artifact)",
+    )
+    cal.set_defaults(func=run_calibrate_int8)
+
+
+def _unique_prompts(paths: list[Path]) -> tuple[list[str], str]:
+    """The files' prompts, deduplicated in first-seen order, and a line saying where from."""
+    parts, prompts = [], {}
+    for path in paths:
+        data = load_reward_file(path)
+        parts.append(f"{Path(path).name} ({len(data)} rows)")
+        prompts.update(dict.fromkeys(data.prompts))
+    texts = list(prompts)
+    return texts, f"{', '.join(parts)}; {len(texts)} unique prompts"
+
 
 def run_fit(args: argparse.Namespace) -> int:
     # Weights are bundled; make sure no library reaches for a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from core.minilm import MiniLMEncoder  # loads torch only when this command runs
 
-    parts, prompts = [], {}
-    for path in args.data:
-        data = load_reward_file(path)
-        parts.append(f"{Path(path).name} ({len(data)} rows)")
-        prompts.update(dict.fromkeys(data.prompts))  # dedupe, keep first-seen order
-    texts = list(prompts)
-    fitted_on = f"{', '.join(parts)}; {len(texts)} unique prompts"
+    texts, fitted_on = _unique_prompts(args.data)
 
     encoder = MiniLMEncoder(device=args.device)
     start = time.perf_counter()
@@ -79,5 +115,23 @@ def run_fit(args: argparse.Namespace) -> int:
         f"{encoder.device}, encode {encode_s:.1f}s; k={projection.n_components} "
         f"(dim {projection.dim}) keeps {projection.explained_variance:.1%} of variance; "
         f"fingerprint {projection.fingerprint} -> {args.out}"
+    )
+    return 0
+
+
+def run_calibrate_int8(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from core.minilm_onnx import calibrate_int8  # loads onnx(runtime) only when this runs
+
+    if not 0.0 < args.alpha <= 1.0:
+        raise SystemExit("calibrate-int8: --alpha must be in (0, 1]")
+    texts, fitted_on = _unique_prompts(args.data)
+    start = time.perf_counter()
+    smoothing = calibrate_int8(texts, alpha=args.alpha, fitted_on=fitted_on)
+    smoothing.save(args.out)
+    print(
+        f"features calibrate-int8: {len(texts)} prompts ({fitted_on.split(';')[0]}), "
+        f"{len(smoothing.maxima)} nodes, alpha {smoothing.alpha}, "
+        f"{time.perf_counter() - start:.1f}s; fingerprint {smoothing.fingerprint} -> {args.out}"
     )
     return 0

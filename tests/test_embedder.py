@@ -69,6 +69,9 @@ def test_args_defaults_and_validation() -> None:
             EmbedderArgs.model_validate(bad)
     with pytest.raises(ValidationError):
         a.max_batch_size = 8  # frozen
+    with pytest.raises(ValidationError, match="one prompt per pass"):
+        EmbedderArgs.model_validate({"backend": "onnx-int8", "encode_batch_size": 4})
+    assert EmbedderArgs(backend="onnx-int8", encode_batch_size=1).encode_batch_size == 1
 
 
 def test_clean_rejects_empty_and_cuts_long() -> None:
@@ -168,7 +171,7 @@ def test_local_onnx_int8_close_to_torch(onnx_handle, pipeline: FeaturePipeline) 
     assert got.shape == (len(PROMPTS), 26) and np.all(got[:, -1] == 1.0)
     assert _cos(got, _expected(pipeline, PROMPTS)).min() >= 0.99
     info = onnx_handle.info.remote().result()
-    assert info["backend"] == "onnx-int8" and info["encoder"].endswith("onnx-int8/fp32-upto16")
+    assert info["backend"] == "onnx-int8" and "/onnx-int8/sq-" in info["encoder"]
     assert info["encode_batch_size"] == 1 and info["device"] == "cpu"
 
 
