@@ -289,8 +289,9 @@ class OnnxMiniLMEncoder:
     (smoothed int8 in passes of 4: cosine min 0.955 against 0.995 alone). `threads` is ONNX
     Runtime's intra-op thread count (None = its default, all cores). For the int8 precisions a
     pass whose longest prompt has at most `fp32_max_tokens` tokens (default `SHORT_FP32_TOKENS`;
-    0 = never) runs on the fp32 graph instead; the name records it, so the disk cache keeps the two apart. `calibration`
-    is the int8 smoothing file (default the committed `core/artifacts/minilm_int8_smoothing.json`).
+    0 = never) runs on the fp32 graph instead; the name records it, so the disk cache keeps the
+    two apart. `calibration` is the int8 smoothing file (default the committed
+    `core/artifacts/minilm_int8_smoothing.json`).
     """
 
     def __init__(
