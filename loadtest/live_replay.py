@@ -247,8 +247,7 @@ async def _enter_phase(driver: LiveDriver, plan: LivePlan, name: str) -> None:
 
 async def run_plan(driver: LiveDriver, plan: LivePlan) -> dict:
     """Warm-up, then each phase; returns the report (offline replay schema + service figures)."""
-    if plan.warmup:
-        await driver.run_block(plan.warmup, "warmup")
+    warmup = await driver.run_block(plan.warmup, "warmup") if plan.warmup else []
     log: list[Answer] = []
     bounds: list[tuple[str, int, int]] = []
     start = time.perf_counter()
@@ -262,7 +261,29 @@ async def run_plan(driver: LiveDriver, plan: LivePlan) -> dict:
         bounds.append((name, first, len(log)))
     elapsed = time.perf_counter() - start
     await driver.drain_feedback()
-    return live_report(plan, log, bounds, elapsed, driver)
+    report = live_report(plan, log, bounds, elapsed, driver)
+    report["warmup"] = warmup_summary(warmup, plan.budget_usd)
+    return report
+
+
+def warmup_summary(answers: list[Answer], budget_usd: float) -> dict:
+    """How the warm-up went: its reward, spend and mix, and the pacer's dual it hands to the
+    evaluation (a high one means the evaluation starts thrifty)."""
+    ok = [a for a in answers if a.status == 200]
+    if not ok:
+        return {"answered": 0}
+    rewards = [a.reward if a.reward is not None else np.nan for a in ok]
+    f = metrics.phase_figures(
+        [a.model or "" for a in ok], rewards, [a.cost for a in ok], budget_usd
+    )
+    return {
+        "answered": len(ok),
+        "mean_reward": float(np.nanmean(rewards)),
+        "compliance": f["compliance"],
+        "mix": f["mix"],
+        "max_dual": max(a.dual for a in ok),
+        "final_dual": ok[-1].dual,
+    }
 
 
 def live_report(

@@ -43,6 +43,9 @@ def test_every_request_answered_and_every_reward_applied_once(price_cut_report) 
     assert r["requests"]["failed"] == 0 and r["requests"]["no_recorded_reward"] == 0
     # warm-up and evaluation feedback, each applied exactly once
     assert r["feedback"]["statuses"] == {"applied": 4 * LIMIT}
+    w = r["warmup"]  # what the warm-up hands over to the evaluation
+    assert w["answered"] == LIMIT and sum(w["mix"].values()) == pytest.approx(1.0)
+    assert 0.0 <= w["final_dual"] <= w["max_dual"] and 0.0 < w["mean_reward"] <= 1.0
 
 
 def test_report_follows_the_offline_schema(price_cut_report) -> None:
