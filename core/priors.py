@@ -2,7 +2,8 @@
 
 Every arm is updated with every prompt's recorded reward, scaled by a plasticity p, and
 loaded mean-preservingly so that the prior's estimate theta_off is kept exactly while its
-weight equals n_eff observations.
+weight equals n_eff observations. Given the recorded costs too, each arm also carries its mean
+realised cost per request, which seeds the router's usage estimate (see Router.load_priors).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class ArmPrior(BaseModel):
 
     A: list[list[float]]
     b: list[float]
+    # Mean realised cost of a request in the reward file, US$ (None: not recorded).
+    mean_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
 
 class Priors(BaseModel):
@@ -54,14 +57,22 @@ def build_priors(
     plasticity: float = 0.1,
     projection_fingerprint: str | None = None,
     source: str = "",
+    costs: np.ndarray | None = None,
 ) -> Priors:
-    """A_off = p*(I + sum x x^T) (shared by all arms), b_off,a = p * sum r_a x."""
+    """A_off = p*(I + sum x x^T) (shared by all arms), b_off,a = p * sum r_a x; with `costs`
+    (n, K) in US$, each arm's mean realised cost."""
     n, d = contexts.shape
     if rewards.shape != (n, len(models)):
         raise ValueError(f"rewards shape {rewards.shape} does not match ({n}, {len(models)})")
+    if costs is not None and costs.shape != rewards.shape:
+        raise ValueError(f"costs shape {costs.shape} does not match rewards {rewards.shape}")
     A_off = plasticity * (np.eye(d) + contexts.T @ contexts)
     b_off = plasticity * (contexts.T @ rewards)  # (d, K)
-    arms = {m: ArmPrior(A=A_off.tolist(), b=b_off[:, k].tolist()) for k, m in enumerate(models)}
+    mean_cost = [None] * len(models) if costs is None else [float(c) for c in costs.mean(axis=0)]
+    arms = {
+        m: ArmPrior(A=A_off.tolist(), b=b_off[:, k].tolist(), mean_cost_usd=mean_cost[k] or None)
+        for k, m in enumerate(models)
+    }
     return Priors(
         dim=d,
         plasticity=plasticity,

@@ -173,6 +173,7 @@ class Router:
         self._nu_mix = (0.0, 0.0, 0.0)  # (nu_hi, nu_lo, share of requests that use nu_lo)
         self._mix_credit = 0.0  # error diffusion: the lower dual's owed share, deterministic
         self._solve_in = 0  # routes until the next solve; 0 = at the next route
+        self._ff_every = config.pacer.feedforward_every
         for spec in models or []:
             self.add_model(spec, explore=False)
 
@@ -321,13 +322,20 @@ class Router:
         spends the budget shrunk by the integral dual (which absorbs what the estimates miss).
         Each request then uses the lower dual for its owed share, else the higher one."""
         self.resolver.observe(x)
-        if self._solve_in > 0:
+        # While the window fills (after a start or restart), re-solve at every route, on the
+        # safe side (the higher dual, no mixing): a dual solved on the first context or two
+        # would otherwise hold for `feedforward_every` routes, and under concurrency their
+        # charges arrive too late for the integral dual to stop an early run of dear picks.
+        filling = self.resolver.size <= self._ff_every
+        if self._solve_in > 0 and not filling:
             self._solve_in -= 1
         else:
             signal = self._cost_signal()[0]
             target = 1.0 / (1.0 + self.pacer.dual)
             self._nu_mix = self.resolver.solve(self.bandit.theta, signal, self._active, target)
-            self._solve_in = self.config.pacer.feedforward_every - 1
+            if filling:
+                self._nu_mix = (self._nu_mix[0], self._nu_mix[0], 0.0)
+            self._solve_in = self._ff_every - 1
         nu_hi, nu_lo, share = self._nu_mix
         if share:  # error diffusion: the lower dual for its owed share of requests
             self._mix_credit += share
@@ -342,7 +350,12 @@ class Router:
         self._solve_in = 0
 
     def load_priors(self, priors: Priors, projection_fingerprint: str | None = None) -> list[str]:
-        """Warm-start the arms named in the priors; returns the models that got one."""
+        """Warm-start the arms named in the priors; returns the models that got one.
+
+        An arm's recorded mean cost also seeds its usage estimate (cost / list price), as if
+        it had answered once at that cost: without it an arm borrows the others' usage until
+        its first charge, and a dear reasoning model looks cheap. Under concurrency many
+        requests are routed before that charge arrives, and the pacer then overspends."""
         if priors.dim != self.config.bandit.dim:
             raise ValueError(f"priors have dim {priors.dim}, router has {self.config.bandit.dim}")
         if (
@@ -356,6 +369,10 @@ class Router:
             if model_id in self.slots:
                 A, b = mean_preserving_load(prior, self.config.bandit.ridge)
                 self.bandit.load_prior(self.slots[model_id], A, b, self.config.bandit.ridge)
+                if prior.mean_cost_usd is not None:
+                    slot = self.slots[model_id]
+                    self._usage_k[slot] = prior.mean_cost_usd / self._prices.item(slot)
+                    self._arms_changed()
                 loaded.append(model_id)
         return loaded
 

@@ -91,6 +91,7 @@ def _priors(args: argparse.Namespace, warm, workdir: Path) -> str | None:
         data.models,
         projection_fingerprint=projection.fingerprint,
         source=f"{Path(data.path).name} warm-up rows ({len(rows)})",
+        costs=data.costs[rows],
     )
     path = workdir / "priors.json"
     priors.save(path)

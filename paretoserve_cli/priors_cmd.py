@@ -19,6 +19,7 @@ def priors_from(data: RewardData, projection: Projection, plasticity: float = 0.
         plasticity=plasticity,
         projection_fingerprint=projection.fingerprint,
         source=f"{Path(data.path).name} ({len(data)} rows)",
+        costs=data.costs,
     )
 
 

@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
         priors, priors_desc = Priors.load(Path(args.priors)), str(args.priors)
     elif warm is not None:
         priors = build_priors(
-            warm.contexts, warm.rewards, warm.models, projection_fingerprint=projection.fingerprint
+            warm.contexts,
+            warm.rewards,
+            warm.models,
+            projection_fingerprint=projection.fingerprint,
+            costs=warm.costs,
         )
         priors_desc = f"built from the warm-up stream ({len(warm.contexts)} rows)"
     else:

@@ -54,7 +54,7 @@ def main() -> None:
     for split in args.splits:
         warm, evals, models = streams(split)
         specs = load_specs(DATA / "prices.json", models)
-        priors = build_priors(warm.contexts, warm.rewards, warm.models)
+        priors = build_priors(warm.contexts, warm.rewards, warm.models, costs=warm.costs)
         for i, budget in enumerate(paper_ceilings(warm)):
             for name, pacer in variants.items():
                 spec = ReplaySpec(budget_usd=budget, seeds=args.seeds, pacer=pacer)

@@ -126,3 +126,25 @@ def test_load_rejects_other_formats(tmp_path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="format"):
         Priors.load(path)
+
+
+def test_recorded_costs_seed_each_arms_expected_cost() -> None:
+    """Before any charge, an arm's expected cost is its mean recorded cost, not the others'
+    usage borrowed at its list price (which makes a dear reasoning model look cheap)."""
+    X, R = _data()
+    rng = np.random.default_rng(3)
+    means = np.array([2e-5, 3e-4, 6e-4, 2e-2])  # pro answers with many more tokens
+    costs = means * rng.uniform(0.5, 1.5, size=(len(X), len(MODELS)))
+    priors = build_priors(X, R, MODELS, costs=costs)
+    np.testing.assert_allclose([priors.arms[m].mean_cost_usd for m in MODELS], costs.mean(0))
+    seeded, plain = _router(), _router()
+    seeded.load_priors(priors)
+    plain.load_priors(build_priors(X, R, MODELS))  # no costs: nothing learned yet
+    np.testing.assert_allclose(seeded.expected_costs(), costs.mean(0))
+    assert plain.expected_costs()[3] < 0.1 * costs[:, 3].mean()
+    with pytest.raises(ValueError, match="costs shape"):
+        build_priors(X, R, MODELS, costs=costs[:, :2])
+    old = json.loads(priors.model_dump_json())  # a file written before costs were recorded
+    for arm in old["arms"].values():
+        del arm["mean_cost_usd"]
+    assert Priors.model_validate(old).arms["pro"].mean_cost_usd is None

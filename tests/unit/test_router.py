@@ -740,3 +740,26 @@ def test_feedforward_dual_is_resolved_at_once_after_a_reprice() -> None:
     router.reprice(PRO.id, PRO.input_per_m / 100, PRO.output_per_m / 100)
     d = router.route(_ctx(rng))  # re-solved on this very request, not 32 requests later
     assert router.nu < expensive_nu and d.model == PRO.id
+
+
+def test_feedforward_dual_is_resolved_every_route_while_its_window_fills() -> None:
+    """A dual solved on the first context alone must not hold for the next 31 routes. Here no
+    charge has arrived yet (as under concurrency), the first context favours the cheap model
+    and the next 20 the dear one (20 budgets a request): only about one may go to it."""
+    from core.priors import build_priors
+
+    rng = np.random.default_rng(5)
+    X = np.hstack([rng.normal(size=(400, 25)), np.ones((400, 1))])
+    R = np.column_stack([np.full(400, 0.5), 0.5 + 0.4 * np.sign(X[:, 0])])  # llama, pro
+    costs = np.tile([1e-4, 2e-2], (400, 1))
+    router = _router([LLAMA, PRO], budget=1e-3, cost_signal="expected-cost", feedforward=True)
+    router.load_priors(build_priors(X, R, (LLAMA.id, PRO.id), costs=costs))
+    first = _ctx(rng)
+    first[0] = -3.0
+    assert router.route(first).model == LLAMA.id
+    picks = []
+    for _ in range(20):
+        x = _ctx(rng)
+        x[0] = 3.0
+        picks.append(router.route(x).model)
+    assert picks.count(PRO.id) <= 2
