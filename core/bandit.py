@@ -49,9 +49,12 @@ class _HotPath:
         self.v = np.empty(d)
         self.u_col, self.v_row = self.u.reshape(d, 1), self.v.reshape(1, d)
         self.xr = np.empty(d + 1)
-        self.x_col, self.xr_row = self.xr[:d].reshape(d, 1), self.xr.reshape(1, d + 1)
+        self.xr_head = self.xr[:d]  # made once: slicing per call costs a view object
+        self.x_col, self.xr_row = self.xr_head.reshape(d, 1), self.xr.reshape(1, d + 1)
+        self.denom = np.zeros(())  # the divisor as a 0-d operand (see the class docstring)
         self.outer_ab = np.empty((d, d + 1))
         self.zero = np.zeros(())
+        self.now = np.zeros((), dtype=np.int64)
         self.alpha = np.array(config.alpha)
         # Python scalars of update(), read once per call instead of through the config.
         self.gamma, self.cap, self.ridge = config.gamma, cap, config.ridge
@@ -90,6 +93,7 @@ class LinUCB:
         self.updates = np.zeros(0, dtype=np.int64)
         self.since_refresh = np.zeros(0, dtype=np.int64)
         self._hot: _HotPath = _HotPath(config)
+        self._views: tuple = (None, None, None, [])  # see _arm_views
         for _ in range(n_arms):
             self.add_arm()
 
@@ -105,6 +109,16 @@ class LinUCB:
         self.Ab = Ab
         self.A = Ab[:, :, :d]
         self.b = Ab[:, :, d]
+
+    def _arm_views(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One arm's [A | b] block, A^-1, b and theta, as views made once per arm (numpy makes a
+        new view object at every indexing); remade when any of the arrays is replaced."""
+        cache = self._views
+        if cache[0] is not self.Ab or cache[1] is not self.A_inv or cache[2] is not self.theta:
+            Ab, A_inv, b, theta = self.Ab, self.A_inv, self.b, self.theta
+            rows = [(Ab[k], A_inv[k], b[k], theta[k]) for k in range(len(Ab))]
+            cache = self._views = (Ab, A_inv, theta, rows)
+        return cache[3][slot]
 
     @property
     def n_arms(self) -> int:
@@ -148,7 +162,9 @@ class LinUCB:
             hot = self._consts()
         quad = (self.A_inv @ x).dot(x)
         np.maximum(quad, hot.zero, out=quad)
-        dt = self.t - np.maximum(self.last_update, self.last_pull)
+        dt = np.maximum(self.last_update, self.last_pull)
+        hot.now[()] = self.t  # t as a 0-d int64 operand: a Python int converts slower
+        np.subtract(hot.now, dt, out=dt)
         if hot.shrink is not None:
             quad /= hot.shrink.take(dt, mode="clip")  # clip: dt > cap reads gamma^cap
         else:
@@ -171,11 +187,11 @@ class LinUCB:
             hot = self._consts()
         t = self.t
         steps = t - self.last_update.item(slot)
-        Ab, A_inv, b = self.Ab[slot], self.A_inv[slot], self.b[slot]
+        Ab, A_inv, b, theta = self._arm_views(slot)
         d = x.shape[0]
         floor = self.ridge_floor.item(slot)
         if steps > 0 and hot.forget:
-            k = min(steps, hot.cap)
+            k = steps if steps < hot.cap else hot.cap  # min(steps, cap) without the call
             decay = hot.decay[k] if hot.decay is not None else np.float64(hot.gamma**k)
             floor *= decay
             Ab *= decay  # A and b
@@ -192,9 +208,8 @@ class LinUCB:
         u = A_inv.dot(x, out=hot.u) if fast else A_inv.dot(x)
         denom = 1.0 + float(x.dot(u))
         if fast:
-            xr = hot.xr
-            xr[:d] = x
-            xr[d] = reward
+            hot.xr_head[...] = x
+            hot.xr[d] = reward
             hot.x_col.dot(hot.xr_row, out=hot.outer_ab)  # x [x^T, r]: x x^T and r x
             Ab += hot.outer_ab
         else:
@@ -206,13 +221,14 @@ class LinUCB:
             A_inv[...] = np.linalg.inv(Ab[:, :d])
             since = 0
         elif fast:
-            np.divide(u, np.float64(denom), out=hot.v)
+            hot.denom[()] = denom
+            np.divide(u, hot.denom, out=hot.v)
             hot.u_col.dot(hot.v_row, out=hot.outer)  # u (u / denom)^T
             A_inv -= hot.outer
         else:
             A_inv -= np.outer(u, u / denom)
         self.since_refresh[slot] = since
-        A_inv.dot(b, out=self.theta[slot])
+        A_inv.dot(b, out=theta)
         self.last_update[slot] = t
         self.updates[slot] += 1
 

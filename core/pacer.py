@@ -63,7 +63,9 @@ class BudgetPacer:
         ema = self._ema
         s.cost_ema = ema * s.cost_ema + (1.0 - ema) * cost_usd
         step = self._step * step_scale
-        s.dual = min(max(s.dual + step * (s.cost_ema / self._budget - 1.0), 0.0), self._lambda_max)
+        dual = s.dual + step * (s.cost_ema / self._budget - 1.0)
+        # Projected onto [0, lambda_max]: min(max(dual, 0.0), lambda_max) without the two calls.
+        s.dual = 0.0 if dual < 0.0 else self._lambda_max if dual > self._lambda_max else dual
         s.charges += 1
         s.total_spend += cost_usd
 
