@@ -13,6 +13,17 @@ from core.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_proje
 from core.onnx_smoothing import DEFAULT_ALPHA, DEFAULT_SMOOTHING_PATH
 
 
+def _add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="reward file (JSON lines); repeat for several",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("features", help="prompt features (embedding projection)")
     sub = parser.add_subparsers(dest="features_command", required=True)
@@ -22,14 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed the (deduplicated) prompts of the reward files with MiniLM and fit "
         "the whitened PCA projection the router uses. Only numbers are written, never prompts.",
     )
-    fit.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="reward file (JSON lines); repeat for several",
-    )
+    _add_data_argument(fit)
     fit.add_argument(
         "--components",
         type=int,
@@ -60,14 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "int8 backend's SmoothQuant scales are made. Only numbers are written, never prompts. "
         "A new calibration changes the int8 model and its cache key.",
     )
-    cal.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="reward file (JSON lines); repeat for several",
-    )
+    _add_data_argument(cal)
     cal.add_argument(
         "--alpha",
         type=float,

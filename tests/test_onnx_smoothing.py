@@ -90,3 +90,20 @@ def test_the_calibration_is_part_of_the_cache_keys(calibration, tmp_path) -> Non
     assert own.onnx_path != committed.onnx_path
     assert own.name != committed.name and f"/sq-{calibration.fingerprint}/" in own.name
     assert load_smoothing("fp32") is None
+
+
+def test_calibrate_int8_command_writes_a_loadable_calibration(tmp_path) -> None:
+    from paretoserve_cli.main import main
+
+    data = tmp_path / "rewards.jsonl"
+    arms = {"m": {"reward": 1.0, "cost": 1e-4}}
+    rows = [{"prompt": p, "arms": arms} for p in [*PROMPTS, PROMPTS[0]]]  # a duplicate, deduped
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "smoothing.json"
+    assert main(["features", "calibrate-int8", "--data", str(data), "--alpha", "0.8",
+                 "--out", str(out)]) == 0  # fmt: skip
+    written = Smoothing.load(out)
+    assert written.prompts == 3 and written.alpha == 0.8 and len(written.maxima) == 24
+    assert "rewards.jsonl" in written.fitted_on and "3 unique prompts" in written.fitted_on
+    with pytest.raises(SystemExit):
+        main(["features", "calibrate-int8", "--data", str(data), "--alpha", "0", "--out", str(out)])
