@@ -29,6 +29,7 @@ The encoder's `name` says which backend made a vector, so the disk cache never m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -70,7 +71,10 @@ def default_onnx_dir() -> Path:
     return base / "onnx"
 
 
+@functools.lru_cache(maxsize=4)
 def _weights_digest(model_path: Path) -> str:
+    """A digest of the model files (~90 MB read): once per process and path, as every artifact
+    name and calibration check of an encoder's start needs it."""
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         f = model_path / name
@@ -234,12 +238,12 @@ def calibrate_int8(
     )
     model = onnx.load(str(encoder.onnx_path))
     inputs = {n.name: n.input[0] for n in smoothed_nodes(model)}
-    for tensor in sorted(set(inputs.values())):
+    names = sorted(set(inputs.values()))  # read out as extra graph outputs
+    for tensor in names:
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
         )
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = sorted(set(inputs.values()))
     maxima: dict[str, np.ndarray] = {}
     for ids in encoder.tokenize(texts):
         row = np.array([ids], dtype=np.int64)

@@ -272,18 +272,25 @@ def warmup_summary(answers: list[Answer], budget_usd: float) -> dict:
     ok = [a for a in answers if a.status == 200]
     if not ok:
         return {"answered": 0}
-    rewards = [a.reward if a.reward is not None else np.nan for a in ok]
-    f = metrics.phase_figures(
-        [a.model or "" for a in ok], rewards, [a.cost for a in ok], budget_usd
-    )
+    f = _figures(ok, budget_usd)
     return {
         "answered": len(ok),
-        "mean_reward": float(np.nanmean(rewards)),
+        "mean_reward": f["mean_reward"],
         "compliance": f["compliance"],
         "mix": f["mix"],
         "max_dual": max(a.dual for a in ok),
         "final_dual": ok[-1].dual,
     }
+
+
+def _figures(answers: list[Answer], budget_usd: float) -> dict:
+    """The offline replay's phase figures of these answered requests; the mean reward is over
+    those with a recorded one."""
+    rewards = [a.reward if a.reward is not None else np.nan for a in answers]
+    models, costs = [a.model or "" for a in answers], [a.cost for a in answers]
+    f = metrics.phase_figures(models, rewards, costs, budget_usd)
+    f["mean_reward"] = float(np.nanmean(rewards)) if answers else 0.0
+    return f
 
 
 def live_report(
@@ -302,14 +309,12 @@ def live_report(
     models = [a.model or "" for a in ok]
     rewards = [a.reward if a.reward is not None else np.nan for a in ok]
     costs = [a.cost for a in ok]
-
-    def figures(a: int, b: int) -> dict:
-        f = metrics.phase_figures(models[a:b], rewards[a:b], costs[a:b], plan.budget_usd)
-        f["mean_reward"] = float(np.nanmean(rewards[a:b])) if b > a else 0.0
-        return f
-
-    summary = figures(0, len(ok))
-    phases = [{"name": nm, **figures(a, b)} for nm, a, b in ok_bounds] if len(bounds) > 1 else []
+    summary = _figures(ok, plan.budget_usd)
+    phases = (
+        [{"name": nm, **_figures(ok[a:b], plan.budget_usd)} for nm, a, b in ok_bounds]
+        if len(bounds) > 1
+        else []
+    )
     adapt: dict[str, Any] = {}
     if len(ok_bounds) > 1:
         _, p2a, p2b = ok_bounds[1]
