@@ -4,17 +4,31 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+SYS_PY := $(shell command -v $(PY) || command -v python3)
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test install lint results bench
+.PHONY: run test install lint results bench lock
 
-$(STAMP): pyproject.toml
+# Installs exactly the pins of requirements.lock (each file checked against its sha256; torch
+# 2.13.0+cpu comes from the machine's wheel folder, --find-links in the lock), then the project
+# itself without touching them. tools/lockfile.py refuses a lock that pyproject.toml has moved on.
+$(STAMP): pyproject.toml $(LOCK)
+	$(SYS_PY) tools/lockfile.py check
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolves the lock after a change to pyproject.toml, keeping every pin that still fits;
+# `make lock LOCK_ARGS=--upgrade` moves everything to the newest releases instead.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	test -x $(BIN)/pip-compile || $(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile --quiet --extra dev --extra bench --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url $(LOCK_ARGS) -o $(LOCK) pyproject.toml
+	$(SYS_PY) tools/lockfile.py stamp
 
 install: $(STAMP)
 
@@ -22,6 +36,7 @@ run: $(STAMP)
 	$(BIN)/serve run serve_config.yaml
 
 test: $(STAMP)
+	$(SYS_PY) tools/lockfile.py check
 	$(BIN)/ruff check core deployments graphs loadtest paretoserve_cli tests
 	$(BIN)/pytest -q
 

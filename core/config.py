@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Range of a budget (US$ per request) that an admin (PUT /admin/budget) or the service config
+# may set. Much below the floor the pacer's cost / budget ratios overflow; US$ 100 is far above
+# any realistic request (100k output tokens at US$ 600/M, a top list price, cost US$ 60), so a
+# larger value is a typo (1e308), not a spending target.
+MIN_BUDGET_USD = 1e-9
+MAX_BUDGET_USD = 100.0
+BUDGET_RANGE_DOC = "target spend per request, US$, in [1e-9, 100]"
+BudgetUSD = Annotated[
+    float,
+    Field(ge=MIN_BUDGET_USD, le=MAX_BUDGET_USD, allow_inf_nan=False, description=BUDGET_RANGE_DOC),
+]
 
 
 class _Frozen(BaseModel):

@@ -8,6 +8,7 @@ building priors and replays all need the same matrix, so it is computed once per
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -23,7 +24,23 @@ from core.persistence import write_atomic
 
 logger = logging.getLogger(__name__)
 
-_KEY_VERSION = b"paretoserve.embedding_cache/1"
+_KEY_VERSION = b"paretoserve.embedding_cache/2"
+# The encoder's name says which model and backend made a vector; these libraries change its
+# rounding, so a vector computed under other versions is computed again, never reused.
+_ENCODER_LIBRARIES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime")
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(lib: str) -> str:
+        try:
+            return version(lib)
+        except PackageNotFoundError:
+            return "-"
+
+    return ",".join(f"{lib}={one(lib)}" for lib in _ENCODER_LIBRARIES)
 
 
 def default_cache_dir() -> Path:
@@ -34,9 +51,9 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(texts: Sequence[str], encoder_name: str) -> str:
-    """sha256 over length-prefixed fields, so no two (name, texts) inputs share a key."""
+    """sha256 over length-prefixed fields, so no two (name, libraries, texts) share a key."""
     h = hashlib.sha256(_KEY_VERSION)
-    for part in (encoder_name, *texts):
+    for part in (encoder_name, _library_versions(), *texts):
         data = part.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)

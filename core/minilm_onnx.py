@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -56,11 +57,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-full")
 # Dynamic int8 quantises each MatMul's input per tensor, per call; activation outliers make that
 # coarse: quantising everything as it is ("int8-full") puts some prompts below cosine 0.99 to the
 # torch encoder (min 0.982 on the shared prompts). "int8" smooths the inputs first (min 0.995).
-_EXPORT_VERSION = "2"
 # Prompts of at most this many tokens (CLS and SEP included) run on the fp32 graph: mean pooling
 # over a handful of tokens averages little of the int8 error away, and "thanks!" (4 tokens) falls
 # to cosine 0.98 on int8; such prompts are cheap in fp32 anyway. 6% of the shared prompts.
-SHORT_FP32_TOKENS = 16  # bump when the export recipe below changes
+SHORT_FP32_TOKENS = 16
 _OPSET = 17
 
 
@@ -84,12 +84,56 @@ def _weights_digest(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _artifact_name(model_path: Path, precision: Precision, smoothing: Smoothing | None) -> str:
-    import onnxruntime
+# Every input that changes a built graph. A change to any of them (or to a library version,
+# the weights or the calibration; see `build_inputs`) names a new file, so nothing is ever
+# served from a file that another recipe built. Bump "export" when the code below changes.
+_RECIPE = {"export": "3", "opset": str(_OPSET), "fuse": "ort-bert-opt1"}
+# Weights u8 (not s8) per output channel, activations u8 per tensor: ONNX Runtime multiplies
+# u8 x s8 with AVX2's vpmaddubsw on CPUs without VNNI, whose 16-bit pair sums saturate, so an s8
+# graph gives other vectors there (cosine min 0.986 on the test prompts, against 0.995 with
+# VNNI); u8 x u8 is exact on every x86 kernel, so the vectors are the same on every machine.
+_INT8_RECIPE = {"quant": "dynamic-w-u8-per-channel-a-u8"}
+_BUILD_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
 
-    parts = [_EXPORT_VERSION, _weights_digest(model_path), onnxruntime.__version__, precision]
-    key = "|".join(parts + ([smoothing.fingerprint] if smoothing else []))
-    return f"minilm-l6-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+
+def build_inputs(model_path: Path, precision: str, smoothing: Smoothing | None) -> dict[str, str]:
+    """What the graph for `precision` is built from: recipe, weights, libraries, calibration."""
+    from importlib.metadata import version
+
+    inputs = dict(_RECIPE) | {"precision": precision, "weights": _weights_digest(model_path)}
+    inputs |= {lib: version(lib) for lib in _BUILD_LIBRARIES}
+    if precision != "fp32":
+        inputs |= _INT8_RECIPE
+    if smoothing is not None:
+        inputs["calibration"] = smoothing.fingerprint
+    return inputs
+
+
+def _build_key(inputs: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _artifact_name(model_path: Path, precision: Precision, smoothing: Smoothing | None) -> str:
+    key = _build_key(build_inputs(model_path, precision, smoothing))
+    return f"minilm-l6-{precision}-{key}.onnx"
+
+
+def _record_inputs(path: Path, inputs: dict[str, str]) -> None:
+    """Writes the build inputs into the file's metadata, so a file says what made it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {f"paretoserve.{k}": v for k, v in inputs.items()})
+    onnx.save(model, str(path))
+
+
+def read_build_inputs(path: Path) -> dict[str, str]:
+    """The build inputs recorded in a built file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    prefix = "paretoserve."
+    return {p.key[len(prefix) :]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
 
 
 def _atomic_target(dest: Path) -> Path:
@@ -148,8 +192,8 @@ def _fuse(src: Path, out: Path) -> None:
 
 
 def _quantize(src: Path, out: Path, smoothing: Smoothing | None) -> None:
-    """Dynamic int8 of every MatMul: weights quantised per output channel once, activations per
-    call; smoothed first when `smoothing` is given."""
+    """Dynamic 8-bit quantisation of every MatMul: weights per output channel once, activations
+    per call; smoothed first when `smoothing` is given."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -161,7 +205,7 @@ def _quantize(src: Path, out: Path, smoothing: Smoothing | None) -> None:
     quantize_dynamic(
         str(src),
         str(out),
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8,  # machine-independent: see _INT8_RECIPE
         per_channel=True,
         # The fused graph has com.microsoft ops that ONNX shape inference cannot type.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -214,6 +258,7 @@ def onnx_model_path(
             _fuse(raw, final)
         else:
             _quantize(fp32, final, smoothing)
+        _record_inputs(final, build_inputs(model_path, precision, smoothing))
         target = _atomic_target(dest)
         os.replace(final, target)
         os.replace(target, dest)
@@ -266,13 +311,16 @@ def onnx_encoder_name(
     precision: str = "int8",
     fp32_max_tokens: int | None = None,
     calibration: Path | None = None,
+    model_path: Path | None = None,
 ) -> str:
-    """Cache key: the torch encoder's name plus the backend (and for int8 its calibration), so
-    the variants never mix."""
+    """Cache key: the torch encoder's name plus the backend (for int8 its calibration) and the
+    graph's build key, so vectors of two variants or two builds never mix."""
     name = f"{encoder_name(max_seq_length, normalize)}/onnx-{precision}"
-    smoothing = load_smoothing(precision, calibration=calibration)
+    model_path = default_model_path() if model_path is None else Path(model_path)
+    smoothing = load_smoothing(precision, model_path, calibration)
     if smoothing is not None:
         name += f"/sq-{smoothing.fingerprint}"
+    name += f"/build-{_build_key(build_inputs(model_path, precision, smoothing))}"
     short = _fp32_max_tokens(precision, fp32_max_tokens)
     return name + (f"/fp32-upto{short}" if short else "")
 
@@ -348,7 +396,7 @@ class OnnxMiniLMEncoder:
         self.threads = threads
         self.dim = 384
         self.name = onnx_encoder_name(
-            max_seq_length, normalize, precision, fp32_max_tokens, calibration
+            max_seq_length, normalize, precision, fp32_max_tokens, calibration, model_path
         )
         # The torch encoder this one reproduces (up to rounding or quantisation): a projection
         # fitted for that one is valid here (core.features.FeaturePipeline checks it).

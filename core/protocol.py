@@ -29,12 +29,16 @@ from pydantic import (
     model_validator,
 )
 
+from core.config import BUDGET_RANGE_DOC, MAX_BUDGET_USD, MIN_BUDGET_USD
 from core.registry import MAX_PRICE_PER_M, MIN_PRICE_PER_M, ModelSpec, SimBehaviour
 
-# Finite numbers only: Python's json module accepts NaN/Infinity literals, so a JSON body can
-# carry them; they must fail validation rather than poison the bandit or the pacer.
-PosFloat = Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)]
+# Every number an admin (or a client) sends has a documented range (docs/reliability.md,
+# "Admin number ranges"), and finite numbers only: Python's json module accepts NaN/Infinity
+# literals (and reads 1e309 as inf), so a JSON body can carry them; they must fail validation
+# at the HTTP boundary rather than poison the bandit or the pacer.
 Price = Annotated[StrictFloat, Field(ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, allow_inf_nan=False)]
+PriceCeiling = Annotated[StrictFloat, Field(gt=0.0, le=MAX_PRICE_PER_M, allow_inf_nan=False)]
+Budget = Annotated[StrictFloat, Field(ge=MIN_BUDGET_USD, le=MAX_BUDGET_USD, allow_inf_nan=False)]
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = str  # "stop" | "length" | "tool_calls" | "content_filter"; providers add more
 
@@ -74,8 +78,10 @@ class StreamOptions(_OpenAIBody):
 class RoutingOptions(_OwnBody):
     """Our extension: per-request routing constraints."""
 
-    max_blended_per_m: PosFloat | None = Field(
-        None, description="only models whose blended list price (US$/M tokens) is at most this"
+    max_blended_per_m: PriceCeiling | None = Field(
+        None,
+        description="only models whose blended list price (US$/M tokens) is at most this; "
+        "in (0, 10000] (no model may be priced above 10000)",
     )
     allowed_models: list[StrictStr] | None = Field(
         None, min_length=1, description="only these model ids"
@@ -261,9 +267,15 @@ class RepriceRequest(_OwnBody):
     """PATCH /admin/models/{id}: new prices, and/or the simulated provider's behaviour
     (`"simulation": null` clears it). All of it is applied as one registry version, or none."""
 
-    input_per_m: Price | None = None
-    output_per_m: Price | None = None
-    simulation: SimBehaviour | None = None
+    input_per_m: Price | None = Field(
+        None, description="new US$ per million input tokens, in [1e-6, 10000]"
+    )
+    output_per_m: Price | None = Field(
+        None, description="new US$ per million output tokens, in [1e-6, 10000]"
+    )
+    simulation: SimBehaviour | None = Field(
+        None, description="simulated provider only: reward scale, quality, injected faults"
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> RepriceRequest:
@@ -289,7 +301,9 @@ PatchModelRequest = RepriceRequest  # the body's fuller name
 
 
 class BudgetRequest(_OwnBody):
-    usd_per_request: PosFloat
+    """PUT /admin/budget: the pacer's new spend target."""
+
+    usd_per_request: Budget = Field(..., description=BUDGET_RANGE_DOC)
 
 
 class ExplainRequest(_OwnBody):

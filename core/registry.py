@@ -19,8 +19,11 @@ class SpeedClass(str, Enum):
 
 # Sane bounds on a list price (US$ per million tokens): outside them a price is a typo, and a
 # near-zero one would make cost ratios overflow (the router divides realised cost by price).
+# The dearest list prices of 2025 are a few hundred US$/M, far below the ceiling.
 MIN_PRICE_PER_M = 1e-6
-MAX_PRICE_PER_M = 1e6
+MAX_PRICE_PER_M = 10_000.0
+MAX_CONTEXT_LENGTH = 100_000_000  # tokens; the longest context windows of 2025 are 10M
+MAX_SIM_WAIT_S = 600.0  # the simulated provider's injected waits (seconds, x time_scale)
 
 
 class SimBehaviour(BaseModel):
@@ -36,10 +39,14 @@ class SimBehaviour(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     reward_scale: float = Field(
-        1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="multiplies the reward"
+        1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="multiplies the reward; in [0, 1]"
     )
     quality: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False, description="mean drawn reward override"
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="mean drawn reward override; in [0, 1]",
     )
     reward_value: float | None = Field(
         None,
@@ -47,19 +54,43 @@ class SimBehaviour(BaseModel):
         le=1.0,
         allow_inf_nan=False,
         description="every answer gets this reward (the replay's quality regression); "
-        "overrides reward_scale and quality",
+        "overrides reward_scale and quality; in [0, 1]",
     )
-    error_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="5xx")
-    error_status: int = Field(503, ge=500, le=599, description="status of an injected error")
-    timeout_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    error_rate: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="share answered 5xx; in [0, 1]"
+    )
+    error_status: int = Field(
+        503, ge=500, le=599, description="status of an injected error; in [500, 599]"
+    )
+    timeout_rate: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="share timed out; in [0, 1]"
+    )
     timeout_s: float = Field(
-        10.0, ge=0.0, allow_inf_nan=False, description="wait before a timeout (x time_scale)"
+        10.0,
+        ge=0.0,
+        le=MAX_SIM_WAIT_S,
+        allow_inf_nan=False,
+        description="wait before a timeout (x time_scale); seconds in [0, 600]",
     )
-    rate_limit_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="429")
-    retry_after_s: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="of a 429")
-    latency_spike_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    rate_limit_rate: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="share answered 429; in [0, 1]"
+    )
+    retry_after_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=MAX_SIM_WAIT_S,
+        allow_inf_nan=False,
+        description="Retry-After of a 429; seconds in [0, 600]",
+    )
+    latency_spike_rate: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="share delayed; in [0, 1]"
+    )
     latency_spike_s: float = Field(
-        5.0, ge=0.0, allow_inf_nan=False, description="added before the first token (x time_scale)"
+        5.0,
+        ge=0.0,
+        le=MAX_SIM_WAIT_S,
+        allow_inf_nan=False,
+        description="added before the first token (x time_scale); seconds in [0, 600]",
     )
 
     @model_validator(mode="after")
@@ -79,12 +110,22 @@ class ModelSpec(BaseModel):
     provider: str = Field("simulated", min_length=1, description="provider client name")
     provider_model: str | None = Field(None, description="provider-side name (default: id)")
     input_per_m: float = Field(
-        ..., ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, description="US$ per million input tokens"
+        ...,
+        ge=MIN_PRICE_PER_M,
+        le=MAX_PRICE_PER_M,
+        allow_inf_nan=False,
+        description="US$ per million input tokens, in [1e-6, 10000]",
     )
     output_per_m: float = Field(
-        ..., ge=MIN_PRICE_PER_M, le=MAX_PRICE_PER_M, description="US$ per million output tokens"
+        ...,
+        ge=MIN_PRICE_PER_M,
+        le=MAX_PRICE_PER_M,
+        allow_inf_nan=False,
+        description="US$ per million output tokens, in [1e-6, 10000]",
     )
-    context_length: int = Field(128_000, gt=0)
+    context_length: int = Field(
+        128_000, ge=1, le=MAX_CONTEXT_LENGTH, description="tokens, in [1, 100000000]"
+    )
     base_url: str | None = None
     speed: SpeedClass = SpeedClass.BALANCED
     simulation: SimBehaviour | None = Field(

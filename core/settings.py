@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.config import BanditConfig, CostSignal, PacerConfig, PacerMode, RouterConfig
+from core.config import (
+    BanditConfig,
+    BudgetUSD,
+    CostSignal,
+    PacerConfig,
+    PacerMode,
+    RouterConfig,
+)
 from core.durable import DurabilityConfig
 from core.faults import CooldownConfig, RetryPolicy
 from core.registry import ModelSpec
@@ -55,7 +62,7 @@ class RouterTuning(_Strict):
 class RouterSettings(_Strict):
     """What the Router deployment needs: the method, its initial table, and where state lives."""
 
-    budget_usd_per_request: float = Field(..., gt=0, allow_inf_nan=False)
+    budget_usd_per_request: BudgetUSD
     models: list[ModelSpec] = Field(..., min_length=1)
     tuning: RouterTuning = RouterTuning()
     state_path: str
@@ -67,7 +74,7 @@ class RouterSettings(_Strict):
 class AppArgs(_Strict):
     """`args` of graphs.app:build_app, as written in serve_config.yaml."""
 
-    budget_usd_per_request: float = Field(..., gt=0, allow_inf_nan=False)
+    budget_usd_per_request: BudgetUSD
     models: list[ModelSpec] = Field(..., min_length=1)
     providers: dict[str, ProviderSettings] = Field(
         default_factory=lambda: {"simulated": ProviderSettings(kind="simulated")}

@@ -35,3 +35,30 @@ def _forbid_ray_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytes
             monkeypatch.delitem(sys.modules, name)
         monkeypatch.setitem(sys.modules, "ray", _RayForbidden())
     yield
+
+
+# ---- a deterministic end -----------------------------------------------------------------
+# The suite loads Ray (core worker and its gRPC threads), ONNX Runtime and torch (their
+# intra-op thread pools) into this process. At interpreter exit, CPython tears down modules
+# while those native threads may still run, and their static destructors race that teardown:
+# one `make test` in several died with SIGSEGV after printing a green summary. Everything a
+# test needs written is written by then (pytest's cache at sessionfinish), so the process
+# shuts Ray down (its node processes would otherwise be orphaned), flushes, and leaves with
+# pytest's own exit status without running the finalisers.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _EXIT_STATUS:
+        return
+    ray = sys.modules.get("ray")
+    if ray is not None and not isinstance(ray, _RayForbidden) and ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[-1])

@@ -1,18 +1,30 @@
 """ONNX Runtime MiniLM (core.minilm_onnx) against the torch reference, and the in-memory LRU.
 
-The ONNX files are built from the packaged weights on first use (tens of seconds, once per
-machine) and cached under $PARETOSERVE_CACHE_DIR/onnx or ~/.cache/paretoserve/onnx.
+The ONNX files are built from the packaged weights on first use (tens of seconds) and cached
+under $PARETOSERVE_CACHE_DIR/onnx or ~/.cache/paretoserve/onnx; CI points that into the clone,
+so every run builds them from nothing.
 """
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from core.embedding_cache import ContextLRU, cache_key
 from core.features import FeaturePipeline, fallback_projection, load_projection
-from core.minilm import MiniLMEncoder
-from core.minilm_onnx import OnnxMiniLMEncoder, onnx_encoder_name, onnx_model_path
+from core.minilm import MiniLMEncoder, default_model_path
+from core.minilm_onnx import (
+    OnnxMiniLMEncoder,
+    build_inputs,
+    load_smoothing,
+    onnx_encoder_name,
+    onnx_model_path,
+    read_build_inputs,
+)
 
 PROMPTS = [
     "What is the capital of France?",
@@ -99,7 +111,7 @@ def test_truncation_reads_only_max_seq_length_tokens() -> None:
     head = "Explain the proof of the fundamental theorem of algebra in detail. " * 4
     a, b = enc.encode([head + "cats " * 50, head + "quarterly tax law " * 50])
     np.testing.assert_allclose(a, b, atol=1e-6)
-    assert enc.name == "all-MiniLM-L6-v2/max32/norm/onnx-fp32"
+    assert enc.name.startswith("all-MiniLM-L6-v2/max32/norm/onnx-fp32/build-")
 
 
 def test_names_keep_caches_apart_and_projection_is_shared(torch_enc, int8, fp32) -> None:
@@ -129,6 +141,40 @@ def test_onnx_file_is_cached_and_keyed_by_precision() -> None:
         onnx_model_path("int4")  # type: ignore[arg-type]
 
 
+def test_built_file_records_every_input_and_its_name_follows_them(int8) -> None:
+    from importlib.metadata import version
+
+    path = onnx_model_path("int8")
+    recorded = read_build_inputs(path)
+    assert recorded == build_inputs(default_model_path(), "int8", load_smoothing("int8"))
+    for lib in ("torch", "transformers", "onnx", "onnxruntime"):
+        assert recorded[lib] == version(lib)
+    assert recorded["calibration"] == load_smoothing("int8").fingerprint
+    assert recorded["quant"].startswith("dynamic-w-u8")
+    assert f"/build-{path.stem.rsplit('-', 1)[1]}/" in int8.name  # vectors keyed by the build
+    assert read_build_inputs(onnx_model_path("fp32"))["precision"] == "fp32"
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-user is not installed")
+def test_int8_vectors_are_the_same_on_a_cpu_without_vnni(int8, tmp_path) -> None:
+    """ONNX Runtime picks its int8 kernels by CPU. u8 x s8 on AVX2 without VNNI saturates (a
+    fresh machine of that kind gave cosine 0.986); the u8 x u8 graph must give the vectors this
+    machine gives on an emulated Haswell (AVX2, no AVX-512, no VNNI)."""
+    out = tmp_path / "haswell.npy"
+    code = (
+        "import sys, numpy as np; from core.minilm_onnx import OnnxMiniLMEncoder; "
+        "enc = OnnxMiniLMEncoder('int8', batch_size=1, threads=1, fp32_max_tokens=0); "
+        "np.save(sys.argv[1], enc.encode(sys.argv[2:]))"
+    )
+    cmd = ["qemu-x86_64", "-cpu", "Haswell-noTSX", sys.executable, "-c", code, str(out)]
+    subprocess.run(cmd + PROMPTS, check=True, timeout=600, capture_output=True)
+    here = OnnxMiniLMEncoder("int8", batch_size=1, threads=1, fp32_max_tokens=0).encode(PROMPTS)
+    there = np.load(out)
+    # float kernels (AVX2 vs AVX-512 sums) leave ~1e-5; saturation moved vectors by ~1e-2
+    np.testing.assert_allclose(there, here, atol=1e-4)
+    assert _cos(there, here).min() > 0.99999
+
+
 def test_encode_rejects_bad_input(int8) -> None:
     with pytest.raises(TypeError):
         int8.encode("a single string")  # type: ignore[arg-type]
@@ -139,15 +185,15 @@ def test_encode_rejects_bad_input(int8) -> None:
 
 @pytest.mark.data
 def test_int8_cosine_on_shared_prompts(shared_data) -> None:
-    """The quality bar on 512 real prompts: cosine to the torch vectors >= 0.99 for every one."""
+    """The quality bar on every prompt of val.jsonl: cosine to the torch vectors >= 0.995."""
     from core.data import load_reward_file
     from core.embedding_cache import cached_encode
 
-    prompts = load_reward_file(shared_data / "val.jsonl").prompts[:512]
+    prompts = list(dict.fromkeys(load_reward_file(shared_data / "val.jsonl").prompts))
     ref = cached_encode(prompts, MiniLMEncoder(device="cpu"))
     got = OnnxMiniLMEncoder("int8", batch_size=1, threads=1).encode(prompts)
     cos = _cos(got, ref)
-    assert cos.min() >= 0.99 and cos.mean() >= 0.995
+    assert cos.min() >= 0.995 and cos.mean() >= 0.998  # docs/benchmarks.md, "Embedder"
 
 
 # --- ContextLRU ------------------------------------------------------------------------------

@@ -478,10 +478,22 @@ def test_admin_budget_put_changes_it_and_bad_values_change_nothing(
         assert r.status_code == 200, r.text
         assert r.json()["budget_usd_per_request"] == pytest.approx(0.002)
         assert _state(client, admin_headers)["budget_usd_per_request"] == pytest.approx(0.002)
-        for bad in (-0.001, 0, "cheap", None):
+        for bad in (-0.001, 0, "cheap", None, 1e308, 100.5):
             r = client.put("/admin/budget", json={"usd_per_request": bad}, headers=admin_headers)
             assert r.status_code == 422, (bad, r.text)
             assert openai_error(r)["param"] == "usd_per_request"
+        # Outside the documented range [1e-9, 100]: refused at the boundary, naming the field;
+        # NaN / Infinity literals and 1e309 (read as inf) too.
+        r = client.put("/admin/budget", json={"usd_per_request": 1e308}, headers=admin_headers)
+        assert "usd_per_request" in openai_error(r)["message"] and "100" in r.text, r.text
+        for literal in ("NaN", "Infinity", "1e309"):
+            r = client.put(
+                "/admin/budget",
+                content=f'{{"usd_per_request": {literal}}}'.encode(),
+                headers={**admin_headers, "content-type": "application/json"},
+            )
+            assert r.status_code == 422, (literal, r.text)
+            assert openai_error(r)["param"] == "usd_per_request", literal
         r = client.put("/admin/budget", json={"budget": 0.001}, headers=admin_headers)
         assert r.status_code == 422, r.text
         assert _state(client, admin_headers)["budget_usd_per_request"] == pytest.approx(0.002)
@@ -497,10 +509,26 @@ def test_admin_budget_put_changes_it_and_bad_values_change_nothing(
         ({"input_per_m": 1, "output_per_m": 0}, {"output_per_m"}),
         ({"input_per_m": -1, "output_per_m": 1}, {"input_per_m"}),
         ({"input_per_m": 1, "output_per_m": float("inf")}, {"output_per_m"}),
+        ({"input_per_m": 1e308, "output_per_m": 1}, {"input_per_m"}),
+        ({"input_per_m": 1, "output_per_m": 1, "context_length": 10**12}, {"context_length"}),
+        (
+            {"input_per_m": 1, "output_per_m": 1, "simulation": {"timeout_s": 1e308}},
+            {"simulation.timeout_s"},
+        ),
         ({"id": None, "input_per_m": 1, "output_per_m": 1}, {"id"}),
         ({"input_per_m": 1, "output_per_million": 1}, {"output_per_m", "output_per_million"}),
     ],
-    ids=["input-0", "output-0", "input-negative", "output-inf", "no-id", "typo"],
+    ids=[
+        "input-0",
+        "output-0",
+        "input-negative",
+        "output-inf",
+        "input-huge",
+        "context-huge",
+        "sim-wait-huge",
+        "no-id",
+        "typo",
+    ],
 )
 def test_admin_add_with_bad_spec_is_422_and_changes_nothing(
     client, admin_headers, openai_error, config_models, spec, fields

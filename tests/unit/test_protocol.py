@@ -16,6 +16,7 @@ from core.protocol import (
     ChunkChoice,
     Delta,
     ErrorBody,
+    ExplainRequest,
     FeedbackRequest,
     ParetoserveInfo,
     ProviderRequest,
@@ -179,6 +180,117 @@ def test_admin_bodies() -> None:
     for value in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValidationError):
             BudgetRequest(usd_per_request=value)
+
+
+# ---- admin number ranges (docs/reliability.md, "Admin number ranges") --------------------
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+def _refused(model: type, body: dict) -> ErrorBody:
+    """Validate `body` as JSON text (as the Ingress receives it) and return the 422 body."""
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate_json(json.dumps(body))  # json.dumps writes NaN / Infinity
+    return ErrorBody.from_validation(exc.value)
+
+
+@pytest.mark.parametrize("value", [1e-9, 2.35e-4, 6.64e-4, 0.05, 1, 4.0, 100.0])
+def test_budget_in_range_is_accepted(value: float) -> None:
+    assert BudgetRequest.model_validate_json(json.dumps({"usd_per_request": value})) == (
+        BudgetRequest(usd_per_request=value)
+    )
+
+
+@pytest.mark.parametrize("value", [1e308, 100.000001, 1e3, -1.0, 0.0, 1e-10, *NON_FINITE])
+def test_budget_out_of_range_is_refused_naming_the_field(value: float) -> None:
+    err = _refused(BudgetRequest, {"usd_per_request": value}).error
+    assert err.param == "usd_per_request" and err.code == "invalid_value"
+    assert err.message.startswith("usd_per_request: ")
+
+
+def test_budget_overflowing_json_number_is_refused() -> None:
+    """json reads 1e309 as inf: refused as non-finite, not accepted as a huge budget."""
+    with pytest.raises(ValidationError, match="finite"):
+        BudgetRequest.model_validate(json.loads('{"usd_per_request": 1e309}'))
+
+
+@pytest.mark.parametrize("field", ["input_per_m", "output_per_m"])
+@pytest.mark.parametrize("value", [1e-6, 0.1, 10.0, 600.0, 10_000.0])
+def test_prices_in_range_are_accepted(field: str, value: float) -> None:
+    body = {"id": "m", "input_per_m": 1.0, "output_per_m": 1.0, field: value}
+    assert getattr(AddModelRequest.model_validate_json(json.dumps(body)), field) == value
+    assert getattr(RepriceRequest.model_validate_json(json.dumps({field: value})), field) == value
+
+
+@pytest.mark.parametrize("field", ["input_per_m", "output_per_m"])
+@pytest.mark.parametrize("value", [1e308, 10_000.5, 1e5, 1e6, -1.0, 0.0, 1e-7, *NON_FINITE])
+def test_prices_out_of_range_are_refused_naming_the_field(field: str, value: float) -> None:
+    add = {"id": "m", "input_per_m": 1.0, "output_per_m": 1.0, field: value}
+    assert _refused(AddModelRequest, add).error.param == field
+    assert _refused(RepriceRequest, {field: value}).error.param == field
+    with pytest.raises(ValidationError):  # the registry's own spec refuses it too
+        ModelSpec.model_validate({"id": "m", "input_per_m": 1.0, "output_per_m": 1.0, field: value})
+
+
+def test_context_length_range() -> None:
+    spec = {"id": "m", "input_per_m": 1.0, "output_per_m": 1.0}
+    for ok in (1, 128_000, 1_048_576, 10_000_000, 100_000_000):
+        assert AddModelRequest.model_validate({**spec, "context_length": ok}).context_length == ok
+    for bad in (0, -1, 100_000_001, 10**308):
+        err = _refused(AddModelRequest, {**spec, "context_length": bad}).error
+        assert err.param == "context_length", bad
+
+
+@pytest.mark.parametrize(
+    ("field", "good", "bad"),
+    [
+        ("reward_scale", [0, 0.25, 1], [-0.1, 1.01, 1e308]),
+        ("quality", [0, 0.5, 1], [-0.1, 1.01, 1e308]),
+        ("reward_value", [0, 0.75, 1], [-0.1, 1.01, 1e308]),
+        ("error_rate", [0, 0.2, 1], [-0.1, 1.01, 1e308]),
+        ("timeout_rate", [0, 0.2, 1], [-0.1, 1.01, 1e308]),
+        ("rate_limit_rate", [0, 0.05, 1], [-0.1, 1.01, 1e308]),
+        ("latency_spike_rate", [0, 0.5, 1], [-0.1, 1.01, 1e308]),
+        ("error_status", [500, 503, 599], [499, 600, 10**308]),
+        ("timeout_s", [0, 0.05, 10, 600], [-1, 600.5, 1e308]),
+        ("retry_after_s", [0, 1, 30, 600], [-1, 601, 1e308]),
+        ("latency_spike_s", [0, 3, 600], [-1, 601, 1e308]),
+    ],
+)
+def test_simulation_numbers_have_ranges(field: str, good: list, bad: list) -> None:
+    for value in good:
+        body = RepriceRequest.model_validate_json(json.dumps({"simulation": {field: value}}))
+        assert getattr(body.simulation, field) == value
+    floats = [] if field == "error_status" else NON_FINITE
+    for value in [*bad, *floats]:
+        err = _refused(RepriceRequest, {"simulation": {field: value}}).error
+        assert err.param == f"simulation.{field}", value
+        add = {"id": "m", "input_per_m": 1.0, "output_per_m": 1.0, "simulation": {field: value}}
+        assert _refused(AddModelRequest, add).error.param == f"simulation.{field}", value
+
+
+def test_max_blended_price_ceiling_range() -> None:
+    explain = {"prompt": "hi", "paretoserve": {"max_blended_per_m": 10_000.0}}
+    assert ExplainRequest.model_validate_json(json.dumps(explain)).paretoserve is not None
+    for bad in (0.0, -1.0, 10_000.5, 1e308, *NON_FINITE):
+        body = {"prompt": "hi", "paretoserve": {"max_blended_per_m": bad}}
+        assert _refused(ExplainRequest, body).error.param == "paretoserve.max_blended_per_m"
+
+
+def test_admin_ranges_are_documented_in_the_schema() -> None:
+    """The ranges show in /openapi.json: as bounds and in each field's description."""
+    budget = BudgetRequest.model_json_schema()["properties"]["usd_per_request"]
+    assert (budget["minimum"], budget["maximum"]) == (1e-9, 100.0)
+    assert "[1e-9, 100]" in budget["description"]
+    spec = AddModelRequest.model_json_schema()
+    for field in ("input_per_m", "output_per_m"):
+        prop = spec["properties"][field]
+        assert (prop["minimum"], prop["maximum"]) == (1e-6, 10_000.0)
+        assert "[1e-6, 10000]" in prop["description"]
+    sim = spec["$defs"]["SimBehaviour"]["properties"]
+    for field, prop in sim.items():
+        assert "maximum" in prop or "anyOf" in prop, field
+        assert "in [" in prop["description"], field
 
 
 def test_error_body_shape() -> None:
