@@ -1,6 +1,6 @@
 """The Embedder deployment: prompts in, bandit contexts out (MiniLM + projection + bias).
 
-A thin adapter of `core.features.FeaturePipeline` to Ray Serve:
+A thin adapter of `core.encoding.features.FeaturePipeline` to Ray Serve:
 
 - `embed(text)` is the request path. Calls from many concurrent requests are gathered by
   `@serve.batch` (up to `max_batch_size`, waiting at most `batch_wait_timeout_s`) and encoded
@@ -12,8 +12,8 @@ A thin adapter of `core.features.FeaturePipeline` to Ray Serve:
   a replica context), so there `embed` encodes each prompt on its own: same numbers, no
   batching; `info()["batching"]` says which mode a replica is in.
 - `backend` picks the encoder: `torch` (sentence-transformers, the reference vectors; CPU or
-  GPU) or `onnx-fp32` / `onnx-int8` (ONNX Runtime on CPU, `core.minilm_onnx`; the ONNX file is
-  built from the packaged weights on a replica's first start and cached on disk).
+  GPU) or `onnx-fp32` / `onnx-int8` (ONNX Runtime on CPU, `core.encoding.minilm_onnx`; the ONNX
+  file is built from the packaged weights on a replica's first start and cached on disk).
 - `cache_size > 0` keeps an in-memory LRU of contexts keyed by sha256(prompt) (`core.
   embedding_cache.ContextLRU`): a repeated prompt is answered from it before batching, and
   `info()` reports hits and misses. A batch encodes each distinct prompt once.
@@ -47,8 +47,8 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
 
-from core.embedding_cache import ContextLRU
-from core.features import Encoder, FeaturePipeline, Projection, load_projection
+from core.encoding.embedding_cache import ContextLRU
+from core.encoding.features import Encoder, FeaturePipeline, Projection, load_projection
 
 logger = logging.getLogger("ray.serve")
 
@@ -72,8 +72,8 @@ class EmbedderArgs(BaseModel):
     backend: Backend = Field(
         default="torch",
         description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
-        "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.minilm_onnx: built from the packaged "
-        "weights on first use and cached; int8 is ~3x torch on CPU, cosine >= 0.99 to torch)",
+        "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.encoding.minilm_onnx: built from "
+        "the packaged weights on first use and cached; int8: cosine >= 0.995 to torch)",
     )
     cache_size: int = Field(
         default=0,
@@ -245,14 +245,14 @@ class Embedder:
         """The configured backend's encoder (lazy imports: torch or onnxruntime)."""
         a = self.args
         if a.backend == "torch":
-            from core.minilm import MiniLMEncoder
+            from core.encoding.minilm import MiniLMEncoder
 
             return MiniLMEncoder(
                 device=self.device,
                 max_seq_length=a.max_seq_length,
                 batch_size=self.encode_batch_size,  # sentence-transformers sorts by length
             )
-        from core.minilm_onnx import OnnxMiniLMEncoder
+        from core.encoding.minilm_onnx import OnnxMiniLMEncoder
 
         return OnnxMiniLMEncoder(
             precision="int8" if a.backend == "onnx-int8" else "fp32",

@@ -8,7 +8,7 @@ import asyncio
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.store import StateStore
+from core.state.store import StateStore
 from deployments.router_calls import retrying
 
 

@@ -9,15 +9,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 
-from core.errors import (
+from core.method.errors import (
     DuplicateRequestIdError,
     InvalidFeedbackError,
     NoEligibleModelError,
     UnknownRequestError,
 )
-from core.protocol import ErrorBody, error_body
-from core.registry import RegistryError, UnknownModelError, UnknownProviderError
-from core.store import StaleVersionError
+from core.method.registry import RegistryError, UnknownModelError, UnknownProviderError
+from core.service.protocol import ErrorBody, error_body
+from core.state.store import StaleVersionError
 from deployments.clients.errors import ProviderError
 
 log = logging.getLogger("ray.serve")

@@ -26,9 +26,11 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.costs import realised_cost_usd
-from core.faults import can_fall_back
-from core.protocol import (
+from core.method.costs import realised_cost_usd
+from core.method.faults import can_fall_back
+from core.method.registry import ModelSpec
+from core.replay.simulator import estimate_tokens
+from core.service.protocol import (
     SSE_DONE,
     AddModelRequest,
     BudgetRequest,
@@ -49,8 +51,6 @@ from core.protocol import (
     completion_id,
     error_body,
 )
-from core.registry import ModelSpec
-from core.simulator import estimate_tokens
 from deployments.clients.errors import ProviderError
 from deployments.http_errors import HTTPError, cause, error_response, to_http
 from deployments.router_calls import retrying

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
-from core.settings import ProviderSettings
-from core.simulator import SimulatorConfig
+from core.replay.simulator import SimulatorConfig
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
+from core.service.settings import ProviderSettings
 from deployments.clients import ProviderClient, ProviderError, retry
 
 

@@ -2,7 +2,7 @@
 core's ModelRegistry, persisted (versioned) in the state database, then pushed to the Router
 (one replica). Provider deployments get no push: they autoscale to several replicas, and a push
 would reach one; instead the Router hands out each model's spec with its decision, and the
-request carries it to the provider (core.protocol.ProviderRequest.spec)."""
+request carries it to the provider (core.service.protocol.ProviderRequest.spec)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import copy
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.registry import ModelRegistry, ModelSpec, SimBehaviour, UnknownProviderError
-from core.store import StateStore
+from core.method.registry import ModelRegistry, ModelSpec, SimBehaviour, UnknownProviderError
+from core.state.store import StateStore
 from deployments.router import REGISTRY_DOC, registry_table
 
 

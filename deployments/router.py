@@ -18,15 +18,15 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Gauge
 
-from core.durable import DurableRouter
-from core.faults import Cooldowns
-from core.features import load_projection
-from core.priors import Priors
-from core.reconcile import reconcile
-from core.registry import ModelSpec
-from core.router import FeedbackStatus, RouteLimits, Router
-from core.settings import RouterSettings
-from core.store import Event, StateStore
+from core.encoding.features import load_projection
+from core.method.faults import Cooldowns
+from core.method.priors import Priors
+from core.method.registry import ModelSpec
+from core.method.router import FeedbackStatus, RouteLimits, Router
+from core.service.settings import RouterSettings
+from core.state.durable import DurableRouter
+from core.state.reconcile import reconcile
+from core.state.store import Event, StateStore
 
 log = logging.getLogger("ray.serve")
 REGISTRY_DOC = "registry"
@@ -119,7 +119,7 @@ class RouterDeployment:
         }
 
     async def resume(self, request_id: str, direct: bool = False) -> dict[str, Any] | None:
-        """The pending decision under `request_id` (see core.router.Router.resume)."""
+        """The pending decision under `request_id` (see core.method.router.Router.resume)."""
         d = self.durable.router.resume(request_id, direct)
         return None if d is None else self._decision(d)
 
@@ -132,7 +132,7 @@ class RouterDeployment:
         limits: dict | None = None,
     ) -> dict[str, Any] | None:
         """The request's model failed (after retries): cool it down and re-decide (see
-        core.router.Router.fallback). None: no fallback left, the decision is dropped."""
+        core.method.router.Router.fallback). None: no fallback left, the decision is dropped."""
         self._start_writer()
         d = self.durable.fallback(
             request_id,

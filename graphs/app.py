@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray.serve import Application
 
-from core.settings import AppArgs, ProviderSettings
+from core.service.settings import AppArgs, ProviderSettings
 from deployments.embedder import Embedder, EmbedderArgs
 from deployments.feedback import FeedbackDeployment
 from deployments.ingress import Ingress

@@ -168,9 +168,9 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
     embeddings and of their contexts to the reference's, over all the prompts."""
     import torch
 
-    from core.features import load_projection
-    from core.minilm import MiniLMEncoder
-    from core.minilm_onnx import OnnxMiniLMEncoder
+    from core.encoding.features import load_projection
+    from core.encoding.minilm import MiniLMEncoder
+    from core.encoding.minilm_onnx import OnnxMiniLMEncoder
     from deployments.embedder import CPU_ENCODE_BATCH_SIZE as chunk
 
     threads = torch.get_num_threads()
@@ -306,8 +306,8 @@ def bench_serve(
     import ray
     from ray import serve
 
-    from core.features import FeaturePipeline, load_projection
-    from core.minilm import MiniLMEncoder
+    from core.encoding.features import FeaturePipeline, load_projection
+    from core.encoding.minilm import MiniLMEncoder
     from deployments.embedder import Embedder
 
     baseline = FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
@@ -403,7 +403,7 @@ def token_lengths(prompts: Sequence[str], max_seq_length: int = 256) -> dict[str
     """Token counts as MiniLM reads them (truncated): padding waste depends on their spread."""
     from transformers import AutoTokenizer
 
-    from core.minilm import default_model_path
+    from core.encoding.minilm import default_model_path
 
     tok = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
     counts = [len(tok(p, truncation=True, max_length=max_seq_length)["input_ids"]) for p in prompts]

@@ -434,9 +434,9 @@ async def hops_via_handles(
     `concurrency` closed-loop workers: embed -> route -> provider.complete -> charge."""
     from ray import serve
 
-    from core.costs import realised_cost_usd
-    from core.protocol import ChatCompletionRequest, ProviderRequest
-    from core.registry import ModelSpec
+    from core.method.costs import realised_cost_usd
+    from core.method.registry import ModelSpec
+    from core.service.protocol import ChatCompletionRequest, ProviderRequest
 
     embedder = serve.get_deployment_handle("Embedder", app_name)
     router = serve.get_deployment_handle("Router", app_name)

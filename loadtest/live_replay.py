@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from core.registry import ModelSpec
+from core.method.registry import ModelSpec
 from core.replay import metrics
 from core.replay.protocol import ReplaySpec, Scenario
 

@@ -1,8 +1,8 @@
 """The floor for the service benchmark: one Serve deployment that answers chat completions
 with no routing at all.
 
-`POST /v1/chat/completions` parses the same `core.protocol.ChatCompletionRequest` as the real
-Ingress, calls the same `deployments.clients.simulated.SimulatedClient` (same
+`POST /v1/chat/completions` parses the same `core.service.protocol.ChatCompletionRequest` as
+the real Ingress, calls the same `deployments.clients.simulated.SimulatedClient` (same
 `SimulatorConfig`) in-process for a fixed model, and returns the same
 `ChatCompletionResponse` shape and headers (the request id is Serve's, as in the Ingress).
 There is no embedder, router, registry, charge or handle call: what the real app costs above
@@ -26,16 +26,16 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from core.costs import realised_cost_usd
-from core.protocol import (
+from core.method.costs import realised_cost_usd
+from core.method.registry import ModelSpec
+from core.replay.simulator import SimulatorConfig
+from core.service.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ParetoserveInfo,
     ProviderRequest,
     error_body,
 )
-from core.registry import ModelSpec
-from core.simulator import SimulatorConfig
 from deployments.clients.simulated import SimulatedClient
 
 app = FastAPI(title="paretoserve passthrough (benchmark floor)", version="0.1.0")

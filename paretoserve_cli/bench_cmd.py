@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from core.config import BanditConfig, PacerConfig, RouterConfig
-from core.registry import ModelSpec
-from core.router import Router
+from core.method.config import BanditConfig, PacerConfig, RouterConfig
+from core.method.registry import ModelSpec
+from core.method.router import Router
 
 BASELINE_DIST = "paretobandit"
 BLOCK = 100  # iterations per block before the other router takes its turn

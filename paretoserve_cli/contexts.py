@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import PriceEntry, RewardData, load_prices
-from core.embedding_cache import cached_encode
-from core.features import Projection, load_projection
-from core.minilm import MiniLMEncoder, encoder_name
-from core.registry import ModelSpec
+from core.encoding.embedding_cache import cached_encode
+from core.encoding.features import Projection, load_projection
+from core.encoding.minilm import MiniLMEncoder, encoder_name
+from core.method.registry import ModelSpec
+from core.replay.data import PriceEntry, RewardData, load_prices
 
 ENCODERS = ("torch", "onnx-fp32", "onnx-int8")
 
@@ -31,7 +31,7 @@ class LazyMiniLM:
         if backend == "torch":
             self.name = encoder_name()
         else:
-            from core.minilm_onnx import onnx_encoder_name
+            from core.encoding.minilm_onnx import onnx_encoder_name
 
             self.name = onnx_encoder_name(precision=backend.removeprefix("onnx-"))
         self._encoder: object | None = None
@@ -41,7 +41,7 @@ class LazyMiniLM:
             if self.backend == "torch":
                 self._encoder = MiniLMEncoder()
             else:
-                from core.minilm_onnx import OnnxMiniLMEncoder
+                from core.encoding.minilm_onnx import OnnxMiniLMEncoder
 
                 # its default passes: of 1 for int8, as the Embedder runs it
                 self._encoder = OnnxMiniLMEncoder(precision=self.backend.removeprefix("onnx-"))

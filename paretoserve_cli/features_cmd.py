@@ -7,10 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from core.data import load_reward_file
-from core.embedding_cache import cached_encode
-from core.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_projection
-from core.onnx_smoothing import DEFAULT_ALPHA, DEFAULT_SMOOTHING_PATH
+from core.encoding.embedding_cache import cached_encode
+from core.encoding.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_projection
+from core.encoding.onnx_smoothing import DEFAULT_ALPHA, DEFAULT_SMOOTHING_PATH
+from core.replay.data import load_reward_file
 
 
 def _add_data_argument(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def _unique_prompts(paths: list[Path]) -> tuple[list[str], str]:
 def run_fit(args: argparse.Namespace) -> int:
     # Weights are bundled; make sure no library reaches for a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from core.minilm import MiniLMEncoder  # loads torch only when this command runs
+    from core.encoding.minilm import MiniLMEncoder  # loads torch only when this command runs
 
     texts, fitted_on = _unique_prompts(args.data)
 
@@ -118,7 +118,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def run_calibrate_int8(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from core.minilm_onnx import calibrate_int8  # loads onnx(runtime) only when this runs
+    from core.encoding.minilm_onnx import calibrate_int8  # loads onnx(runtime) only when this runs
 
     if not 0.0 < args.alpha <= 1.0:
         raise SystemExit("calibrate-int8: --alpha must be in (0, 1]")

@@ -14,9 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.data import half_rows, load_reward_file
-from core.features import load_projection
-from core.priors import Priors, build_priors
+from core.encoding.features import load_projection
+from core.method.priors import Priors, build_priors
+from core.replay.data import half_rows, load_reward_file
 from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
 from loadtest.chaos import ChaosConfig, run_chaos
 from loadtest.fuzz import run_schemathesis

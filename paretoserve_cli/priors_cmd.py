@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.data import RewardData, load_reward_file
-from core.features import Projection, load_projection
-from core.priors import Priors, build_priors
+from core.encoding.features import Projection, load_projection
+from core.method.priors import Priors, build_priors
+from core.replay.data import RewardData, load_reward_file
 from paretoserve_cli.contexts import contexts_for
 
 

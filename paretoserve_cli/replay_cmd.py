@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import half_rows, load_reward_file
-from core.features import Projection, load_projection
-from core.priors import Priors, build_priors
+from core.encoding.features import Projection, load_projection
+from core.method.priors import Priors, build_priors
+from core.replay.data import half_rows, load_reward_file
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
 from core.replay.stream import Outcomes
 from paretoserve_cli.contexts import ENCODERS, contexts_for, default_prices_path, load_specs

@@ -20,9 +20,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from core.protocol import ProviderChunk, ProviderRequest, message_text
-from core.registry import ModelSpec, SpeedClass
-from core.simulator import SimulatorConfig
+from core.method.registry import ModelSpec, SpeedClass
+from core.replay.simulator import SimulatorConfig
+from core.service.protocol import ProviderChunk, ProviderRequest, message_text
 from deployments.clients import ProviderClient, ProviderError
 from deployments.clients.anthropic_client import AnthropicClient, finish_reason, to_anthropic
 from deployments.clients.errors import retry_after_s
@@ -592,7 +592,7 @@ def test_provider_error_pickles() -> None:
 
 
 def _sim(model_id: str, **behaviour: Any) -> ModelSpec:
-    from core.registry import SimBehaviour
+    from core.method.registry import SimBehaviour
 
     return ModelSpec(
         id=model_id, input_per_m=1.0, output_per_m=1.0, simulation=SimBehaviour(**behaviour)
@@ -615,7 +615,7 @@ async def test_simulated_faults_raise_provider_errors() -> None:
 
 
 async def test_retry_tries_each_attempt_then_gives_up() -> None:
-    from core.faults import RetryPolicy
+    from core.method.faults import RetryPolicy
     from deployments.clients import retry
 
     client = SimulatedClient(SimulatorConfig(time_scale=0))
@@ -636,7 +636,7 @@ async def test_retry_tries_each_attempt_then_gives_up() -> None:
 
 
 async def test_retry_succeeds_on_a_later_attempt_and_streams_whole() -> None:
-    from core.faults import RetryPolicy
+    from core.method.faults import RetryPolicy
     from deployments.clients import retry
 
     client = SimulatedClient(SimulatorConfig(time_scale=0))
@@ -664,7 +664,7 @@ async def test_retry_succeeds_on_a_later_attempt_and_streams_whole() -> None:
 
 
 async def test_retry_waits_a_short_retry_after_and_not_a_long_one() -> None:
-    from core.faults import RetryPolicy
+    from core.method.faults import RetryPolicy
     from deployments.clients import retry
 
     client = SimulatedClient(SimulatorConfig(time_scale=0))
@@ -682,7 +682,7 @@ async def test_retry_waits_a_short_retry_after_and_not_a_long_one() -> None:
 
 
 async def test_retry_against_a_real_http_server(openai_client: OpenAIClient, fake: FakeServer):
-    from core.faults import RetryPolicy
+    from core.method.faults import RetryPolicy
     from deployments.clients import retry
 
     policy = RetryPolicy(max_attempts=3, backoff_s=0.0)

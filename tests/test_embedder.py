@@ -21,8 +21,8 @@ import ray  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from ray import serve  # noqa: E402
 
-from core.features import FeaturePipeline, load_projection  # noqa: E402
-from core.minilm import MiniLMEncoder  # noqa: E402
+from core.encoding.features import FeaturePipeline, load_projection  # noqa: E402
+from core.encoding.minilm import MiniLMEncoder  # noqa: E402
 from deployments.embedder import (  # noqa: E402
     CPU_ENCODE_BATCH_SIZE,
     Embedder,

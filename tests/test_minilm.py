@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.features import FeaturePipeline, load_projection
-from core.minilm import MiniLMEncoder
+from core.encoding.features import FeaturePipeline, load_projection
+from core.encoding.minilm import MiniLMEncoder
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_committed_projection_on_real_embeddings(encoder: MiniLMEncoder) -> None
 
 @pytest.mark.data
 def test_committed_projection_whitens_the_shared_prompts(shared_data: Path) -> None:
-    from core.data import load_reward_file
-    from core.embedding_cache import cached_encode
+    from core.encoding.embedding_cache import cached_encode
+    from core.replay.data import load_reward_file
 
     prompts = load_reward_file(shared_data / "val.jsonl").prompts
     enc = MiniLMEncoder(device="cpu")
@@ -93,7 +93,8 @@ def test_committed_projection_whitens_the_shared_prompts(shared_data: Path) -> N
 
 def test_importing_core_does_not_load_torch() -> None:
     code = (
-        "import sys, core, core.features, core.embedding_cache, core.data, core.minilm;"
+        "import sys, core, core.encoding.features, core.encoding.embedding_cache, "
+        "core.replay.data, core.encoding.minilm;"
         "sys.exit(int('torch' in sys.modules or 'sentence_transformers' in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

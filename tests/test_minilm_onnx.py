@@ -1,4 +1,4 @@
-"""ONNX Runtime MiniLM (core.minilm_onnx) against the torch reference, and the in-memory LRU.
+"""ONNX Runtime MiniLM (core.encoding.minilm_onnx) against torch, and the in-memory LRU.
 
 The ONNX files are built from the packaged weights on first use (tens of seconds) and cached
 under $PARETOSERVE_CACHE_DIR/onnx or ~/.cache/paretoserve/onnx; CI points that into the clone,
@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from core.embedding_cache import ContextLRU, cache_key
-from core.features import FeaturePipeline, fallback_projection, load_projection
-from core.minilm import MiniLMEncoder, default_model_path
-from core.minilm_onnx import (
+from core.encoding.embedding_cache import ContextLRU, cache_key
+from core.encoding.features import FeaturePipeline, fallback_projection, load_projection
+from core.encoding.minilm import MiniLMEncoder, default_model_path
+from core.encoding.minilm_onnx import (
     OnnxMiniLMEncoder,
     build_inputs,
     load_smoothing,
@@ -162,7 +162,7 @@ def test_int8_vectors_are_the_same_on_a_cpu_without_vnni(int8, tmp_path) -> None
     machine gives on an emulated Haswell (AVX2, no AVX-512, no VNNI)."""
     out = tmp_path / "haswell.npy"
     code = (
-        "import sys, numpy as np; from core.minilm_onnx import OnnxMiniLMEncoder; "
+        "import sys, numpy as np; from core.encoding.minilm_onnx import OnnxMiniLMEncoder; "
         "enc = OnnxMiniLMEncoder('int8', batch_size=1, threads=1, fp32_max_tokens=0); "
         "np.save(sys.argv[1], enc.encode(sys.argv[2:]))"
     )
@@ -186,8 +186,8 @@ def test_encode_rejects_bad_input(int8) -> None:
 @pytest.mark.data
 def test_int8_cosine_on_shared_prompts(shared_data) -> None:
     """The quality bar on every prompt of val.jsonl: cosine to the torch vectors >= 0.995."""
-    from core.data import load_reward_file
-    from core.embedding_cache import cached_encode
+    from core.encoding.embedding_cache import cached_encode
+    from core.replay.data import load_reward_file
 
     prompts = list(dict.fromkeys(load_reward_file(shared_data / "val.jsonl").prompts))
     ref = cached_encode(prompts, MiniLMEncoder(device="cpu"))

@@ -1,4 +1,4 @@
-"""The int8 embedder's SmoothQuant scaling (core.onnx_smoothing) and its calibration."""
+"""The int8 embedder's SmoothQuant scaling (core.encoding.onnx_smoothing) and its calibration."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from core.minilm_onnx import OnnxMiniLMEncoder, calibrate_int8, load_smoothing, onnx_model_path
-from core.onnx_smoothing import Smoothing, apply_smoothing, smoothed_nodes
+from core.encoding.minilm_onnx import (
+    OnnxMiniLMEncoder,
+    calibrate_int8,
+    load_smoothing,
+    onnx_model_path,
+)
+from core.encoding.onnx_smoothing import Smoothing, apply_smoothing, smoothed_nodes
 
 PROMPTS = [
     "Write a python function to copy a list from a singleton tuple.",

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.store import StateStore
+from core.state.store import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 
 _WORKER = textwrap.dedent(
     """
     import sys
-    from core.store import Event, StateStore
+    from core.state.store import Event, StateStore
 
     path, plan = sys.argv[1], sys.argv[2].split(",")
     sys.stdin.readline()  # start together: all open a fresh file at once (schema init race)

@@ -17,12 +17,12 @@ from enum import Enum
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import BanditConfig, PacerConfig, PacerMode, RouterConfig
-from core.priors import Priors
-from core.registry import ModelSpec
+from core.method.config import BanditConfig, PacerConfig, PacerMode, RouterConfig
+from core.method.priors import Priors
+from core.method.registry import ModelSpec
+from core.method.router import Router
 from core.replay import metrics
 from core.replay.stream import Outcomes, StreamLog, run_stream
-from core.router import Router
 
 
 class Scenario(str, Enum):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.router import Router
+from core.method.router import Router
 
 
 @dataclass

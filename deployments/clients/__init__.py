@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients.errors import ProviderError
 
 

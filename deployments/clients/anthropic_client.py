@@ -13,7 +13,7 @@ from typing import Any
 
 import anthropic
 
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage
 from deployments.clients.errors import ProviderError, is_retryable_status, status_error
 from deployments.clients.pool import ClientPool
 

@@ -6,7 +6,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-from core.faults import is_retryable_status
+from core.method.faults import is_retryable_status
 
 
 class ProviderError(Exception):

@@ -10,7 +10,13 @@ from typing import Any, Literal
 
 import openai
 
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage, message_text
+from core.service.protocol import (
+    ProviderChunk,
+    ProviderRequest,
+    ProviderResponse,
+    Usage,
+    message_text,
+)
 from deployments.clients.errors import ProviderError, status_error
 from deployments.clients.pool import ClientPool
 

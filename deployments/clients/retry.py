@@ -1,4 +1,4 @@
-"""Retries of one provider call on the same model, by core.faults.RetryPolicy (no Ray).
+"""Retries of one provider call on the same model, by core.method.faults.RetryPolicy (no Ray).
 
 Each try is a new `attempt` of the request (the simulated provider draws its faults per
 attempt). A stream is retried only until its first chunk arrives: after that the caller has
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from core.faults import RetryPolicy
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
+from core.method.faults import RetryPolicy
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients import ProviderClient
 from deployments.clients.errors import ProviderError
 

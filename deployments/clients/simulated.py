@@ -1,5 +1,5 @@
-"""The simulated provider: answers from core.simulator with its latency played out in real time
-(scaled by `time_scale`; 0 answers at once). No network, no keys: the embedded default."""
+"""The simulated provider: answers from core.replay.simulator with its latency played out in real
+time (scaled by `time_scale`; 0 answers at once). No network, no keys: the embedded default."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from core.protocol import ProviderChunk, ProviderRequest, ProviderResponse
-from core.simulator import SimPlan, Simulator, SimulatorConfig
+from core.replay.simulator import SimPlan, Simulator, SimulatorConfig
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients.errors import ProviderError
 
 _TOKEN = re.compile(r"\s*\S+")  # one word with its leading space; pieces join back exactly

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pacer_sweep import DATA, streams  # noqa: E402
 
-from core.config import PacerConfig, RouterConfig  # noqa: E402
-from core.priors import build_priors  # noqa: E402
+from core.method.config import PacerConfig, RouterConfig  # noqa: E402
+from core.method.priors import build_priors  # noqa: E402
+from core.method.router import Router  # noqa: E402
 from core.replay.protocol import stream_orders  # noqa: E402
 from core.replay.stream import Outcomes  # noqa: E402
-from core.router import Router  # noqa: E402
 from paretoserve_cli.contexts import load_specs  # noqa: E402
 
 

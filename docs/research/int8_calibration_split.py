@@ -20,10 +20,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.data import in_first_half, load_reward_file  # noqa: E402
-from core.embedding_cache import cached_encode  # noqa: E402
-from core.minilm import MiniLMEncoder  # noqa: E402
-from core.minilm_onnx import OnnxMiniLMEncoder, calibrate_int8  # noqa: E402
+from core.encoding.embedding_cache import cached_encode  # noqa: E402
+from core.encoding.minilm import MiniLMEncoder  # noqa: E402
+from core.encoding.minilm_onnx import OnnxMiniLMEncoder, calibrate_int8  # noqa: E402
+from core.replay.data import in_first_half, load_reward_file  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

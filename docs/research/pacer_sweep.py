@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from core.data import in_first_half, load_reward_file  # noqa: E402
-from core.features import load_projection  # noqa: E402
-from core.priors import build_priors  # noqa: E402
+from core.encoding.features import load_projection  # noqa: E402
+from core.method.priors import build_priors  # noqa: E402
+from core.replay.data import in_first_half, load_reward_file  # noqa: E402
 from core.replay.protocol import ReplaySpec, paper_ceilings, run_replay  # noqa: E402
 from core.replay.stream import Outcomes  # noqa: E402
 from paretoserve_cli.contexts import contexts_for, load_specs  # noqa: E402

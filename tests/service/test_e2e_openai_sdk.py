@@ -213,7 +213,7 @@ def test_newcomer_is_explored_then_removed(sdk, http, admin_headers) -> None:
     after its removal no request is routed to it and asking for it by id is a 404.
 
     The budget is raised for the duration: forced exploration pauses while the pacer's spend
-    EMA is over budget (core.router.Router.route), and the default budget sits below the
+    EMA is over budget (core.method.router.Router.route), and the default budget sits below the
     expensive model's cost per request, which the first auto requests may have picked."""
     original_budget = _state(http, admin_headers)["budget_usd_per_request"]
     r = http.put("/admin/budget", json={"usd_per_request": 0.05}, headers=admin_headers)

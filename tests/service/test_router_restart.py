@@ -1,5 +1,5 @@
 """Kill the Router replica (SIGKILL of its process) while chats and feedback flow, let Serve
-restart it, and check what the durability design (core/durable.py, deployments/router.py)
+restart it, and check what the durability design (core/state/durable.py, deployments/router.py)
 guarantees.
 
 What the design guarantees, and so what is asserted:

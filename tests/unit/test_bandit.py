@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from core.bandit import LinUCB
-from core.config import BanditConfig, PacerConfig, RouterConfig
-from core.registry import ModelSpec
-from core.router import Router
+from core.method.bandit import LinUCB
+from core.method.config import BanditConfig, PacerConfig, RouterConfig
+from core.method.registry import ModelSpec
+from core.method.router import Router
 
 GAMMA = 0.997
 ALPHA = 0.01

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from core.config import CostScaleConfig, PacerConfig, RouterConfig
-from core.costs import blended_price_per_1k, cost_term, realised_cost_usd
-from core.registry import ModelSpec
-from core.router import Router
+from core.method.config import CostScaleConfig, PacerConfig, RouterConfig
+from core.method.costs import blended_price_per_1k, cost_term, realised_cost_usd
+from core.method.registry import ModelSpec
+from core.method.router import Router
 
 # The four models of ../shared/data/prices.json, in that file's format.
 PRICES_JSON = """

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import PacerConfig, RouterConfig
-from core.durable import DurabilityConfig, DurableRouter
-from core.errors import UnknownRequestError
-from core.faults import CooldownConfig, Cooldowns, RetryPolicy, can_fall_back
-from core.registry import ModelSpec
-from core.router import FeedbackStatus, RouteLimits, Router
-from core.store import StateStore
+from core.method.config import PacerConfig, RouterConfig
+from core.method.errors import UnknownRequestError
+from core.method.faults import CooldownConfig, Cooldowns, RetryPolicy, can_fall_back
+from core.method.registry import ModelSpec
+from core.method.router import FeedbackStatus, RouteLimits, Router
+from core.state.durable import DurabilityConfig, DurableRouter
+from core.state.store import StateStore
 
 A = ModelSpec(id="a", input_per_m=0.1, output_per_m=0.1)
 B = ModelSpec(id="b", input_per_m=0.5, output_per_m=1.5)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data import load_prices, load_reward_file, split_halves
-from core.embedding_cache import cache_key, cached_encode
-from core.features import FeaturePipeline, Projection, fit_projection, load_projection
+from core.encoding.embedding_cache import cache_key, cached_encode
+from core.encoding.features import FeaturePipeline, Projection, fit_projection, load_projection
+from core.replay.data import load_prices, load_reward_file, split_halves
 
 RAW_DIM = 48
 
@@ -117,7 +117,7 @@ def test_packaged_artifact_loads_without_warning() -> None:
 
 
 class CountingEncoder:
-    """Test double for core.features.Encoder: deterministic vectors, counts encode() calls."""
+    """Test double for core.encoding.features.Encoder: deterministic vectors, counts calls."""
 
     def __init__(self, name: str = "fake/1", dim: int = RAW_DIM) -> None:
         self.name, self.dim, self.calls = name, dim, 0

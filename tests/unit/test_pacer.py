@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from core.config import PacerConfig, PacerMode
-from core.pacer import BudgetPacer, PacerState
+from core.method.config import PacerConfig, PacerMode
+from core.method.pacer import BudgetPacer, PacerState
 
 # Blended prices ($ per 1k tokens) of llama, mistral, flash, pro (../shared/data/prices.json).
 PRICES = np.array([1e-4, 1e-3, 1.4e-3, 5.625e-3])

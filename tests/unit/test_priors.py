@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from core.config import PacerConfig, RouterConfig
-from core.priors import PRIORS_FORMAT, ArmPrior, Priors, build_priors, mean_preserving_load
-from core.registry import ModelSpec
-from core.router import Router
+from core.method.config import PacerConfig, RouterConfig
+from core.method.priors import PRIORS_FORMAT, ArmPrior, Priors, build_priors, mean_preserving_load
+from core.method.registry import ModelSpec
+from core.method.router import Router
 
 MODELS = ("llama", "mistral", "flash", "pro")
 N_EFF = 1163.9

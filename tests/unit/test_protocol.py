@@ -7,7 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from core.protocol import (
+from core.method.registry import ModelSpec
+from core.service.protocol import (
     AddModelRequest,
     BudgetRequest,
     ChatCompletionChunk,
@@ -25,7 +26,6 @@ from core.protocol import (
     Usage,
     error_body,
 )
-from core.registry import ModelSpec
 
 USER = {"role": "user", "content": "hi"}
 
@@ -372,7 +372,7 @@ def test_patch_body_takes_prices_and_or_simulation() -> None:
 
 
 def test_provider_request_carries_the_spec() -> None:
-    from core.registry import SimBehaviour
+    from core.method.registry import SimBehaviour
 
     spec = ModelSpec(
         id="m",

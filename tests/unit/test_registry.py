@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from core.registry import ChangeKind, ModelRegistry, ModelSpec, RegistryError
+from core.method.registry import ChangeKind, ModelRegistry, ModelSpec, RegistryError
 
 LLAMA = ModelSpec(id="meta-llama/llama-3.1-8b-instruct", input_per_m=0.10, output_per_m=0.10)
 MISTRAL = ModelSpec(id="mistralai/mistral-large-2512", input_per_m=0.50, output_per_m=1.50)
@@ -122,7 +122,7 @@ def test_json_round_trip() -> None:
 
 
 def test_simulate_is_a_versioned_change_that_keeps_prices() -> None:
-    from core.registry import SimBehaviour
+    from core.method.registry import SimBehaviour
 
     reg = ModelRegistry([LLAMA, MISTRAL])
     change = reg.simulate(MISTRAL.id, {"reward_scale": 0.5, "error_rate": 0.2})
@@ -163,7 +163,7 @@ def test_bad_simulation_is_rejected_with_nothing_changed(bad: dict) -> None:
 
 
 def test_simulation_of_an_unknown_model_is_rejected() -> None:
-    from core.registry import UnknownModelError
+    from core.method.registry import UnknownModelError
 
     reg = ModelRegistry([LLAMA])
     with pytest.raises(UnknownModelError):

@@ -8,16 +8,16 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from core.config import BanditConfig, PacerConfig, PacerMode, RouterConfig
-from core.errors import (
+from core.method.config import BanditConfig, PacerConfig, PacerMode, RouterConfig
+from core.method.errors import (
     DuplicateRequestIdError,
     InvalidFeedbackError,
     NoEligibleModelError,
     RouterError,
     UnknownRequestError,
 )
-from core.registry import ModelSpec, RegistryError
-from core.router import FeedbackStatus, RouteLimits, Router
+from core.method.registry import ModelSpec, RegistryError
+from core.method.router import FeedbackStatus, RouteLimits, Router
 
 LLAMA = ModelSpec(id="meta-llama/llama-3.1-8b-instruct", input_per_m=0.10, output_per_m=0.10)
 MISTRAL = ModelSpec(id="mistralai/mistral-large-2512", input_per_m=0.50, output_per_m=1.50)
@@ -663,7 +663,7 @@ def test_cached_cost_view_tracks_every_change_bit_for_bit() -> None:
     """The router keeps per-arm expected costs (and their max over the active arms) between
     requests and patches them on a charge. After every kind of change they equal a computation
     from scratch exactly, and so do the penalty and the dual step that read them."""
-    from core.snapshot import restore, snapshot
+    from core.state.snapshot import restore, snapshot
 
     rng = np.random.default_rng(21)
     models = [LLAMA, MISTRAL, FLASH, PRO]
@@ -746,7 +746,7 @@ def test_feedforward_dual_is_resolved_every_route_while_its_window_fills() -> No
     """A dual solved on the first context alone must not hold for the next 31 routes. Here no
     charge has arrived yet (as under concurrency), the first context favours the cheap model
     and the next 20 the dear one (20 budgets a request): only about one may go to it."""
-    from core.priors import build_priors
+    from core.method.priors import build_priors
 
     rng = np.random.default_rng(5)
     X = np.hstack([rng.normal(size=(400, 25)), np.ones((400, 1))])

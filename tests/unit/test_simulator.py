@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.costs import realised_cost_usd
-from core.data import load_prices, load_reward_file
-from core.protocol import ProviderRequest
-from core.registry import ModelSpec, SpeedClass
-from core.simulator import (
+from core.method.costs import realised_cost_usd
+from core.method.registry import ModelSpec, SpeedClass
+from core.replay.data import load_prices, load_reward_file
+from core.replay.simulator import (
     SimProfileOverride,
     Simulator,
     SimulatorConfig,
     estimate_tokens,
     usage_for_cost,
 )
+from core.service.protocol import ProviderRequest
 
 FAST = ModelSpec(id="fast-m", input_per_m=0.1, output_per_m=0.1, speed=SpeedClass.FAST)
 BAL = ModelSpec(id="bal-m", input_per_m=0.5, output_per_m=1.5)
@@ -173,7 +173,7 @@ def test_replay_miss_and_missing_model_fall_back_to_profile(tmp_path: Path) -> N
 
 
 def _with(spec: ModelSpec, **behaviour) -> ModelSpec:
-    from core.registry import SimBehaviour
+    from core.method.registry import SimBehaviour
 
     return spec.model_copy(update={"simulation": SimBehaviour(**behaviour)})
 
@@ -199,7 +199,7 @@ def test_reward_scale_multiplies_drawn_and_replayed_rewards(tmp_path: Path) -> N
 
 
 def test_quality_override_and_configured_default_behaviours() -> None:
-    from core.registry import SimBehaviour
+    from core.method.registry import SimBehaviour
 
     exact = _with(BAL, quality=0.3)
     sim = Simulator(SimulatorConfig(profiles={"bal-m": SimProfileOverride(quality_sd=0.0)}))

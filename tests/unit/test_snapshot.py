@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from core import persistence
-from core.config import PacerConfig, RouterConfig
+from core.method.config import PacerConfig, RouterConfig
+from core.method.registry import ModelSpec
+from core.method.router import Decision, FeedbackStatus, RouteLimits, Router
 from core.persistence import pack
-from core.registry import ModelSpec
-from core.router import Decision, FeedbackStatus, RouteLimits, Router
-from core.snapshot import SNAPSHOT_FORMAT, load_snapshot, restore, save_snapshot, snapshot
+from core.state.snapshot import SNAPSHOT_FORMAT, load_snapshot, restore, save_snapshot, snapshot
 
 # Two identically priced cheapest models: a zero context makes them tie exactly.
 TWIN_A = ModelSpec(id="cheap-a", input_per_m=0.10, output_per_m=0.10)
@@ -208,10 +208,10 @@ def test_restore_rejects_other_formats() -> None:
 
 
 def test_feedforward_router_round_trips_with_identical_decisions() -> None:
-    from core.config import PacerConfig, RouterConfig
-    from core.registry import ModelSpec
-    from core.router import Router
-    from core.snapshot import restore, snapshot
+    from core.method.config import PacerConfig, RouterConfig
+    from core.method.registry import ModelSpec
+    from core.method.router import Router
+    from core.state.snapshot import restore, snapshot
 
     specs = [
         ModelSpec(id="cheap", input_per_m=0.1, output_per_m=0.1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.spend_resolver import SpendResolver
+from core.method.spend_resolver import SpendResolver
 
 
 def _resolver(rng: np.random.Generator, n: int = 200, d: int = 4) -> SpendResolver:

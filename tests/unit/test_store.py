@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.store import (
+from core.state.store import (
     SCHEMA_VERSION,
     DuplicateRequestError,
     Event,
@@ -317,7 +317,7 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from core.store import Event, StateStore
+    from core.state.store import Event, StateStore
 
     store = StateStore(sys.argv[1])
     for i in range(1_000_000):

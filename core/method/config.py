@@ -68,7 +68,7 @@ class PacerConfig(_Frozen):
     feedforward: bool = Field(
         True,
         description="expected-cost mode: re-solve the dual from recent contexts "
-        "(core/spend_resolver.py); the integral dual then only shrinks the spend target",
+        "(core/method/spend_resolver.py); the integral dual then only shrinks the spend target",
     )
     feedforward_window: int = Field(256, ge=8, description="recent contexts the solve uses")
     feedforward_every: int = Field(32, ge=1, description="routes between solves")

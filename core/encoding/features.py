@@ -23,7 +23,7 @@ from core.persistence import write_atomic
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROJECTION_PATH = Path(__file__).parent / "artifacts" / "projection.json"
+DEFAULT_PROJECTION_PATH = Path(__file__).parent.parent / "artifacts" / "projection.json"
 DEFAULT_COMPONENTS = 25
 FIT_COMMAND = (
     "paretoserve features fit --data ../shared/data/val.jsonl --data ../shared/data/val_k4.jsonl"
@@ -283,7 +283,7 @@ class FeaturePipeline:
             )
         # A projection fitted on another encoder's space is silently wrong; refuse it. An
         # encoder that reproduces another one up to rounding or quantisation (ONNX Runtime's
-        # MiniLM, core.minilm_onnx) names it in `approximates` and may use its projection.
+        # MiniLM, core.encoding.minilm_onnx) names it in `approximates` and may use its projection.
         names = {encoder.name, getattr(encoder, "approximates", None)}
         if not projection.fallback and projection.encoder_name not in names:
             raise ValueError(

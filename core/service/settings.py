@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.config import (
+from core.method.config import (
     BanditConfig,
     BudgetUSD,
     CostSignal,
@@ -15,9 +15,9 @@ from core.config import (
     PacerMode,
     RouterConfig,
 )
-from core.durable import DurabilityConfig
-from core.faults import CooldownConfig, RetryPolicy
-from core.registry import ModelSpec
+from core.method.faults import CooldownConfig, RetryPolicy
+from core.method.registry import ModelSpec
+from core.state.durable import DurabilityConfig
 
 
 class _Strict(BaseModel):

@@ -15,20 +15,20 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.bandit import LinUCB
-from core.config import CostSignal, PacerMode, RouterConfig
-from core.costs import cost_term
-from core.errors import (
+from core.method.bandit import LinUCB
+from core.method.config import CostSignal, PacerMode, RouterConfig
+from core.method.costs import cost_term
+from core.method.errors import (
     DuplicateRequestIdError,
     InvalidFeedbackError,
     NoEligibleModelError,
     UnknownRequestError,
 )
-from core.faults import Cooldown, CooldownConfig, Cooldowns
-from core.pacer import BudgetPacer
-from core.priors import Priors, mean_preserving_load
-from core.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
-from core.spend_resolver import SpendResolver
+from core.method.faults import Cooldown, CooldownConfig, Cooldowns
+from core.method.pacer import BudgetPacer
+from core.method.priors import Priors, mean_preserving_load
+from core.method.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+from core.method.spend_resolver import SpendResolver
 
 _NEG_INF = np.array(-np.inf)  # a 0-d array operand: numpy converts a Python float on every call
 _F64 = np.dtype(np.float64)
@@ -121,8 +121,8 @@ class _ArmView:
 
 class _ArmField:
     """A Router attribute the arm view derives from: assigning a whole new value (as
-    core.snapshot.restore does) marks the view stale. The router's own in-place writes to these
-    arrays call Router._arms_changed themselves."""
+    core.state.snapshot.restore does) marks the view stale. The router's own in-place writes to
+    these arrays call Router._arms_changed themselves."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = "_" + name
@@ -150,7 +150,7 @@ class Router:
         cooldowns: CooldownConfig | None = None,
     ) -> None:
         self._view: _ArmView | None = None
-        # Failing models (provider faults): transient, not in snapshots; see core/faults.py.
+        # Failing models (provider faults): transient, not in snapshots; see core/method/faults.py.
         self.cooldowns = Cooldowns(cooldowns)
         self.config = config
         self.bandit = LinUCB(config.bandit)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.data import load_prices, load_reward_file
-from core.protocol import ProviderRequest, Usage, message_text
-from core.registry import ModelSpec, SimBehaviour, SpeedClass
+from core.method.registry import ModelSpec, SimBehaviour, SpeedClass
+from core.replay.data import load_prices, load_reward_file
+from core.service.protocol import ProviderRequest, Usage, message_text
 
 _WORDS = (
     "the model considers question answer because therefore result value step first then "

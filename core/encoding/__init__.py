@@ -1,0 +1,1 @@
+"""Prompt -> context: MiniLM encoders (torch, ONNX), the projection, the embedding caches."""
