@@ -37,12 +37,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(SYS_PY) tools/lockfile.py check
-	$(BIN)/ruff check core deployments graphs loadtest paretoserve_cli tests
+	$(BIN)/ruff check core deployments graphs loadtest benchmarks paretoserve_cli tests
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check core deployments graphs loadtest paretoserve_cli tests
-	$(BIN)/ruff format --check core deployments graphs loadtest paretoserve_cli tests
+	$(BIN)/ruff check core deployments graphs loadtest benchmarks paretoserve_cli tests
+	$(BIN)/ruff format --check core deployments graphs loadtest benchmarks paretoserve_cli tests
 
 bench: $(STAMP)
 	$(BIN)/paretoserve bench --arms 3 --json docs/bench/k3.json

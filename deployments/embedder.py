@@ -40,90 +40,24 @@ import asyncio
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
 
 from core.encoding.embedding_cache import ContextLRU
 from core.encoding.features import Encoder, FeaturePipeline, Projection, load_projection
+from core.service.settings import (
+    CPU_ENCODE_BATCH_SIZE,
+    INT8_ENCODE_BATCH_SIZE,
+    MAX_PROMPT_CHARS,
+    EmbedderArgs,
+)
 
 logger = logging.getLogger("ray.serve")
 
 _BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-# On CPU a forward pass costs ~ batch x longest prompt, and prompt lengths are long-tailed, so
-# one padded pass over 32 real prompts is ~1.5x slower than 32 single-prompt calls, while
-# length-sorted passes of 4 are ~1.3x faster (docs/benchmarks.md, "Embedder").
-CPU_ENCODE_BATCH_SIZE = 4
-# Dynamic int8 scales activations per pass, so passes of 1 keep an int8 vector a function of its
-# prompt alone; in passes of 4 padding and pass-mates cost accuracy (cosine min 0.955) and
-# throughput (docs/benchmarks.md, "Embedder"). So int8 runs passes of 1 only.
-INT8_ENCODE_BATCH_SIZE = 1
-Backend = Literal["torch", "onnx-fp32", "onnx-int8"]
-
-
-class EmbedderArgs(BaseModel):
-    """Typed `args` of the Embedder deployment (from serve_config.yaml or the graph builder)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    backend: Backend = Field(
-        default="torch",
-        description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
-        "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.encoding.minilm_onnx: built from "
-        "the packaged weights on first use and cached; int8: cosine >= 0.995 to torch)",
-    )
-    cache_size: int = Field(
-        default=0,
-        ge=0,
-        le=10_000_000,
-        description="in-memory LRU of contexts keyed by sha256(prompt); a hit skips batching "
-        "and encoding; 0 = off",
-    )
-    device: str | None = Field(
-        default=None,
-        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
-        description="torch device; None = cuda if the replica has a GPU, else cpu",
-    )
-    max_seq_length: int = Field(
-        default=256,
-        ge=1,
-        le=512,
-        description="tokens read per prompt (longer prompts are truncated); must match the "
-        "projection's encoder (the committed artifact is fitted for 256)",
-    )
-    max_batch_size: int = Field(default=32, ge=1, le=1024)
-    encode_batch_size: int | None = Field(
-        default=None,
-        ge=1,
-        le=1024,
-        description="prompts per forward pass: a batch is sorted by length and encoded in "
-        "chunks of this size, so short prompts are not padded to the longest; None = "
-        f"{CPU_ENCODE_BATCH_SIZE} on CPU (padding costs compute there), max_batch_size on GPU",
-    )
-    # Ray 2.60's @serve.batch closes a batch batch_wait_timeout_s after its first request even
-    # while the previous batch is still encoding (it then waits its turn), so batches only grow
-    # past what arrives in that window when the window is near the encode time. On a busy CPU
-    # replica 0.05 s gives full batches and ~1.5x the throughput of 0.005 s; on a GPU (encode
-    # ~ms) or at low load (every request waits the window out) keep it small.
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
-    projection_path: str | None = Field(
-        default=None,
-        description="projection JSON; None = the committed core/artifacts/projection.json "
-        "(falls back to a seeded random projection, with a warning, if it is missing)",
-    )
-    max_prompt_chars: int = Field(default=100_000, ge=1)
-
-    @model_validator(mode="after")
-    def _int8_runs_passes_of_one(self) -> EmbedderArgs:
-        if self.backend == "onnx-int8" and self.encode_batch_size not in (None, 1):
-            raise ValueError(
-                "backend onnx-int8 encodes one prompt per pass (encode_batch_size 1 or unset): "
-                "in passes of several, padding and pass-mates cost int8 accuracy"
-            )
-        return self
 
 
 def _clean(text: object, what: str, max_chars: int) -> str:
@@ -185,15 +119,15 @@ def _set_torch_threads(resources: dict[str, float] | None) -> int:
     return torch.get_num_threads()
 
 
-@serve.deployment(
-    name="Embedder",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=256,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
-)
+@serve.deployment(name="Embedder")  # replica options: graphs/app.py, from the settings tree
 class Embedder:
-    def __init__(self, args: dict[str, Any] | EmbedderArgs | None = None) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any] | EmbedderArgs | None = None,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
+    ) -> None:
         self.args = EmbedderArgs.model_validate(args or {})
+        self.max_prompt_chars = max_prompt_chars
         resources = _assigned_resources()
         onnx = self.args.backend.startswith("onnx")
         if onnx and self.args.device not in (None, "cpu"):
@@ -297,7 +231,7 @@ class Embedder:
     async def embed(self, text: str) -> list[float]:
         """One prompt's context; batched with other concurrent calls."""
         # Validated before batching, so one bad prompt fails alone, not its whole batch.
-        text = _clean(text, "prompt", self.args.max_prompt_chars)
+        text = _clean(text, "prompt", self.max_prompt_chars)
         if self.cache.capacity and (hit := self.cache.get(text)) is not None:
             return hit.tolist()  # no batch wait, no encode
         if self.batching:
@@ -308,9 +242,7 @@ class Embedder:
         """Contexts of a list of prompts, encoded together (no cross-request batching)."""
         if isinstance(texts, str) or not isinstance(texts, list | tuple):
             raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-        cleaned = [
-            _clean(t, f"texts[{i}]", self.args.max_prompt_chars) for i, t in enumerate(texts)
-        ]
+        cleaned = [_clean(t, f"texts[{i}]", self.max_prompt_chars) for i, t in enumerate(texts)]
         if not cleaned:
             return []
         if not self.cache.capacity:
@@ -332,7 +264,7 @@ class Embedder:
             "projection_fitted_on": proj.fitted_on,
             "dim": proj.dim,
             "max_seq_length": self.args.max_seq_length,
-            "max_prompt_chars": self.args.max_prompt_chars,
+            "max_prompt_chars": self.max_prompt_chars,
             "max_batch_size": self.args.max_batch_size,
             "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
             "encode_batch_size": self.encode_batch_size,

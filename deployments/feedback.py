@@ -12,7 +12,7 @@ from core.state.store import StateStore
 from deployments.router_calls import retrying
 
 
-@serve.deployment(name="Feedback", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="Feedback")  # replica options: graphs/app.py, from the settings tree
 class FeedbackDeployment:
     def __init__(self, router: DeploymentHandle, state_path: str) -> None:
         self.router = router

@@ -37,6 +37,10 @@ class HTTPError(Exception):
         self.status, self.message, self.param = status, message, param
         self.type, self.code, self.headers = type, code, headers
 
+    def body(self) -> dict:
+        """`{"error": {"message", "type", "param", "code"}}`: the response body or SSE event."""
+        return error_body(self.message, self.type, self.param, self.code)
+
 
 def cause(exc: BaseException) -> BaseException:
     """The original exception behind Ray's wrapper, when a deployment raised it."""
@@ -109,8 +113,4 @@ def provider_http_error(exc: ProviderError) -> HTTPError:
 
 
 def error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse(
-        error_body(err.message, err.type, err.param, err.code),
-        status_code=err.status,
-        headers=err.headers,
-    )
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)

@@ -1,6 +1,8 @@
-"""The Ingress deployment: the HTTP API of DESIGN.md (OpenAI-compatible chat, feedback, models,
-health, admin). It validates, then calls Embedder -> Router -> Provider and charges the Router
-the realised cost (usage x registry prices) when the answer arrives.
+"""The Ingress deployment: the HTTP API of DESIGN.md (chat, feedback, models, health, admin).
+
+It authenticates, validates and maps errors to OpenAI-shaped bodies; a chat's steps (embed ->
+route -> provider with fallback -> charge) are core.service.chat's, over the Serve handles
+adapted to its ports (deployments/ports.py).
 
 The request id is Serve's own (the `x-request-id` request header, set by Serve's proxy when the
 client sends none): Serve echoes it on the response and tags every hop's log lines with it,
@@ -8,15 +10,13 @@ and the Router keys the decision, the charge and the feedback by it.
 
 No `from __future__ import annotations` here: FastAPI must see the real annotation types."""
 
-import asyncio
-import contextvars
 import hmac
-import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,36 +26,23 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.method.costs import realised_cost_usd
-from core.method.faults import can_fall_back
-from core.method.registry import ModelSpec
-from core.replay.simulator import estimate_tokens
+from core.service.chat import ChatService
+from core.service.decision import RouteDecision
 from core.service.protocol import (
-    SSE_DONE,
     AddModelRequest,
     BudgetRequest,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChunkChoice,
-    CompletionUsage,
-    Delta,
     ErrorBody,
     ExplainRequest,
     FeedbackRequest,
     FeedbackResponse,
-    ParetoserveInfo,
-    ProviderRequest,
     RepriceRequest,
-    Usage,
-    completion_id,
-    error_body,
 )
-from deployments.clients.errors import ProviderError
-from deployments.http_errors import HTTPError, cause, error_response, to_http
-from deployments.router_calls import retrying
+from deployments.http_errors import HTTPError, error_response, to_http
+from deployments.ports import ServeEmbedder, ServeProviders, ServeRouter, timed
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
 app = FastAPI(
     title="paretoserve",
     version="0.1.0",
@@ -130,12 +117,6 @@ def _request_id(request: Request) -> str:
     return rid
 
 
-def _cost(spec: ModelSpec, usage: Usage) -> float:
-    return realised_cost_usd(
-        usage.prompt_tokens, usage.completion_tokens, spec.input_per_m, spec.output_per_m
-    )
-
-
 class _ClosingStreamingResponse(StreamingResponse):
     """Closes its body generator when the response ends in any way. Starlette leaves a body
     abandoned by a client hang-up to the garbage collector, so its cleanup (the charge for
@@ -148,23 +129,10 @@ class _ClosingStreamingResponse(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-def _so_far(req: ProviderRequest, streamed: list[str]) -> Usage:
-    """Estimated usage of a stream that ended early (or whose server reports none)."""
-    return Usage(
-        prompt_tokens=estimate_tokens(len(req.prompt_text)),
-        completion_tokens=estimate_tokens(sum(map(len, streamed))) if streamed else 0,
-    )
-
-
 _HOP_BUCKETS_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
-@serve.deployment(
-    name="Ingress",
-    max_ongoing_requests=256,
-    ray_actor_options={"num_cpus": 0.2},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
-)
+@serve.deployment(name="Ingress")  # replica options: graphs/app.py, from the settings tree
 @serve.ingress(app)
 class Ingress:
     def __init__(
@@ -178,8 +146,8 @@ class Ingress:
         admin_key_env: str = "PARETOSERVE_ADMIN_KEY",
         api_keys_env: str = "PARETOSERVE_API_KEYS",
     ) -> None:
-        self.embedder, self.router, self.feedback = embedder, router, feedback
-        self.registry, self.providers = registry, providers
+        self.embedder, self.router = embedder, router
+        self.feedback, self.registry = feedback, registry
         self.max_prompt_chars = max_prompt_chars
         # Read once at start-up, kept for the auth middleware, never logged.
         app.state.admin_key = os.environ.get(admin_key_env, "")
@@ -187,7 +155,6 @@ class Ingress:
         app.state.api_keys = [
             k.strip() for k in os.environ.get(api_keys_env, "").split(",") if k.strip()
         ]
-        self._detached: set[asyncio.Task] = set()
         self._m_requests = Counter(
             "paretoserve_requests",
             "chat requests by answering model",
@@ -203,59 +170,28 @@ class Ingress:
         self._m_router_retries = Counter(
             "paretoserve_router_retries", "Router calls repeated after the Router replica died"
         )
+        self.chats = ChatService(
+            ServeEmbedder(embedder, self._observe),
+            ServeRouter(router, self._observe, self._m_router_retries.inc),
+            ServeProviders(providers, self._observe),
+            stream_error=lambda exc: to_http(exc).body(),
+            log=log,
+        )
 
-    async def _call(self, hop: str, response):
-        start = time.perf_counter()
+    def _observe(self, hop: str, ms: float) -> None:
+        self._m_hop.observe(ms, tags={"hop": hop})
+
+    async def _mapped(self, call: Awaitable[T]) -> T:
+        """Await `call`; any failure becomes the HTTPError it maps to, counted once."""
         try:
-            return await response
+            return await call
         except Exception as exc:
             err = to_http(exc)
             self._m_errors.inc(tags={"status": str(err.status)})
             raise err from None
-        finally:
-            self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": hop})
 
-    async def _provider(self, hop: str, response):
-        """Like _call, but a provider's own failure comes back as the ProviderError it is (so
-        the request can fall back); anything else becomes an HTTPError."""
-        start = time.perf_counter()
-        try:
-            return await response
-        except Exception as exc:
-            if isinstance(cause(exc), ProviderError):
-                raise cause(exc) from None
-            err = to_http(exc)
-            self._m_errors.inc(tags={"status": str(err.status)})
-            raise err from None
-        finally:
-            self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": hop})
-
-    async def _fall_back(
-        self, decision: dict, exc: ProviderError, limits: dict | None, failed: list[str]
-    ) -> dict:
-        """The decided model failed (after its provider's retries). An auto-routed request
-        moves to the Router's next-best model (the decision is re-keyed there); an explicit
-        model, the caller's own bad input, or no model left ends the request with the
-        provider's error. Failed models are appended to `failed`."""
-        rid, model = decision["request_id"], decision["model"]
-        if decision["routed"] and can_fall_back(exc.status, exc.retryable):
-            nxt = await self._call(
-                "fallback",
-                self.router.fallback.remote(rid, model, exc.status, exc.retry_after_s, limits),
-            )
-            failed.append(model)
-            if nxt is not None:
-                log.warning("fallback %s -> %s after %s: %s", model, nxt["model"], exc.status, exc)
-                return nxt
-        else:
-            cool = can_fall_back(exc.status, exc.retryable)  # not for the caller's bad input
-            await self._call(
-                "fallback",
-                self.router.fail.remote(rid, model, exc.status, exc.retry_after_s, cool),
-            )
-        err = to_http(exc)
-        self._m_errors.inc(tags={"status": str(err.status)})
-        raise err
+    async def _call(self, hop: str, response: Awaitable[T]) -> T:
+        return await self._mapped(timed(self._observe, hop, response))
 
     # ---- chat -------------------------------------------------------------------------
 
@@ -275,168 +211,28 @@ class Ingress:
                 "messages",
                 code="prompt_too_long",
             )
-        x = await self._call("embed", self.embedder.embed.remote(text))
-        limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else None
-        model = None if body.model == "auto" else body.model
-        decision = await self._call("route", self._decide(x, limits or None, model, rid))
-        spec = ModelSpec.model_validate(decision["spec"])
-        req = ProviderRequest.from_chat(rid, body, spec)
         if body.stream:
-            return await self._stream(body, req, decision, limits or None, x)
-        failed: list[str] = []
-        while True:
-            try:
-                resp = await self._provider(
-                    "provider", self.providers[spec.provider].complete.remote(req)
-                )
-                break
-            except ProviderError as exc:
-                decision = await self._fall_back(decision, exc, limits or None, failed)
-                spec = ModelSpec.model_validate(decision["spec"])
-                req = ProviderRequest.for_model(req, spec)
-        self._count(spec, decision, body.stream)
-        cost = _cost(spec, resp.usage)
-        charge = self._send_charge(rid, cost, spec.id, x, decision["forced"])
-        await self._call("charge", asyncio.shield(charge))
-        info = self._info(decision, cost, resp.recorded_reward, failed)
-        out = ChatCompletionResponse.build(resp, info)
+            stream = await self._mapped(self.chats.open_stream(rid, body))
+            self._count(stream.decision, True)
+            return _ClosingStreamingResponse(stream.events(), media_type="text/event-stream")
+        answer = await self._mapped(self.chats.complete(rid, body))
+        decision, cost = answer.decision, answer.cost_usd
+        self._count(decision, False)
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
-        log.info("chat model=%s routed=%s cost_usd=%.3g", spec.id, decision["routed"], cost)
+        log.info("chat model=%s routed=%s cost_usd=%.3g", decision.model, decision.routed, cost)
         return JSONResponse(
-            out.model_dump(mode="json"), headers={"x-paretoserve-cost-usd": f"{cost:.10g}"}
+            answer.response.model_dump(mode="json"),
+            headers={"x-paretoserve-cost-usd": f"{cost:.10g}"},
         )
 
-    async def _decide(self, x, limits: dict | None, model: str | None, rid: str) -> dict:
-        """Route; if the Router died mid-call, pick up the decision if it survived, else route
-        again under the same request id."""
-        first = True
-
-        async def once() -> dict:
-            nonlocal first
-            if not first:
-                d = await self.router.resume.remote(rid, model is not None)
-                if d is not None:
-                    return d
-            first = False
-            return await self.router.route.remote(x, limits, model, rid)
-
-        return await retrying(once, self._router_retry)
-
-    def _router_retry(self) -> None:
-        self._m_router_retries.inc()
-
-    def _count(self, spec: ModelSpec, decision: dict, stream: bool) -> None:
+    def _count(self, decision: RouteDecision, stream: bool) -> None:
         self._m_requests.inc(
             tags={
-                "model": spec.id,
-                "routed": str(decision["routed"]).lower(),
+                "model": decision.model,
+                "routed": str(decision.routed).lower(),
                 "stream": str(stream).lower(),
             }
         )
-
-    @staticmethod
-    def _info(
-        decision: dict, cost: float, reward: float | None, failed: list[str] | None = None
-    ) -> ParetoserveInfo:
-        return ParetoserveInfo(
-            request_id=decision["request_id"],
-            cost_usd=cost,
-            routed=decision["routed"],
-            forced=decision["forced"],
-            dual=decision["dual"],
-            recorded_reward=reward,
-            fallback_from=list(failed) if failed else None,
-        )
-
-    def _send_charge(
-        self, rid: str, cost: float, model: str, x: list[float], forced: bool
-    ) -> asyncio.Task:
-        """Charge the Router in a task of its own, outside the request's context: when a client
-        hangs up, Serve cancels every call its request made, and a charge must land anyway.
-        The context goes along so that a restarted Router can restore a lost decision."""
-
-        async def charge() -> None:
-            try:
-                call = self.router.charge.remote
-                await retrying(lambda: call(rid, cost, model, x, forced), self._router_retry)
-            except Exception:
-                log.exception("charge of %s ($%.6g to %s) failed", rid, cost, model)
-                raise
-
-        task = asyncio.get_running_loop().create_task(charge(), context=contextvars.Context())
-        self._detached.add(task)  # kept referenced until done
-        task.add_done_callback(self._detached.discard)
-        return task
-
-    async def _stream(
-        self,
-        body: ChatCompletionRequest,
-        req: ProviderRequest,
-        decision: dict,
-        limits: dict | None,
-        x: list[float],
-    ) -> StreamingResponse:
-        rid = decision["request_id"]
-        spec = req.spec
-        failed: list[str] = []
-        # Wait for the first chunk here: an error before any token falls back like a plain
-        # request, and with no fallback left it is a plain HTTP error.
-        while True:
-            provider = self.providers[spec.provider]
-            chunks = provider.options(stream=True).stream.remote(req).__aiter__()
-            try:
-                first = await self._provider("provider_first_chunk", chunks.__anext__())
-                break
-            except ProviderError as exc:
-                decision = await self._fall_back(decision, exc, limits, failed)
-                spec = ModelSpec.model_validate(decision["spec"])
-                req = ProviderRequest.for_model(req, spec)
-        self._count(spec, decision, True)
-
-        async def events() -> AsyncIterator[str]:
-            cid, created = completion_id(rid), int(time.time())
-
-            def chunk(delta: Delta, finish=None, **extra) -> str:
-                choice = ChunkChoice(delta=delta, finish_reason=finish)
-                return ChatCompletionChunk(
-                    id=cid, created=created, model=spec.id, choices=[choice], **extra
-                ).sse()
-
-            last, streamed, completed = first, [], False
-            try:
-                yield chunk(Delta(role="assistant", content=""))
-                current = first
-                while True:
-                    if current.delta:
-                        streamed.append(current.delta)
-                        yield chunk(Delta(content=current.delta))
-                    last = current
-                    current = await chunks.__anext__()
-            except StopAsyncIteration:
-                completed = True
-            except Exception as exc:  # mid-stream failure: a clear error event, then stop
-                err = to_http(exc)
-                payload = error_body(err.message, err.type, err.param, err.code)
-                yield f"data: {json.dumps(payload)}\n\n"
-                yield SSE_DONE
-                return
-            finally:
-                if not completed:  # failed, or the client went away: the provider still bills
-                    chunks.cancel()  # stop the upstream generation
-                    so_far = _cost(spec, _so_far(req, streamed))
-                    self._send_charge(rid, so_far, spec.id, x, decision["forced"])
-            usage = last.usage or _so_far(req, streamed)  # some servers send no usage
-            cost = _cost(spec, usage)
-            await asyncio.shield(self._send_charge(rid, cost, spec.id, x, decision["forced"]))
-            yield chunk(
-                Delta(),
-                last.finish_reason or "stop",
-                paretoserve=self._info(decision, cost, last.recorded_reward, failed),
-                usage=CompletionUsage.of(usage) if body.include_usage else None,
-            )
-            yield SSE_DONE
-
-        return _ClosingStreamingResponse(events(), media_type="text/event-stream")
 
     # ---- feedback, models, health -------------------------------------------------------
 

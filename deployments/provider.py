@@ -38,12 +38,7 @@ def make_client(settings: ProviderSettings) -> ProviderClient:
 _LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
-@serve.deployment(
-    name="Provider",
-    max_ongoing_requests=512,
-    ray_actor_options={"num_cpus": 0.1},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
-)
+@serve.deployment(name="Provider")  # replica options: graphs/app.py, from the settings tree
 class ProviderDeployment:
     def __init__(self, name: str, settings: ProviderSettings | dict) -> None:
         self.name = name

@@ -1,8 +1,10 @@
-"""The Registry deployment: the model table's source of truth. Each change is validated by
-core's ModelRegistry, persisted (versioned) in the state database, then pushed to the Router
-(one replica). Provider deployments get no push: they autoscale to several replicas, and a push
-would reach one; instead the Router hands out each model's spec with its decision, and the
-request carries it to the provider (core.service.protocol.ProviderRequest.spec)."""
+"""The Registry deployment: the model table's source of truth, persisted and pushed to the Router.
+
+Each change is validated by core's ModelRegistry, persisted (versioned) in the state database,
+then pushed to the Router (one replica). Provider deployments get no push: they autoscale to
+several replicas, and a push would reach one; instead the Router hands out each model's spec
+with its decision, and the request carries it to the provider
+(core.service.protocol.ProviderRequest.spec)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,7 @@ from core.state.store import StateStore
 from deployments.router import REGISTRY_DOC, registry_table
 
 
-@serve.deployment(
-    name="Registry", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.05}
-)
+@serve.deployment(name="Registry")  # replica options: graphs/app.py, from the settings tree
 class RegistryDeployment:
     def __init__(
         self,
@@ -40,9 +40,6 @@ class RegistryDeployment:
     async def list(self) -> list[dict]:
         return [s.model_dump(mode="json") for s in self.registry.active_models()]
 
-    async def get(self, model_id: str) -> dict:
-        return self.registry.get(model_id).model_dump(mode="json")
-
     async def add(self, spec: ModelSpec | dict) -> dict:
         spec = ModelSpec.model_validate(spec)
         if spec.provider not in self.providers:
@@ -53,11 +50,6 @@ class RegistryDeployment:
 
     async def remove(self, model_id: str) -> dict:
         return await self._change(lambda reg: reg.remove(model_id))
-
-    async def reprice(
-        self, model_id: str, input_per_m: float | None = None, output_per_m: float | None = None
-    ) -> dict:
-        return await self._change(lambda reg: reg.reprice(model_id, input_per_m, output_per_m))
 
     async def patch(
         self,

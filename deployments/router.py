@@ -1,36 +1,34 @@
-"""The Router deployment: the one stateful replica. A thin async shell over core.DurableRouter.
+"""The Router deployment: the one stateful replica. A thin async shell over a DurableRouter.
 
 Decisions are made on the event loop (microseconds). Everything that touches the database runs
-in one writer task, in order, in a worker thread: decision records are flushed, then each
-charge or feedback is journalled durably and only then applied and acknowledged (write-ahead),
-then a snapshot is taken when due. A killed replica restarts from the last snapshot plus the
-journal, so an acknowledged feedback is applied exactly once.
+in the DurableRouter's writer task (core/state/durable.py), in order, in a worker thread:
+decision records are flushed, then each charge or feedback is journalled durably and only then
+applied and acknowledged (write-ahead), then a snapshot is taken when due. A killed replica
+restarts from the last snapshot plus the journal, so an acknowledged feedback is applied
+exactly once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Any
 
 import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Gauge
 
 from core.encoding.features import load_projection
-from core.method.faults import Cooldowns
 from core.method.priors import Priors
 from core.method.registry import ModelSpec
 from core.method.router import FeedbackStatus, RouteLimits, Router
+from core.service.decision import RouteDecision
 from core.service.settings import RouterSettings
 from core.state.durable import DurableRouter
 from core.state.reconcile import reconcile
-from core.state.store import Event, StateStore
+from core.state.store import StateStore
 
 log = logging.getLogger("ray.serve")
 REGISTRY_DOC = "registry"
-_TICK_S = 0.05
 
 
 def registry_table(store: StateStore, default: list[ModelSpec]) -> tuple[list[ModelSpec], int]:
@@ -41,9 +39,7 @@ def registry_table(store: StateStore, default: list[ModelSpec]) -> tuple[list[Mo
     return [ModelSpec.model_validate(m) for m in doc[0]["models"]], doc[1]
 
 
-@serve.deployment(
-    name="Router", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.25}
-)
+@serve.deployment(name="Router")  # replica options: graphs/app.py, from the settings tree
 class RouterDeployment:
     def __init__(self, settings: RouterSettings | dict) -> None:
         self.settings = RouterSettings.model_validate(settings)
@@ -53,11 +49,9 @@ class RouterDeployment:
             self.store, lambda: self._fresh_router(table), self.settings.durability, time.time()
         )
         # Cool-downs are transient (not in snapshots): a restarted router tries every model.
-        self.durable.router.cooldowns = Cooldowns(self.settings.faults)
+        self.durable.router.configure_cooldowns(self.settings.faults)
         changed = reconcile(self.durable.router, table)  # registry changes made while down
         log.info("router ready: %s; registry reconciled: %s", self.recovery, changed or "none")
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
         self._m_decisions = Counter(
             "paretoserve_decisions", "routing decisions", tag_keys=("model", "routed")
         )
@@ -95,7 +89,7 @@ class RouterDeployment:
         limits: dict | None = None,
         model: str | None = None,
         request_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RouteDecision:
         self._start_writer()
         d = self.durable.route(
             np.asarray(x, dtype=np.float64),
@@ -107,18 +101,10 @@ class RouterDeployment:
         self._m_decisions.inc(tags={"model": d.model, "routed": str(not d.direct).lower()})
         return self._decision(d)
 
-    def _decision(self, d) -> dict[str, Any]:
-        return {
-            "request_id": d.request_id,
-            "model": d.model,
-            "t": d.t,
-            "dual": d.dual,
-            "forced": d.forced,
-            "routed": not d.direct,
-            "spec": self.durable.router.registry.specs[d.model].model_dump(mode="json"),
-        }
+    def _decision(self, d) -> RouteDecision:
+        return RouteDecision.of(d, self.durable.router.registry.specs[d.model])
 
-    async def resume(self, request_id: str, direct: bool = False) -> dict[str, Any] | None:
+    async def resume(self, request_id: str, direct: bool = False) -> RouteDecision | None:
         """The pending decision under `request_id` (see core.method.router.Router.resume)."""
         d = self.durable.router.resume(request_id, direct)
         return None if d is None else self._decision(d)
@@ -130,7 +116,7 @@ class RouterDeployment:
         status: int | None = None,
         retry_after_s: float | None = None,
         limits: dict | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> RouteDecision | None:
         """The request's model failed (after retries): cool it down and re-decide (see
         core.method.router.Router.fallback). None: no fallback left, the decision is dropped."""
         self._start_writer()
@@ -175,24 +161,25 @@ class RouterDeployment:
         x: list[float] | None = None,
         forced: bool = False,
     ) -> str:
-        """Charge an answered request. With its context `x`, a decision this replica does not
-        know (made by a predecessor that died before flushing it) or keyed to another model (a
-        lost fallback re-key) is first restored, so the answer is always accounted."""
-        if x is not None and model:
-            self._start_writer()
-            outcome = self.durable.answered_by(
-                request_id, model, np.asarray(x, dtype=np.float64), forced, time.time()
-            )
-            if outcome in ("rekeyed", "adopted"):
-                log.warning("charge of %s: decision %s (model %s)", request_id, outcome, model)
-        status = await self._journal(request_id, "charge", cost_usd)
+        """Charge an answered request, write-ahead (core.state.durable.DurableRouter.charge).
+        With its context `x`, a decision this replica does not know (made by a predecessor that
+        died before flushing it) or keyed to another model (a lost fallback re-key) is first
+        restored, so the answer is always accounted."""
+        status = await self.durable.charge(
+            request_id,
+            cost_usd,
+            time.time(),
+            model,
+            None if x is None else np.asarray(x, dtype=np.float64),
+            forced,
+        )
         if status == FeedbackStatus.APPLIED:
             self._m_spend.inc(cost_usd, tags={"model": model or "unknown"})
         self._publish_pacer()
         return status.value
 
     async def feedback(self, request_id: str, reward: float) -> str:
-        status = await self._journal(request_id, "feedback", reward)
+        status = await self.durable.feedback(request_id, reward, time.time())
         self._m_feedback.inc(tags={"status": status.value})
         return status.value
 
@@ -205,12 +192,12 @@ class RouterDeployment:
     async def apply_registry(self, table: list[dict]) -> list[str]:
         changes = reconcile(self.durable.router, [ModelSpec.model_validate(m) for m in table])
         if changes:
-            await self._snapshot_now()
+            await self.durable.snapshot_now()
         return changes
 
     async def set_budget(self, usd_per_request: float) -> dict:
         self.durable.router.set_budget(usd_per_request)
-        await self._snapshot_now()
+        await self.durable.snapshot_now()
         self._publish_pacer()
         return await self.state()
 
@@ -221,66 +208,10 @@ class RouterDeployment:
             "journal_seq": self.durable.applied_seq,
         }
 
-    # ---- the writer ---------------------------------------------------------------------
+    # ---- the writer (core.state.durable.DurableRouter: all database work, in order) -------
 
     def _start_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
-
-    async def _journal(self, request_id: str, kind: str, value: float) -> FeedbackStatus:
-        self._start_writer()
-        prepared = self.durable.prepare(request_id, kind, value, time.time())
-        if isinstance(prepared, FeedbackStatus):
-            return prepared
-        done = asyncio.get_running_loop().create_future()
-        await self._queue.put((prepared, done))
-        return await done
-
-    async def _snapshot_now(self) -> None:
-        self._start_writer()
-        done = asyncio.get_running_loop().create_future()
-        await self._queue.put((None, done))
-        await done
-
-    async def _write_loop(self) -> None:
-        while True:
-            try:
-                items = [await asyncio.wait_for(self._queue.get(), _TICK_S)]
-            except TimeoutError:
-                items = []
-            while not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            try:
-                await self._write(items)
-            except Exception:  # keep serving; each item's future carries its own error
-                log.exception("router writer failed")
-
-    async def _write(self, items: list[tuple[Event | None, asyncio.Future]]) -> None:
-        rows = self.durable.take_unflushed()  # decisions first: an event needs its context
-        if rows:
-            await asyncio.to_thread(self.store.add_pending, rows)
-        rekeyed, dropped = self.durable.take_pending_changes()  # fallbacks, after their rows
-        if rekeyed or dropped:
-            await asyncio.to_thread(self.durable.write_pending_changes, rekeyed, dropped)
-        force = False
-        for ev, done in items:
-            if ev is None:
-                force = True
-                continue
-            try:
-                seq, fresh = await asyncio.to_thread(self.durable.write, ev)
-                status = self.durable.apply(ev, seq) if fresh else FeedbackStatus.DUPLICATE
-                done.set_result(status)
-            except Exception as exc:
-                done.set_exception(exc)
-        now = time.time()
-        if force or self.durable.snapshot_due(now):
-            blob, t, seq = self.durable.take_snapshot(now)
-            await asyncio.to_thread(self.durable.save_snapshot, blob, t, seq, now)
-        self.durable.expire(now)
-        for ev, done in items:
-            if ev is None and not done.done():
-                done.set_result(None)
+        self.durable.start_writer()
 
     def _publish_pacer(self) -> None:
         p = self.durable.router.pacer

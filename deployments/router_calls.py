@@ -3,7 +3,8 @@
 The Router is one replica; when its process dies, the calls in flight to it fail with an
 actor error while Serve starts a new replica (new calls wait for it). Its operations are safe
 to repeat: a charge or a feedback already journalled answers "duplicate", and a decision that
-survived is picked up with `resume` instead of being made twice (see Ingress._decide).
+survived is picked up with `resume` instead of being made twice (see
+deployments/ports.py, `ServeRouter.route`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from ray.serve import Application
 
 from core.service.settings import AppArgs, ProviderSettings
-from deployments.embedder import Embedder, EmbedderArgs
+from deployments.embedder import Embedder
 from deployments.feedback import FeedbackDeployment
 from deployments.ingress import Ingress
 from deployments.provider import ProviderDeployment
@@ -26,26 +26,36 @@ def project_home() -> Path:
     return Path(home) if home else Path(__file__).resolve().parent.parent
 
 
-def _provider_options(name: str, settings: ProviderSettings) -> dict:
-    options: dict = {"name": f"Provider_{name}"}
+def _provider_options(name: str, settings: ProviderSettings, cfg: AppArgs) -> dict:
+    options = cfg.deployments.provider.serve_options() | {"name": f"Provider_{name}"}
     if settings.replicas is not None:  # a fixed count replaces the autoscaling default
         options.update(num_replicas=settings.replicas, autoscaling_config=None)
     return options
 
 
 def build_app(args: AppArgs) -> Application:
-    """Serve validates `args` into AppArgs (a clear error names any bad field)."""
+    """Serve validates `args` into AppArgs (a clear error names any bad field); every
+    deployment gets its replica options from `args.deployments`."""
     cfg = AppArgs.model_validate(args).resolved(project_home())
     Path(cfg.state_path).parent.mkdir(parents=True, exist_ok=True)
-    embedder = Embedder.bind(EmbedderArgs.model_validate(cfg.embedder))
-    router = RouterDeployment.bind(cfg.router_settings())
+    opts = cfg.deployments
+    embedder = Embedder.options(**opts.embedder.serve_options()).bind(
+        cfg.embedder, cfg.max_prompt_chars
+    )
+    router = RouterDeployment.options(**opts.router.serve_options()).bind(cfg.router_settings())
     providers = {
-        name: ProviderDeployment.options(**_provider_options(name, settings)).bind(name, settings)
+        name: ProviderDeployment.options(**_provider_options(name, settings, cfg)).bind(
+            name, settings
+        )
         for name, settings in cfg.providers.items()
     }
-    feedback = FeedbackDeployment.bind(router, cfg.state_path)
-    registry = RegistryDeployment.bind(cfg.models, cfg.state_path, router, sorted(providers))
-    return Ingress.bind(
+    feedback = FeedbackDeployment.options(**opts.feedback.serve_options()).bind(
+        router, cfg.state_path
+    )
+    registry = RegistryDeployment.options(**opts.registry.serve_options()).bind(
+        cfg.models, cfg.state_path, router, sorted(providers)
+    )
+    return Ingress.options(**opts.ingress.serve_options()).bind(
         embedder,
         router,
         feedback,

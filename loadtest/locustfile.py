@@ -28,7 +28,7 @@ from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # locust puts only loadtest/ there
-from loadtest.prompts import BUILTIN_PROMPTS, load_prompts  # noqa: E402
+from core.replay.prompts import BUILTIN_PROMPTS, load_prompts  # noqa: E402
 
 PROMPTS: list[str] = list(BUILTIN_PROMPTS)
 

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,14 +27,10 @@ from typing import Any
 import httpx
 import yaml
 
+from core.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_config() -> dict[str, Any]:

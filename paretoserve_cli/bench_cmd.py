@@ -13,7 +13,6 @@ import gc
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import machine_info, percentile
 from core.method.config import BanditConfig, PacerConfig, RouterConfig
 from core.method.registry import ModelSpec
 from core.method.router import Router
@@ -224,8 +224,7 @@ def baseline_version() -> str | None:
 
 def _percentiles(ns: list[int]) -> dict[str, float]:
     us = np.asarray(ns, dtype=np.float64) / 1000.0
-    p50, p99 = np.percentile(us, [50, 99])
-    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+    return {"p50": round(percentile(us, 50), 3), "p99": round(percentile(us, 99), 3)}
 
 
 def warmup_iters(iters: int, arms: int, forced: int) -> int:
@@ -279,7 +278,7 @@ def measure(
         "route_us": _percentiles(ours_route),
         "feedback_us": _percentiles(ours_fb),
         "mix": mix(contestants[0]),
-        "machine": machine_info(),
+        "machine": machine_info("numpy"),
         "method": METHOD,
         "baseline": None,
         "ratio": None,
@@ -302,22 +301,6 @@ def measure(
             "(it is the bench extra: pip install -e '.[bench]')"
         )
     return result
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "numpy": np.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-    }
 
 
 # ---- output -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""`paretoserve loadtest replay`: the offline replay's protocol through the live HTTP service.
+"""`paretoserve loadtest {replay,chaos,fuzz}`: replay, chaos and fuzz runs against the live service.
 
-With --start-server the app is started here (`serve run` on a free port, state in a work dir)
-with the simulated provider in replay mode over the same reward files, the router's seed set to
---seed, and priors built from the warm-up stream (as the offline replay does); with --url a
-running service is driven instead (its admin key from $PARETOSERVE_ADMIN_KEY).
+`replay` runs the offline replay's protocol through the HTTP service. With --start-server the
+app is started here (`serve run` on a free port, state in a work dir) with the simulated
+provider in replay mode over the same reward files, the router's seed set to --seed, and
+priors built from the warm-up stream (as the offline replay does); with --url a running
+service is driven instead (its admin key from $PARETOSERVE_ADMIN_KEY).
 """
 
 from __future__ import annotations
@@ -15,30 +16,28 @@ import tempfile
 from pathlib import Path
 
 from core.encoding.features import load_projection
-from core.method.priors import Priors, build_priors
-from core.replay.data import half_rows, load_reward_file
+from core.replay.prompts import load_prompts
 from core.replay.protocol import ReplaySpec, Scenario, start_models, stream_orders
 from loadtest.chaos import ChaosConfig, run_chaos
 from loadtest.fuzz import run_schemathesis
 from loadtest.live_replay import LiveDriver, LivePlan, run_plan
-from loadtest.prompts import load_prompts
 from loadtest.server import ADMIN_KEY_ENV, base_config, serve_app
-from paretoserve_cli.contexts import contexts_for, default_prices_path, load_specs
-from paretoserve_cli.replay_cmd import _positive, _priors_arg, print_summary, write_json
+from paretoserve_cli.replay_cmd import print_summary, write_json
+from paretoserve_cli.replay_inputs import (
+    ReplayInputs,
+    positive,
+    priors_arg,
+    resolve_inputs,
+    resolve_priors,
+)
 
 
 def _plan(args: argparse.Namespace) -> tuple[LivePlan, dict]:
     """The prompts to send, the model specs and what the server needs (priors, files)."""
-    split = args.holdout_split
-    data_file = load_reward_file(args.data)
-    data_rows = half_rows(data_file, split, first=False)
-    warm_path = args.warmup or (args.data if split is not None else None)
-    warm_file = load_reward_file(warm_path) if warm_path else None
-    warm_rows = half_rows(warm_file, split, first=True) if warm_file is not None else None
-    prices = args.prices or default_prices_path(args.warmup, args.data)
-    specs = load_specs(
-        prices, sorted({*data_file.models, *(warm_file.models if warm_file else ())})
-    )
+    inputs = resolve_inputs(args.data, args.warmup, args.holdout_split, args.prices)
+    data_file, data_rows = inputs.data, inputs.data_rows
+    warm_file, warm_rows = inputs.warm, inputs.warm_rows
+    specs = inputs.specs
     scenario = Scenario(args.scenario)
     first_models, newcomer = start_models(
         scenario, data_file.models, warm_file.models if warm_file else None
@@ -68,33 +67,21 @@ def _plan(args: argparse.Namespace) -> tuple[LivePlan, dict]:
     server = {
         "models": [specs[m] for m in first_models],
         "replay_files": [p for p in (args.data, args.warmup) if p is not None],
-        "prices": prices,
-        "warm": (warm_file, warm_rows) if warm_file is not None else None,
+        "prices": inputs.prices,
+        "inputs": inputs,
     }
     return plan, server
 
 
-def _priors(args: argparse.Namespace, warm, workdir: Path) -> str | None:
+def _priors(args: argparse.Namespace, inputs: ReplayInputs, workdir: Path) -> str | None:
     """A priors file for the service: --priors, or built from the warm-up rows, or none."""
-    if args.priors == "none":
+    choice = resolve_priors(args.priors, inputs, load_projection())
+    if choice.path is not None:
+        return str(choice.path.resolve())
+    if choice.built is None:
         return None
-    if args.priors:
-        return str(Path(args.priors).resolve())
-    if warm is None:
-        return None
-    data, rows = warm
-    projection = load_projection()
-    contexts = contexts_for(data, projection)[rows]  # the whole file, as the offline replay
-    priors: Priors = build_priors(
-        contexts,
-        data.rewards[rows],
-        data.models,
-        projection_fingerprint=projection.fingerprint,
-        source=f"{Path(data.path).name} warm-up rows ({len(rows)})",
-        costs=data.costs[rows],
-    )
     path = workdir / "priors.json"
-    priors.save(path)
+    choice.built.save(path)
     return str(path)
 
 
@@ -111,7 +98,7 @@ def _app_args(args: argparse.Namespace, server: dict, workdir: Path) -> dict:
         **base,
         "budget_usd_per_request": args.budget,
         "state_path": str(workdir / "state" / "paretoserve.db"),
-        "priors_path": _priors(args, server["warm"], workdir),
+        "priors_path": _priors(args, server["inputs"], workdir),
         "models": [s.model_dump(mode="json", exclude_none=True) for s in server["models"]],
         "providers": {"simulated": {"kind": "simulated", "options": sim_options}},
         "router": {"seed": args.seed},
@@ -247,12 +234,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--warmup", type=Path, help="warm-up reward file (sent first, over HTTP)")
     r.add_argument(
         "--priors",
-        type=_priors_arg,
+        type=priors_arg,
         help="priors file, or 'none' (default: built from the warm-up stream; --start-server only)",
     )
     r.add_argument("--prices", type=Path, help="prices.json (default: as in `replay`)")
     r.add_argument("--scenario", choices=[s.value for s in Scenario], default="stationary")
-    r.add_argument("--budget", type=_positive, required=True, help="US$ per request")
+    r.add_argument("--budget", type=positive, required=True, help="US$ per request")
     r.add_argument("--seed", type=int, default=0, help="stream order and router seed")
     r.add_argument("--holdout-split", type=int, metavar="SEED", help="as in `replay`")
     r.add_argument("--concurrency", type=int, default=16)
@@ -287,7 +274,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=replay)
 
     c = lsub.add_parser("chaos", help="traffic while killing the Router and injecting faults")
-    c.add_argument("--minutes", type=_positive, default=10.0)
+    c.add_argument("--minutes", type=positive, default=10.0)
     c.add_argument("--kill-every-s", type=float, default=60.0, help="0 = never (a soak)")
     c.add_argument(
         "--fault-rate",
@@ -297,7 +284,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--concurrency", type=int, default=16)
     c.add_argument("--feedback-delay-ms", type=float, default=2000.0)
-    c.add_argument("--budget", type=_positive, default=6.64e-4, help="US$ per request")
+    c.add_argument("--budget", type=positive, default=6.64e-4, help="US$ per request")
     c.add_argument(
         "--data",
         type=Path,

@@ -6,54 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from core.encoding.features import Projection, load_projection
-from core.method.priors import Priors, build_priors
-from core.replay.data import half_rows, load_reward_file
+from core.encoding.features import load_projection
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
-from core.replay.stream import Outcomes
-from paretoserve_cli.contexts import ENCODERS, contexts_for, default_prices_path, load_specs
-
-
-def _stream(
-    path: Path, projection: Projection, split: int | None, first: bool, encoder: str = "torch"
-) -> Outcomes:
-    """A reward file as outcomes; with a split seed, only one half of it (by prompt hash).
-    Contexts are computed on the whole file so the embedding cache is shared by both halves."""
-    data = load_reward_file(path)
-    contexts = contexts_for(data, projection, encoder)
-    rows = half_rows(data, split, first)
-    return Outcomes(contexts[rows], data.rewards[rows], data.costs[rows], tuple(data.models))
+from paretoserve_cli.contexts import ENCODERS
+from paretoserve_cli.replay_inputs import positive, priors_arg, resolve_inputs, resolve_priors
 
 
 def run(args: argparse.Namespace) -> int:
     projection = load_projection()
-    split = args.holdout_split
-    data = _stream(args.data, projection, split, first=False, encoder=args.encoder)
-    warm_path = args.warmup or (args.data if split is not None else None)
-    warm = (
-        _stream(warm_path, projection, split, first=True, encoder=args.encoder)
-        if warm_path
-        else None
-    )
-    prices = args.prices or default_prices_path(args.warmup, args.data)
-    specs = load_specs(prices, sorted({*data.models, *(warm.models if warm else ())}))
-    if args.priors == "none":
-        priors, priors_desc = None, "none"
-    elif args.priors:
-        priors, priors_desc = Priors.load(Path(args.priors)), str(args.priors)
-    elif warm is not None:
-        priors = build_priors(
-            warm.contexts,
-            warm.rewards,
-            warm.models,
-            projection_fingerprint=projection.fingerprint,
-            costs=warm.costs,
-        )
-        priors_desc = f"built from the warm-up stream ({len(warm.contexts)} rows)"
-    else:
-        priors, priors_desc = None, "none (no warm-up stream)"
+    inputs = resolve_inputs(args.data, args.warmup, args.holdout_split, args.prices)
+    data = inputs.data_outcomes(projection, args.encoder)
+    warm = inputs.warm_outcomes(projection, args.encoder)
+    priors = resolve_priors(args.priors, inputs, projection, args.encoder)
     spec = ReplaySpec(
         scenario=args.scenario,
         budget_usd=args.budget,
@@ -63,13 +27,13 @@ def run(args: argparse.Namespace) -> int:
         pacer={"cost_signal": args.cost_signal, "feedforward": args.feedforward},
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
-    report, runs = run_replay(spec, specs, data, warm, priors)
+    report, runs = run_replay(spec, inputs.specs, data, warm, priors.load())
     report["inputs"] = {
         "data": str(args.data),
         "warmup": str(args.warmup) if args.warmup else None,
         "holdout_split": args.holdout_split,
-        "prices": str(prices),
-        "priors": priors_desc,
+        "prices": str(inputs.prices),
+        "priors": priors.desc,
         "warmup_rows": len(warm.contexts) if warm else 0,
         "data_rows": len(data.contexts),
         "encoder": args.encoder,
@@ -105,26 +69,13 @@ def write_json(path: Path | None, report: dict) -> None:
         path.write_text(json.dumps(report, indent=2))
 
 
-def _priors_arg(value: str) -> str:
-    if value != "none" and not Path(value).exists():
-        raise argparse.ArgumentTypeError(f"priors file {value} does not exist (or say 'none')")
-    return value
-
-
-def _positive(value: str) -> float:
-    v = float(value)
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="offline replay of the paper's experiments")
     p.add_argument("--data", type=Path, required=True, help="evaluation reward file")
     p.add_argument("--warmup", type=Path, help="warm-up reward file (learned on first)")
     p.add_argument(
         "--priors",
-        type=_priors_arg,
+        type=priors_arg,
         help="priors file, or 'none' (default: built from the warm-up stream)",
     )
     p.add_argument(
@@ -133,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="prices.json (default: next to the warm-up file, else next to the data file)",
     )
     p.add_argument("--scenario", choices=[s.value for s in Scenario], default="stationary")
-    p.add_argument("--budget", type=_positive, required=True, help="US$ per request")
+    p.add_argument("--budget", type=positive, required=True, help="US$ per request")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--seed-offset", type=int, default=0)
     p.add_argument(

@@ -1,7 +1,8 @@
-"""Smoke test of the service benchmark (loadtest/bench_service.py): tiny settings, a real local
-Ray in a subprocess, then the JSON's schema and zero errors (marked `ray`). No timing
-assertions: speeds are recorded in docs/benchmarks.md, not asserted. Plus a pure test of the
-Prometheus histogram arithmetic the per-hop figures rest on."""
+"""Smoke test of the service benchmark (benchmarks/bench_service.py) and its histogram maths.
+
+Tiny settings, a real local Ray in a subprocess, then the JSON's schema and zero errors (marked
+`ray`). No timing assertions: speeds are recorded in docs/benchmarks.md, not asserted. Plus a
+pure test of the Prometheus histogram arithmetic the per-hop figures rest on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench_service import (
+from benchmarks.bench_service import (
     EMBED,
     HOPS,
     SCHEMA,
@@ -66,7 +67,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "loadtest.bench_service",
+        "benchmarks.bench_service",
         "--concurrency",
         str(CONCURRENCY),
         "--requests",
@@ -89,8 +90,9 @@ def test_schema_and_zero_errors(result: dict) -> None:
     assert result["hop_method"] in {"metrics", "handles"}
     assert result["config"]["concurrency"] == [CONCURRENCY]
     assert result["config"]["requests"] == REQUESTS
-    assert {"cpus", "ray", "python", "loadavg_before", "loadavg_after"} <= set(result["machine"])
-    assert result["command"].startswith("python -m loadtest.bench_service")
+    machine_keys = {"cpu_count", "ray", "python", "loadavg_before", "loadavg_after"}
+    assert machine_keys <= set(result["machine"])
+    assert result["command"].startswith("python -m benchmarks.bench_service")
 
     runs = result["runs"]
     assert sorted(r["app"] for r in runs) == ["passthrough", "router"]

@@ -23,10 +23,13 @@ from ray import serve  # noqa: E402
 
 from core.encoding.features import FeaturePipeline, load_projection  # noqa: E402
 from core.encoding.minilm import MiniLMEncoder  # noqa: E402
-from deployments.embedder import (  # noqa: E402
+from core.service.settings import (  # noqa: E402
     CPU_ENCODE_BATCH_SIZE,
-    Embedder,
+    Deployments,
     EmbedderArgs,
+)
+from deployments.embedder import (  # noqa: E402
+    Embedder,
     _clean,
     _resolve_device,
 )
@@ -58,7 +61,7 @@ def _expected(pipeline: FeaturePipeline, texts: list[str]) -> np.ndarray:
 def test_args_defaults_and_validation() -> None:
     a = EmbedderArgs()
     assert (a.device, a.max_seq_length, a.max_batch_size) == (None, 256, 32)
-    assert (a.batch_wait_timeout_s, a.projection_path, a.max_prompt_chars) == (0.005, None, 100_000)
+    assert (a.batch_wait_timeout_s, a.projection_path) == (0.005, None)
     assert a.encode_batch_size is None
     assert (a.backend, a.cache_size) == ("torch", 0)
     assert EmbedderArgs.model_validate({"backend": "onnx-int8"}).backend == "onnx-int8"
@@ -211,7 +214,8 @@ def cluster_handle():
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")  # handles only: no HTTP port to collide on
-        app = Embedder.bind({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
+        options = Deployments().embedder.serve_options()  # what the graph builder applies
+        app = Embedder.options(**options).bind({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
         handle = serve.run(app, name="embedder-test", route_prefix=None)
         yield handle
     finally:

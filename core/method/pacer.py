@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from core.method.config import PacerConfig, PacerMode
 
 
@@ -56,7 +54,7 @@ class BudgetPacer:
 
     def charge(self, cost_usd: float, step_scale: float = 1.0) -> None:
         """Charge one request's realised cost: EMA of spend, then a projected dual step
-        (scaled by `step_scale` in (0, 1], see Router._dual_step_scale)."""
+        (scaled by `step_scale` in (0, 1], see core.method.arms.ArmTable.dual_step_scale)."""
         if not (math.isfinite(cost_usd) and cost_usd >= 0):
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         s = self.state
@@ -80,12 +78,3 @@ class BudgetPacer:
         if self._soft or dual <= 0.0:
             return None
         return dearest / (1.0 + dual)
-
-    def ceiling_mask(self, prices: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Hard mode: arms whose blended price is at most max price / (1 + lambda)."""
-        if self._soft or self.state.dual <= 0.0:
-            return np.ones_like(active)
-        live = prices[active]
-        if not live.size:
-            return np.ones_like(active)
-        return prices <= self.ceiling(float(live.max()))

@@ -236,6 +236,14 @@ class ModelRegistry:
         self.specs[model_id] = new
         return self._record(ChangeKind.REPRICE, model_id, new)
 
+    def refresh(self, spec: ModelSpec) -> None:
+        """Replace an active model's spec with one at the same prices (provider, base URL,
+        limits, simulation): nothing an arm depends on, so no change is recorded."""
+        old = self.get(spec.id)
+        if (old.input_per_m, old.output_per_m) != (spec.input_per_m, spec.output_per_m):
+            raise RegistryError(f"refresh of {spec.id!r} changes its prices: reprice it")
+        self.specs[spec.id] = spec
+
     def simulate(self, model_id: str, behaviour: SimBehaviour | dict | None) -> RegistryChange:
         """Set (or with None clear) a model's simulated-provider behaviour."""
         old = self.get(model_id)

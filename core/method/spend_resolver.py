@@ -1,15 +1,16 @@
-"""Feed-forward pacing: the dual price that makes the greedy policy spend the budget, solved
-over a window of recent contexts.
+"""Feed-forward pacing: the dual price at which the greedy policy spends the budget.
 
-The integral pacer reacts to realised overspend after the fact, so it either oscillates (a
-fast step against heavy-tailed costs) or lags (a slow step after a price change). Here the
-dual nu is re-solved from the model itself: over the last W contexts, the policy
-argmax_a q_a(x) - nu * c_a / B spends, in expectation, mean_x c[argmax]; spend is
-non-increasing in nu, so the smallest nu with spend <= target is found on a log grid, then
-refined. Costs are per-arm expected costs, so a re-price moves nu at the next solve.
+It is solved over a window of recent contexts. The integral pacer reacts to realised overspend
+after the fact, so it either oscillates (a fast step against heavy-tailed costs) or lags (a slow
+step after a price change). Here the dual nu is re-solved from the model itself: over the last W
+contexts, the policy argmax_a q_a(x) - nu * c_a / B spends, in expectation, mean_x c[argmax];
+spend is non-increasing in nu, so the smallest nu with spend <= target is found on a log grid,
+then refined. Costs are per-arm expected costs, so a re-price moves nu at the next solve.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,3 +77,79 @@ class SpendResolver:
         hi, lo = spend[k], spend[k - 1]
         share = float((target_ratio - hi) / (lo - hi)) if lo > hi else 0.0
         return float(fine[k]), float(fine[k - 1]), share
+
+
+class FeedForwardDual:
+    """The feed-forward dual in use and its schedule: record each routed context; every
+    `every` routes (and at every route while the window fills, or after an arm or budget
+    change) re-solve the dual so that the greedy policy over recent contexts spends the
+    budget shrunk by the integral dual (which absorbs what the estimates miss). Each request
+    then uses the lower dual of the solve for its owed share (error diffusion, deterministic),
+    else the higher one."""
+
+    def __init__(self, dim: int, window: int, every: int) -> None:
+        self.resolver = SpendResolver(dim, window)
+        self.nu = 0.0  # the dual of the latest route
+        self._every = every
+        self._mix = (0.0, 0.0, 0.0)  # (nu_hi, nu_lo, share of requests that use nu_lo)
+        self._credit = 0.0  # error diffusion: the lower dual's owed share
+        self._solve_in = 0  # routes until the next solve; 0 = at the next route
+
+    def resolve_soon(self) -> None:
+        """Costs, arms or the budget changed: re-solve at the next route."""
+        self._solve_in = 0
+
+    def step(
+        self,
+        x: np.ndarray,
+        theta: np.ndarray,
+        active: np.ndarray,
+        cost_ratio: Callable[[], np.ndarray],
+        dual: float,
+    ) -> float:
+        """Record the context x of a route and return the dual it uses. theta: the bandit's
+        (K, d) weights; cost_ratio(): per-arm cost / budget, asked for only when solving;
+        dual: the integral pacer's."""
+        resolver = self.resolver
+        resolver.observe(x)
+        # While the window fills (after a start or restart), re-solve at every route, on the
+        # safe side (the higher dual, no mixing): a dual solved on the first context or two
+        # would otherwise hold for `every` routes, and under concurrency their charges arrive
+        # too late for the integral dual to stop an early run of dear picks.
+        filling = resolver.size <= self._every
+        if self._solve_in > 0 and not filling:
+            self._solve_in -= 1
+        else:
+            mix = resolver.solve(theta, cost_ratio(), active, 1.0 / (1.0 + dual))
+            self._mix = (mix[0], mix[0], 0.0) if filling else mix
+            self._solve_in = self._every - 1
+        nu_hi, nu_lo, share = self._mix
+        if share:
+            self._credit += share
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                self.nu = nu_lo
+                return nu_lo
+        self.nu = nu_hi
+        return nu_hi
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, metadata) of a snapshot."""
+        r = self.resolver
+        meta = {
+            "size": r.size,
+            "head": r.head,
+            "nu": self.nu,
+            "solve_in": self._solve_in,
+            "mix": list(self._mix),
+            "credit": self._credit,
+        }
+        return {"resolver_buffer": r.buffer}, {"resolver": meta}
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Replace the contents with a snapshot's (see to_state)."""
+        m = meta["resolver"]
+        self.resolver.buffer = arrays["resolver_buffer"].copy()
+        self.resolver.size, self.resolver.head = m["size"], m["head"]
+        self.nu, self._solve_in = m["nu"], m["solve_in"]
+        self._mix, self._credit = tuple(m["mix"]), m["credit"]

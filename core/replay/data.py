@@ -183,12 +183,6 @@ def half_rows(data: RewardData, split: int | None, first: bool) -> np.ndarray:
     return np.flatnonzero([in_first_half(p, split) == first for p in data.prompts])
 
 
-def split_halves(data: RewardData, seed: int = 0) -> tuple[RewardData, RewardData]:
-    """Deterministic ~50/50 split by prompt hash; a prompt lands in the same half in any file."""
-    mask = np.array([in_first_half(p, seed) for p in data.prompts], dtype=bool)
-    return data.subset(mask), data.subset(~mask)
-
-
 class PriceEntry(BaseModel):
     """One model's list prices, US$ per million tokens."""
 

@@ -1,1 +1,1 @@
-"""The service's request path without Ray: HTTP protocol models and the settings tree."""
+"""The service's request path without Ray: HTTP protocol models, settings, ports, decision, chat."""

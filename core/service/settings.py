@@ -71,6 +71,161 @@ class RouterSettings(_Strict):
     faults: CooldownConfig = CooldownConfig()
 
 
+# ---- the Embedder ------------------------------------------------------------------------
+
+MAX_PROMPT_CHARS = 100_000  # default: longer prompts get a 413 (the Ingress) / are refused
+# On CPU a forward pass costs ~ batch x longest prompt, and prompt lengths are long-tailed, so
+# one padded pass over 32 real prompts is ~1.5x slower than 32 single-prompt calls, while
+# length-sorted passes of 4 are ~1.3x faster (docs/benchmarks.md, "Embedder").
+CPU_ENCODE_BATCH_SIZE = 4
+# Dynamic int8 scales activations per pass, so passes of 1 keep an int8 vector a function of its
+# prompt alone; in passes of 4 padding and pass-mates cost accuracy (cosine min 0.955) and
+# throughput (docs/benchmarks.md, "Embedder"). So int8 runs passes of 1 only.
+INT8_ENCODE_BATCH_SIZE = 1
+Backend = Literal["torch", "onnx-fp32", "onnx-int8"]
+
+
+class EmbedderArgs(BaseModel):
+    """Typed `args` of the Embedder deployment (from serve_config.yaml or the graph builder)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Backend = Field(
+        default="torch",
+        description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
+        "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.encoding.minilm_onnx: built from "
+        "the packaged weights on first use and cached; int8: cosine >= 0.995 to torch)",
+    )
+    cache_size: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="in-memory LRU of contexts keyed by sha256(prompt); a hit skips batching "
+        "and encoding; 0 = off",
+    )
+    device: str | None = Field(
+        default=None,
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="torch device; None = cuda if the replica has a GPU, else cpu",
+    )
+    max_seq_length: int = Field(
+        default=256,
+        ge=1,
+        le=512,
+        description="tokens read per prompt (longer prompts are truncated); must match the "
+        "projection's encoder (the committed artifact is fitted for 256)",
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    encode_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="prompts per forward pass: a batch is sorted by length and encoded in "
+        "chunks of this size, so short prompts are not padded to the longest; None = "
+        f"{CPU_ENCODE_BATCH_SIZE} on CPU (padding costs compute there), max_batch_size on GPU",
+    )
+    # Ray 2.60's @serve.batch closes a batch batch_wait_timeout_s after its first request even
+    # while the previous batch is still encoding (it then waits its turn), so batches only grow
+    # past what arrives in that window when the window is near the encode time. On a busy CPU
+    # replica 0.05 s gives full batches and ~1.5x the throughput of 0.005 s; on a GPU (encode
+    # ~ms) or at low load (every request waits the window out) keep it small.
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
+    projection_path: str | None = Field(
+        default=None,
+        description="projection JSON; None = the committed core/artifacts/projection.json "
+        "(falls back to a seeded random projection, with a warning, if it is missing)",
+    )
+
+    @model_validator(mode="after")
+    def _int8_runs_passes_of_one(self) -> EmbedderArgs:
+        if self.backend == "onnx-int8" and self.encode_batch_size not in (None, 1):
+            raise ValueError(
+                "backend onnx-int8 encodes one prompt per pass (encode_batch_size 1 or unset): "
+                "in passes of several, padding and pass-mates cost int8 accuracy"
+            )
+        return self
+
+
+# ---- replica options ---------------------------------------------------------------------
+# The graph builder (graphs/app.py) applies these; serve_config.yaml's `deployments:` entries
+# state the same numbers (a test keeps the two equal) and override them at deploy time.
+
+
+class Autoscaling(_Strict):
+    """Serve's autoscaling_config: replicas follow the ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(..., gt=0)
+    # Serve's default waits 600 s; a minute keeps idle replicas from holding the 2 cores.
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+
+class DeploymentOptions(_Strict):
+    """One deployment's replica options: a fixed `num_replicas` or `autoscaling`."""
+
+    num_cpus: float = Field(..., gt=0, description="CPUs per replica (fractions fit 2 cores)")
+    max_ongoing_requests: int = Field(..., ge=1)
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling: Autoscaling | None = None
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentOptions:
+        if (self.num_replicas is None) == (self.autoscaling is None):
+            raise ValueError("give either num_replicas or autoscaling")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments of Serve's `Deployment.options`."""
+        opts: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts.update(num_replicas=self.num_replicas, autoscaling_config=None)
+        return opts
+
+
+class Deployments(_Strict):
+    """Replica options of every deployment; `provider` applies to each provider client."""
+
+    ingress: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.2,
+        max_ongoing_requests=256,
+        autoscaling=Autoscaling(target_ongoing_requests=32),
+    )
+    # int8 encodes one prompt per pass (~6 ms): 8 waiting prompts are a queue worth a second
+    # replica (a target of 32 never triggered under a 128-user locust run).
+    embedder: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.5,
+        max_ongoing_requests=256,
+        autoscaling=Autoscaling(target_ongoing_requests=8),
+    )
+    # The Router holds the learning state: exactly one replica.
+    router: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.25, max_ongoing_requests=4096, num_replicas=1
+    )
+    feedback: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.1, max_ongoing_requests=1024, num_replicas=1
+    )
+    registry: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.05, max_ongoing_requests=256, num_replicas=1
+    )
+    provider: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.1,
+        max_ongoing_requests=512,
+        autoscaling=Autoscaling(target_ongoing_requests=64),
+    )
+
+    @model_validator(mode="after")
+    def _one_router(self) -> Deployments:
+        if self.router.num_replicas != 1:
+            raise ValueError("deployments.router: the Router is stateful; num_replicas must be 1")
+        return self
+
+
 class AppArgs(_Strict):
     """`args` of graphs.app:build_app, as written in serve_config.yaml."""
 
@@ -87,8 +242,9 @@ class AppArgs(_Strict):
         default_factory=CooldownConfig,
         description="cool-downs of failing models and how far a request falls back",
     )
-    embedder: dict[str, Any] = Field(default_factory=dict, description="EmbedderArgs fields")
-    max_prompt_chars: int = Field(100_000, ge=1, description="longer prompts get a 413")
+    embedder: EmbedderArgs = EmbedderArgs()
+    max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, description="longer prompts get a 413")
+    deployments: Deployments = Deployments()
     admin_key_env: str = "PARETOSERVE_ADMIN_KEY"
     api_keys_env: str = "PARETOSERVE_API_KEYS"
 

@@ -1,12 +1,18 @@
-"""The Router made durable: decisions recorded, charges and feedback journalled before they are
-applied (write-ahead), periodic snapshots, and recovery = snapshot + later decisions + later
-journal events. Synchronous and Ray-free: the Router deployment runs the methods marked I/O in a
-worker thread, one writer at a time, and the in-memory ones on its event loop."""
+"""The Router made durable: recorded decisions, a write-ahead journal, snapshots and recovery.
+
+Decisions are recorded for recovery; every charge and feedback is journalled durably before it
+is applied in memory and acknowledged (write-ahead), one call per event kind (`charge`,
+`feedback`); snapshots are taken between journal writes; recovery = snapshot + later decisions +
+later journal events. Ray-free: the in-memory calls run on the caller's event loop, and one
+writer task does all database work, in order, in a worker thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from core.state.snapshot import restore, snapshot
 from core.state.store import Event, EventKind, PendingRow, StateStore
 
 log = logging.getLogger(__name__)
+_TICK_S = 0.05  # the writer's longest wait for work before it checks snapshots and expiry
 
 
 class DurabilityConfig(BaseModel):
@@ -46,6 +53,9 @@ class RecoveryReport:
 
 
 class DurableRouter:
+    """A Router and its StateStore. `clock` (unix seconds) times the writer's snapshots and
+    expiry; the calls of the request path take their `now` from the caller."""
+
     def __init__(
         self,
         router: Router,
@@ -53,23 +63,33 @@ class DurableRouter:
         config: DurabilityConfig,
         applied_seq: int = 0,
         now: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.router = router
         self.store = store
         self.config = config
         self.applied_seq = applied_seq  # the last journal seq reflected in the router's state
         self.expiry: OrderedDict[str, float] = OrderedDict()
+        self._clock = clock
         self._unflushed: list[PendingRow] = []
         self._rekeyed: list[tuple[str, str, bool]] = []  # (request_id, model, forced)
         self._dropped: list[str] = []
         self._events_since_snapshot = 0
         self._last_snapshot_at = now
+        # The writer's work: a journal event and the future its caller awaits (None: snapshot).
+        self._queue: asyncio.Queue[tuple[Event | None, asyncio.Future]] = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
 
     # ---- start-up ---------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, store: StateStore, fresh: Callable[[], Router], config: DurabilityConfig, now: float
+        cls,
+        store: StateStore,
+        fresh: Callable[[], Router],
+        config: DurabilityConfig,
+        now: float,
+        clock: Callable[[], float] = time.time,
     ) -> tuple[DurableRouter, RecoveryReport]:
         """Resume from the newest snapshot plus what was recorded after it (I/O)."""
         snap = store.latest_snapshot()
@@ -77,7 +97,7 @@ class DurableRouter:
         snap_t, snap_seq = (snap.t, snap.seq) if snap else (0, 0)
         decisions = [r for r in store.pending_after(snap_t) if r.expires_at > now]
         events = store.events_after(snap_seq)
-        durable = cls(router, store, config, applied_seq=snap_seq, now=now)
+        durable = cls(router, store, config, applied_seq=snap_seq, now=now, clock=clock)
         if snap is not None:
             durable._rekey_from_store()
         skipped, di = 0, 0
@@ -88,7 +108,7 @@ class DurableRouter:
             skipped += not durable._apply_replayed(ev)
         for row in decisions[di:]:
             durable._replay_decision(row)
-        for rid in router.pending:
+        for rid in router.pending_ids():
             durable.expiry.setdefault(rid, now + config.pending_ttl_s)
         return durable, RecoveryReport(
             from_snapshot=snap is not None,
@@ -102,20 +122,17 @@ class DurableRouter:
     def _rekey_from_store(self) -> None:
         """A fallback after the snapshot re-keyed a decision the snapshot holds: the recorded
         row names the model that answered, so it wins over the snapshot's."""
-        for rid, entry in list(self.router.pending.items()):
+        for rid in self.router.pending_ids():
             row = self.store.get_pending(rid)
-            if row is not None and row.model in self.router.slots:
-                if self.router.slots[row.model] != entry.slot:
-                    self.router.answered_by(rid, row.model, row.x, row.forced)
+            if row is not None and self.router.has_arm(row.model):
+                self.router.answered_by(rid, row.model, row.x, row.forced)  # or "known"
 
     def _replay_decision(self, row: PendingRow) -> None:
-        if row.request_id in self.router.pending or row.model not in self.router.slots:
-            return
-        self.router.replay_decision(row.request_id, row.model, row.x, row.t, row.forced)
-        self.expiry[row.request_id] = row.expires_at
+        if self.router.replay_decision(row.request_id, row.model, row.x, row.t, row.forced):
+            self.expiry[row.request_id] = row.expires_at
 
     def _apply_replayed(self, ev: Event) -> bool:
-        self.router.bandit.t = max(self.router.bandit.t, ev.t)
+        self.router.advance_to(ev.t)
         try:
             self._apply_to_router(ev)
         except UnknownRequestError:
@@ -157,10 +174,6 @@ class DurableRouter:
         )
         self.expiry[request_id] = expires
 
-    def take_unflushed(self) -> list[PendingRow]:
-        rows, self._unflushed = self._unflushed, []
-        return rows
-
     # ---- provider faults: fallback re-keys a decision, a final failure drops it ------------
 
     def fallback(
@@ -187,9 +200,8 @@ class DurableRouter:
         outcome = self.router.answered_by(request_id, model, x, forced)
         if outcome == "rekeyed":
             self._rekey(request_id, model)
-        elif outcome == "adopted":
-            entry = self.router.pending[request_id]
-            self._record(request_id, model, entry.x, entry.t, entry.forced, now)
+        elif outcome == "adopted":  # a pull at the router's current time
+            self._record(request_id, model, x, self.router.t, forced, now)
         return outcome
 
     def fail(
@@ -202,9 +214,9 @@ class DurableRouter:
         cool: bool = True,
     ) -> Cooldown | None:
         """Router.fail, with the recorded decision dropped when the router dropped it."""
-        had = request_id is not None and request_id in self.router.pending
+        had = request_id is not None and self.router.is_pending(request_id)
         cd = self.router.fail(request_id, model, now, status, retry_after_s, cool)
-        if had and request_id not in self.router.pending:
+        if had and not self.router.is_pending(request_id):
             self._forget(request_id)
         return cd
 
@@ -230,24 +242,67 @@ class DurableRouter:
             self._dropped.append(request_id)
         self._unflushed = kept
 
-    def take_pending_changes(self) -> tuple[list[tuple[str, str, bool]], list[str]]:
-        """Re-keyed and dropped decisions to write after take_unflushed()'s rows (memory)."""
+    async def flush_decisions(self) -> None:
+        """Write the decisions made since the last flush, then their re-keys and drops (which
+        may name rows written just before). The writer does this before each batch, since an
+        event needs its decision; call it directly only where no writer runs."""
+        rows, self._unflushed = self._unflushed, []
+        if rows:
+            await asyncio.to_thread(self.store.add_pending, rows)
+        # Taken after the rows' write: a fallback made meanwhile re-keys a written row.
         rekeyed, dropped = self._rekeyed, self._dropped
         self._rekeyed, self._dropped = [], []
-        return rekeyed, dropped
+        if rekeyed or dropped:
+            await asyncio.to_thread(self._write_pending_changes, rekeyed, dropped)
 
-    def write_pending_changes(
+    def _write_pending_changes(
         self, rekeyed: list[tuple[str, str, bool]], dropped: list[str]
     ) -> None:
-        """Persist take_pending_changes() (I/O)."""
+        """Persist re-keyed and dropped decisions (I/O)."""
         if rekeyed:
             self.store.set_pending_model(rekeyed)
         if dropped:
             self.store.delete_pending(dropped)
 
-    # ---- charges and feedback: prepare (memory), write (I/O), apply (memory) ----------------
+    # ---- charges and feedback, write-ahead: journal (I/O), apply (memory), acknowledge ------
 
-    def prepare(
+    async def charge(
+        self,
+        request_id: str,
+        cost_usd: float,
+        now: float,
+        model: str = "",
+        x: np.ndarray | None = None,
+        forced: bool = False,
+    ) -> FeedbackStatus:
+        """Charge an answered request: journalled durably, then applied, then acknowledged.
+        With its `model` and context `x`, a decision this router does not know (made by a
+        predecessor that died before flushing it) or keyed to another model (a lost fallback
+        re-key) is first restored, so the answer is always accounted."""
+        if x is not None and model:
+            self.start_writer()
+            outcome = self.answered_by(request_id, model, x, forced, now)
+            if outcome in ("rekeyed", "adopted"):
+                log.warning("charge of %s: decision %s (model %s)", request_id, outcome, model)
+        return await self._journal(request_id, "charge", cost_usd, now)
+
+    async def feedback(self, request_id: str, reward: float, now: float) -> FeedbackStatus:
+        """Apply a reward in [0, 1] once: journalled durably, then applied, then acknowledged;
+        a repeat answers DUPLICATE."""
+        return await self._journal(request_id, "feedback", reward, now)
+
+    async def _journal(
+        self, request_id: str, kind: EventKind, value: float, now: float
+    ) -> FeedbackStatus:
+        self.start_writer()
+        prepared = self._prepare(request_id, kind, value, now)
+        if isinstance(prepared, FeedbackStatus):
+            return prepared
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((prepared, done))
+        return await done
+
+    def _prepare(
         self, request_id: str, kind: EventKind, value: float, now: float
     ) -> Event | FeedbackStatus:
         """Validate; a known duplicate answers at once, anything else becomes a journal event."""
@@ -258,26 +313,15 @@ class DurableRouter:
         if kind == "feedback":
             if not 0 <= value <= 1:
                 raise InvalidFeedbackError(f"reward must be in [0, 1], got {value!r}")
-            if request_id in self.router.applied:
-                return FeedbackStatus.DUPLICATE
         elif value < 0:
             raise InvalidFeedbackError(f"cost_usd must be >= 0, got {value!r}")
-        entry = self.router.pending.get(request_id)
-        if entry is None:
-            if kind == "charge" and request_id in self.router.applied:
-                return FeedbackStatus.DUPLICATE
-            raise UnknownRequestError(request_id)
-        if kind == "charge" and entry.charged:
+        if not self.router.due(request_id, kind):  # raises UnknownRequestError
             return FeedbackStatus.DUPLICATE
         return Event(
             seq=None, request_id=request_id, kind=kind, value=float(value), t=self.router.t, at=now
         )
 
-    def write(self, ev: Event) -> tuple[int, bool]:
-        """Journal one event durably (I/O). (seq, False) means it was already journalled."""
-        return self.store.append_event(ev)
-
-    def apply(self, ev: Event, seq: int) -> FeedbackStatus:
+    def _apply(self, ev: Event, seq: int) -> FeedbackStatus:
         """Apply a journalled event to the in-memory router."""
         try:
             status = self._apply_to_router(ev)
@@ -292,22 +336,71 @@ class DurableRouter:
             return self.router.charge(ev.request_id, ev.value)
         return self.router.feedback(ev.request_id, ev.value)
 
+    # ---- the writer: all database work, in order, on one task ------------------------------
+
+    def start_writer(self) -> None:
+        """Start the writer task on the running event loop (again, if it ended)."""
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def snapshot_now(self) -> None:
+        """Take and persist a snapshot at the writer's next batch (after an admin change)."""
+        self.start_writer()
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((None, done))
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            try:
+                items = [await asyncio.wait_for(self._queue.get(), _TICK_S)]
+            except TimeoutError:
+                items = []
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                await self._write(items)
+            except Exception:  # keep serving; each item's future carries its own error
+                log.exception("router writer failed")
+
+    async def _write(self, items: list[tuple[Event | None, asyncio.Future]]) -> None:
+        await self.flush_decisions()  # decisions first: an event needs its context
+        force = False
+        for ev, done in items:
+            if ev is None:
+                force = True
+                continue
+            try:
+                seq, fresh = await asyncio.to_thread(self.store.append_event, ev)
+                status = self._apply(ev, seq) if fresh else FeedbackStatus.DUPLICATE
+                done.set_result(status)
+            except Exception as exc:
+                done.set_exception(exc)
+        now = self._clock()
+        if force or self._snapshot_due(now):
+            blob, t, seq = self._take_snapshot(now)
+            await asyncio.to_thread(self._save_snapshot, blob, t, seq, now)
+        self._expire(now)
+        for ev, done in items:
+            if ev is None and not done.done():
+                done.set_result(None)
+
     # ---- snapshots and retention -----------------------------------------------------------
 
-    def snapshot_due(self, now: float) -> bool:
+    def _snapshot_due(self, now: float) -> bool:
         return self._events_since_snapshot >= self.config.snapshot_every_events or (
             self._events_since_snapshot > 0
             and now - self._last_snapshot_at >= self.config.snapshot_every_s
         )
 
-    def take_snapshot(self, now: float) -> tuple[bytes, int, int]:
+    def _take_snapshot(self, now: float) -> tuple[bytes, int, int]:
         """The state and its journal position, consistent because nothing is applied between
-        (memory). Mark it taken; persist it with save_snapshot."""
+        (memory). Mark it taken; persist it with _save_snapshot."""
         self._events_since_snapshot = 0
         self._last_snapshot_at = now
         return snapshot(self.router), self.router.t, self.applied_seq
 
-    def save_snapshot(self, blob: bytes, t: int, seq: int, now: float) -> None:
+    def _save_snapshot(self, blob: bytes, t: int, seq: int, now: float) -> None:
         """Persist a snapshot and compact the journal behind the oldest one kept (I/O)."""
         self.store.save_snapshot(blob, t, seq, now, keep=self.config.keep_snapshots)
         # Events go only when behind this snapshot AND older than the retention window, which
@@ -315,7 +408,7 @@ class DurableRouter:
         self.store.compact_events(seq, now - self.config.ledger_retention_s)
         self.store.prune_pending(now)
 
-    def expire(self, now: float) -> int:
+    def _expire(self, now: float) -> int:
         """Drop pending contexts whose TTL ran out (memory)."""
         gone = []
         while self.expiry and next(iter(self.expiry.values())) <= now:

@@ -26,7 +26,7 @@ def reconcile(router: Router, table: list[ModelSpec]) -> list[str]:
                 changes.append(f"reprice {spec.id}")
             if router.registry.specs[spec.id] != spec:
                 # provider, base URL, limits, simulation: nothing the arm depends on
-                router.registry.specs[spec.id] = spec
+                router.update_spec(spec)
     for spec in router.registry.active_models():
         if spec.id not in wanted:
             router.remove_model(spec.id)

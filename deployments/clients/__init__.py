@@ -4,20 +4,10 @@ See docs/architecture.md."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
-
-from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
+from core.service.ports import ProviderPort
 from deployments.clients.errors import ProviderError
 
-
-@runtime_checkable
-class ProviderClient(Protocol):
-    async def complete(self, req: ProviderRequest) -> ProviderResponse: ...
-
-    def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
-        """Text deltas; the last chunk carries finish_reason and usage."""
-        ...
-
+# A client is a provider port for its own provider: `complete(req)`, `stream(req)`.
+ProviderClient = ProviderPort
 
 __all__ = ["ProviderClient", "ProviderError"]

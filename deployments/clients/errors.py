@@ -1,4 +1,4 @@
-"""The one error type provider clients raise, so callers need not know any SDK's exceptions."""
+"""ProviderError (core.service.ports) for clients: built from an upstream status and headers."""
 
 from __future__ import annotations
 
@@ -7,41 +7,7 @@ import time
 from collections.abc import Mapping
 
 from core.method.faults import is_retryable_status
-
-
-class ProviderError(Exception):
-    """An upstream failure. `status` is the HTTP status (None: no response, e.g. timeout or
-    connection error); `retryable` says whether trying again (maybe elsewhere) may succeed;
-    `timeout` marks an upstream that did not answer in time."""
-
-    def __init__(
-        self,
-        status: int | None,
-        message: str,
-        retry_after_s: float | None = None,
-        retryable: bool = False,
-        timeout: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after_s = retry_after_s
-        self.retryable = retryable
-        self.timeout = timeout
-
-    def __reduce__(self):  # keep every field when pickled across Ray processes
-        return (
-            type(self),
-            (self.status, self.message, self.retry_after_s, self.retryable, self.timeout),
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"ProviderError(status={self.status!r}, message={self.message!r}, "
-            f"retry_after_s={self.retry_after_s!r}, retryable={self.retryable!r}, "
-            f"timeout={self.timeout!r})"
-        )
-
+from core.service.ports import ProviderError
 
 __all__ = ["ProviderError", "is_retryable_status", "retry_after_s", "status_error"]
 

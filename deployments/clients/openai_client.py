@@ -1,5 +1,7 @@
-"""OpenAI (and any OpenAI-compatible server: vLLM, OpenRouter, Together, local) via the official
-`openai` SDK. One SDK client per base URL; `ModelSpec.base_url` overrides the default."""
+"""The OpenAI provider client, for any OpenAI-compatible server, over the official `openai` SDK.
+
+vLLM, OpenRouter, Together or a local server work alike. One SDK client per base URL
+(deployments/clients/pool.py); `ModelSpec.base_url` overrides the default."""
 
 from __future__ import annotations
 
@@ -21,8 +23,6 @@ from deployments.clients.errors import ProviderError, status_error
 from deployments.clients.pool import ClientPool
 
 log = logging.getLogger(__name__)
-
-# Servers that need no key (vLLM, llama.cpp) still get a syntactically valid bearer token.
 
 
 def translate_error(exc: Exception) -> ProviderError:

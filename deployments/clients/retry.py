@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from core.method.faults import RetryPolicy
+from core.service.ports import close_stream
 from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients import ProviderClient
 from deployments.clients.errors import ProviderError
@@ -59,17 +60,11 @@ async def stream(
         except StopAsyncIteration:
             return
         except ProviderError as exc:
-            await _close(chunks)
+            await close_stream(chunks)
             req = await _next_attempt(policy, req, exc, on_retry)
     try:
         yield first
         async for chunk in chunks:
             yield chunk
     finally:
-        await _close(chunks)
-
-
-async def _close(chunks: AsyncIterator[ProviderChunk]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
+        await close_stream(chunks)

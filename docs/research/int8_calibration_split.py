@@ -1,6 +1,6 @@
 """Does the int8 embedder's calibration generalise to prompts it was not measured on?
 
-    .venv/bin/python docs/research/int8_calibration_split.py [--splits 0 1] [--alpha 0.8 0.9]
+    .venv/bin/python docs/research/int8_calibration_split.py [--splits 0 1] [--alpha 0.8 0.85]
 
 For each split seed, calibrates the smoothing on one half of `val.jsonl` (by prompt hash, as
 the replay's holdout split) and prints the cosine of the int8 vectors to the torch reference on
@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from core.encoding.embedding_cache import cached_encode  # noqa: E402
 from core.encoding.minilm import MiniLMEncoder  # noqa: E402
 from core.encoding.minilm_onnx import OnnxMiniLMEncoder, calibrate_int8  # noqa: E402
+from core.encoding.onnx_smoothing import DEFAULT_ALPHA  # noqa: E402
 from core.replay.data import in_first_half, load_reward_file  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -36,7 +37,7 @@ def cosines(encoder: OnnxMiniLMEncoder, prompts: list[str], ref: np.ndarray) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--alpha", type=float, nargs="+", default=[0.9])
+    parser.add_argument("--alpha", type=float, nargs="+", default=[DEFAULT_ALPHA])
     args = parser.parse_args()
     prompts = load_reward_file(DATA / "val.jsonl").prompts
     ref = cached_encode(prompts, MiniLMEncoder(device="cpu"))

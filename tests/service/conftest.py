@@ -29,7 +29,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtest.server import free_port, pids_of_ray_dir  # the same helpers the load tools use
+from core.net import free_port  # the same helpers the load tools and benchmarks use
+from loadtest.server import pids_of_ray_dir
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"

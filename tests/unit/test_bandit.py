@@ -211,7 +211,7 @@ def test_forgetting_and_bonus_match_reference_through_the_router() -> None:
     assert refs["a"].readds + refs["b"].readds >= 2
     x = _ctx(rng)
     explain = router.explain(x)
-    for i, m in enumerate(router.slot_models):
+    for i, m in enumerate(router.arms.slot_models):
         np.testing.assert_allclose(router.bandit.A[i], refs[m].A, atol=1e-10)
         np.testing.assert_allclose(router.bandit.b[i], refs[m].b, atol=1e-10)
         np.testing.assert_allclose(router.bandit.theta[i], refs[m].theta, atol=1e-10)

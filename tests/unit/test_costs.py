@@ -89,10 +89,10 @@ def test_realised_cost_is_tokens_times_list_prices() -> None:
 
 def test_router_uses_the_same_cost_terms_and_prices() -> None:
     router = Router(RouterConfig(pacer=PacerConfig(budget_usd=1e-3)), models=_specs())
-    for i, m in enumerate(router.slot_models):
+    for i, m in enumerate(router.arms.slot_models):
         price, term = EXPECTED[m]
-        assert router.prices[i] == pytest.approx(price, rel=1e-12)
-        assert router.cost_terms[i] == pytest.approx(term, abs=1e-12)
+        assert router.arms.prices[i] == pytest.approx(price, rel=1e-12)
+        assert router.arms.cost_terms[i] == pytest.approx(term, abs=1e-12)
         assert router.state()["models"][m]["blended_usd_per_m"] == pytest.approx(price * 1000)
 
 

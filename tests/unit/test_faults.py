@@ -3,6 +3,7 @@ fallback re-decision and its durable record."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def _router(models=(A, B, C), **cooldown) -> Router:
     cfg = RouterConfig(pacer=PacerConfig(budget_usd=1.0), seed=0)
     r = Router(cfg, list(models), cooldowns=CooldownConfig(**cooldown))
     for i in range(30):  # learn each model's quality by direct routes
-        for m in r.slot_models:
+        for m in r.arms.slot_models:
             rid = f"train-{i}-{m}"
             r.route(_x(100 + i), model=m, request_id=rid)
             r.charge(rid, 0.0)
@@ -157,10 +158,10 @@ def test_fallback_takes_the_next_best_score_and_rekeys_the_decision() -> None:
     assert (fb.t, fb.direct, fb.forced) == (d.t, False, False)
     assert r.cooldowns.cooling(NOW) == {d.model}
     # the charge and the feedback go to the model that answered
-    updates = dict(zip(r.slot_models, r.bandit.updates.tolist(), strict=True))
+    updates = dict(zip(r.arms.slot_models, r.bandit.updates.tolist(), strict=True))
     assert r.charge("q", 0.001) == FeedbackStatus.APPLIED
     assert r.feedback("q", 0.9) == FeedbackStatus.APPLIED
-    after = dict(zip(r.slot_models, r.bandit.updates.tolist(), strict=True))
+    after = dict(zip(r.arms.slot_models, r.bandit.updates.tolist(), strict=True))
     assert after[fb.model] == updates[fb.model] + 1 and after[d.model] == updates[d.model]
     assert r.cooldowns.get(fb.model) is None
 
@@ -172,7 +173,7 @@ def test_fallback_never_retries_a_failed_model_and_stops_at_max_fallbacks() -> N
     third = r.fallback("q", second.model, NOW)
     assert [d.model, second.model, third.model] == ["c", "b", "a"]
     assert r.fallback("q", third.model, NOW) is None  # a third fallback: over max_fallbacks
-    assert "q" not in r.pending
+    assert "q" not in r.ledger
     with pytest.raises(UnknownRequestError):
         r.feedback("q", 1.0)
 
@@ -184,7 +185,7 @@ def test_fallback_honours_the_callers_limits_and_ends_when_none_is_left() -> Non
     fb = r.fallback("q", d.model, NOW, limits=only_ab)
     assert fb.model == ({"a", "b"} - {d.model}).pop()
     assert r.fallback("q", fb.model, NOW, limits=only_ab) is None
-    assert "q" not in r.pending
+    assert "q" not in r.ledger
 
 
 def test_fallback_for_another_model_or_an_answered_request_is_refused() -> None:
@@ -203,12 +204,12 @@ def test_fallback_for_another_model_or_an_answered_request_is_refused() -> None:
 def test_fallback_gives_a_forced_pull_back_to_the_failed_newcomer() -> None:
     r = _router(models=(A, B))
     r.add_model(C)  # 20 forced exploration pulls by default
-    left = int(r.forced_left[r.slots["c"]])
+    left = int(r.arms.forced_left[r.arms.slots["c"]])
     d = r.route(_x(5), request_id="q", now=NOW)
-    assert d.model == "c" and d.forced and r.forced_left[r.slots["c"]] == left - 1
+    assert d.model == "c" and d.forced and r.arms.forced_left[r.arms.slots["c"]] == left - 1
     fb = r.fallback("q", "c", NOW)
     assert fb.model in {"a", "b"} and not fb.forced
-    assert r.forced_left[r.slots["c"]] == left
+    assert r.arms.forced_left[r.arms.slots["c"]] == left
 
 
 def test_fail_cools_down_and_drops_the_decision_unless_charged() -> None:
@@ -217,11 +218,11 @@ def test_fail_cools_down_and_drops_the_decision_unless_charged() -> None:
     assert d.direct
     cd = r.fail("explicit", "b", NOW, status=429, retry_after_s=30.0)
     assert (cd.until, cd.status) == (NOW + 30.0, 429)
-    assert "explicit" not in r.pending
+    assert "explicit" not in r.ledger
     # the caller's own bad input: no cool-down, the decision still goes
     r.route(_x(6), model="a", request_id="bad-input", now=NOW)
     assert r.fail("bad-input", "a", NOW, status=400, cool=False) is None
-    assert r.cooldowns.get("a") is None and "bad-input" not in r.pending
+    assert r.cooldowns.get("a") is None and "bad-input" not in r.ledger
     # a charged request (a stream that failed mid-way) keeps its decision for feedback
     r.route(_x(6), model="c", request_id="mid-stream", now=NOW)
     r.charge("mid-stream", 0.0001)
@@ -243,15 +244,12 @@ def test_state_reports_cooldowns() -> None:
 
 def _durable(path: Path) -> DurableRouter:
     store = StateStore(path)
-    durable, _ = DurableRouter.open(store, _router, DurabilityConfig(), NOW)
+    durable, _ = DurableRouter.open(store, _router, DurabilityConfig(), NOW, clock=lambda: NOW)
     return durable
 
 
 def _flush(durable: DurableRouter) -> None:
-    rows = durable.take_unflushed()
-    if rows:
-        durable.store.add_pending(rows)
-    durable.write_pending_changes(*durable.take_pending_changes())
+    asyncio.run(durable.flush_decisions())
 
 
 def test_fallback_rekeys_the_recorded_decision_and_recovery_sees_it(tmp_path: Path) -> None:
@@ -278,8 +276,8 @@ def test_fallback_rekeys_the_recorded_decision_and_recovery_sees_it(tmp_path: Pa
     # a restart (no snapshot yet) replays the decisions: feedback reaches the answering model
     again = _durable(path)
     r = again.router
-    assert set(r.pending) == {"early", "late"}
-    assert r.slot_models[r.pending["late"].slot] == fb2.model
+    assert set(r.pending_ids()) == {"early", "late"}
+    assert r.arms.slot_models[r.ledger.get("late").slot] == fb2.model
     with pytest.raises(UnknownRequestError):
         r.feedback("gone", 1.0)
     again.store.close()
@@ -310,12 +308,12 @@ def test_answered_by_restores_a_lost_decision_and_a_lost_rekey(tmp_path: Path) -
     other = next(m for m in ("a", "b", "c") if m != d.model)
     # "kept" was re-keyed by a fallback the dead replica never flushed: the answer says `other`
     assert again.answered_by("kept", other, _x(3), False, NOW) == "rekeyed"
-    assert r.slot_models[r.pending["kept"].slot] == other
+    assert r.arms.slot_models[r.ledger.get("kept").slot] == other
     assert again.answered_by("kept", other, _x(3), False, NOW) == "known"
     # "lost" was routed to a and answered, but its decision died with the replica
-    t0, pulls_a = r.t, int(r.bandit.pulls[r.slots["a"]])
+    t0, pulls_a = r.t, int(r.bandit.pulls[r.arms.slots["a"]])
     assert again.answered_by("lost", "a", _x(4), False, NOW) == "adopted"
-    assert r.t == t0 + 1 and int(r.bandit.pulls[r.slots["a"]]) == pulls_a + 1
+    assert r.t == t0 + 1 and int(r.bandit.pulls[r.arms.slots["a"]]) == pulls_a + 1
     assert r.charge("lost", 2e-4) == FeedbackStatus.APPLIED
     assert r.feedback("lost", 0.5) == FeedbackStatus.APPLIED
     _flush(durable := again)
@@ -329,12 +327,58 @@ def test_a_rekey_after_the_snapshot_survives_recovery(tmp_path: Path) -> None:
     durable = _durable(path)
     d = durable.route(_x(5), None, None, NOW, "r")
     _flush(durable)
-    durable.save_snapshot(*durable.take_snapshot(NOW), NOW)  # holds "r" on its first model
+    asyncio.run(durable.snapshot_now())  # holds "r" on its first model
     fb = durable.fallback("r", d.model, NOW)
     _flush(durable)  # the re-key reaches the recorded row, not the snapshot
     durable.store.close()
 
     again = _durable(path)
     r = again.router
-    assert r.slot_models[r.pending["r"].slot] == fb.model != d.model
+    assert r.arms.slot_models[r.ledger.get("r").slot] == fb.model != d.model
+    again.store.close()
+
+
+# ---------------------------------------------------------------- the write-ahead order
+
+
+def test_charge_and_feedback_are_journalled_before_they_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    durable = _durable(path)
+    charges, updates = durable.router.pacer.state.charges, int(durable.router.bandit.updates.sum())
+    journalled_first: list[bool] = []
+    for name in ("charge", "feedback"):
+        real = getattr(durable.router, name)
+
+        def spy(rid: str, value: float, real=real, kind=name) -> FeedbackStatus:
+            journalled_first.append(durable.store.has_event(rid, kind))
+            return real(rid, value)
+
+        monkeypatch.setattr(durable.router, name, spy)
+
+    async def traffic() -> list[FeedbackStatus]:
+        durable.route(_x(1), None, None, NOW, "w")
+        return [
+            await durable.charge("w", 1e-4, NOW),
+            await durable.charge("w", 1e-4, NOW),
+            await durable.feedback("w", 0.5, NOW),
+            await durable.feedback("w", 0.5, NOW),
+            # answered by "a" after the router lost the decision: adopted, then charged
+            await durable.charge("lost", 2e-4, NOW, "a", _x(2)),
+        ]
+
+    applied, duplicate = FeedbackStatus.APPLIED, FeedbackStatus.DUPLICATE
+    assert asyncio.run(traffic()) == [applied, duplicate, applied, duplicate, applied]
+    assert journalled_first == [True, True, True]  # each applied event was on disk first
+    assert durable.store.count_events() == 3 and durable.applied_seq == 3
+    assert durable.store.get_pending("lost").model == "a"
+    durable.store.close()
+
+    # a restart (no snapshot) replays decisions and journal: each event applies exactly once
+    again = _durable(path)
+    r = again.router
+    assert r.pacer.state.charges == charges + 2 and int(r.bandit.updates.sum()) == updates + 1
+    assert not r.is_pending("w") and r.is_pending("lost")
+    assert asyncio.run(again.feedback("w", 0.5, NOW)) == duplicate
     again.store.close()

@@ -12,7 +12,7 @@ import pytest
 
 from core.encoding.embedding_cache import cache_key, cached_encode
 from core.encoding.features import FeaturePipeline, Projection, fit_projection, load_projection
-from core.replay.data import load_prices, load_reward_file, split_halves
+from core.replay.data import RewardData, half_rows, load_prices, load_reward_file
 
 RAW_DIM = 48
 
@@ -229,18 +229,27 @@ def test_empty_reward_file_rejected(tmp_path: Path) -> None:
         load_reward_file(_write(tmp_path / "r.jsonl", [""]))
 
 
-def test_split_halves_deterministic_and_consistent_across_files(tmp_path: Path) -> None:
+def _halves(data: RewardData, seed: int = 0) -> tuple[RewardData, RewardData]:
+    """The two halves --holdout-split SEED makes of a file (warm-up half, evaluation half)."""
+    return (
+        data.subset(half_rows(data, seed, first=True)),
+        data.subset(half_rows(data, seed, first=False)),
+    )
+
+
+def test_holdout_halves_deterministic_and_consistent_across_files(tmp_path: Path) -> None:
     prompts = [f"prompt {i}" for i in range(200)]
     one = load_reward_file(_write(tmp_path / "one.jsonl", [_row(p) for p in prompts]))
     two = load_reward_file(_write(tmp_path / "two.jsonl", [_row(p) for p in prompts[50:][::-1]]))
-    a1, b1 = split_halves(one)
-    assert split_halves(one)[0].prompts == a1.prompts  # deterministic
+    a1, b1 = _halves(one)
+    assert _halves(one)[0].prompts == a1.prompts  # deterministic
     assert set(a1.prompts).isdisjoint(b1.prompts) and len(a1) + len(b1) == 200
     assert 60 < len(a1) < 140
-    a2, b2 = split_halves(two)
+    a2, b2 = _halves(two)
     assert set(a2.prompts) == set(a1.prompts) & set(two.prompts)
     assert set(b2.prompts) == set(b1.prompts) & set(two.prompts)
-    assert split_halves(one, seed=1)[0].prompts != a1.prompts
+    assert _halves(one, seed=1)[0].prompts != a1.prompts
+    assert len(half_rows(one, None, first=False)) == 200  # no split seed: every row
 
 
 @pytest.mark.data
@@ -251,7 +260,7 @@ def test_shared_files_load_and_split_consistently(shared_data: Path) -> None:
     )
     assert (len(val), len(val.models), len(k4.models)) == (1785, 3, 4)
     assert val.mean_reward()["google/gemini-2.5-pro"] == pytest.approx(0.935, abs=1e-3)
-    half_val, half_k4 = split_halves(val)[0], split_halves(k4)[0]
+    half_val, half_k4 = _halves(val)[0], _halves(k4)[0]
     assert set(half_k4.prompts) == set(half_val.prompts) & set(k4.prompts)
     prices = load_prices(shared_data / "prices.json")
     assert set(val.models) | set(k4.models) <= set(prices)

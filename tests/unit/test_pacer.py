@@ -146,35 +146,32 @@ def test_soft_weight_per_mode() -> None:
         (5.0, [True, False, False, False]),  # 9.375e-4
     ],
 )
-def test_hard_ceiling_mask(dual: float, expected: list[bool]) -> None:
+def test_hard_ceiling(dual: float, expected: list[bool]) -> None:
     for mode in (PacerMode.HARD, PacerMode.ADAPTIVE):
-        mask = _pacer(mode=mode, dual=dual).ceiling_mask(PRICES, ALL)
+        cap = _pacer(mode=mode, dual=dual).ceiling(float(PRICES.max()))
+        mask = ALL if cap is None else PRICES <= cap
         assert mask.tolist() == expected, (mode, dual)
 
 
 def test_hard_ceiling_is_off_in_soft_mode() -> None:
-    assert _pacer(mode=PacerMode.SOFT, dual=5.0).ceiling_mask(PRICES, ALL).tolist() == [True] * 4
+    assert _pacer(mode=PacerMode.SOFT, dual=5.0).ceiling(float(PRICES.max())) is None
 
 
-def test_hard_ceiling_uses_the_most_expensive_active_arm() -> None:
-    active = np.array([True, True, True, False])  # pro removed
+def test_hard_ceiling_divides_the_dearest_price_it_is_given() -> None:
+    """The router passes the dearest active arm's cost: with pro removed, flash's."""
+    active = np.array([True, True, True, False])
     # Ceiling = 1.4e-3 / 2 = 7e-4: only llama stays.
-    mask = _pacer(mode=PacerMode.HARD, dual=1.0).ceiling_mask(PRICES, active)
-    assert mask[:3].tolist() == [True, False, False]
-    # Nothing active: the mask leaves the decision to the caller's limits.
-    none = np.zeros(4, dtype=bool)
-    assert _pacer(mode=PacerMode.HARD, dual=1.0).ceiling_mask(PRICES, none).all()
+    cap = _pacer(mode=PacerMode.HARD, dual=1.0).ceiling(float(PRICES[active].max()))
+    assert (PRICES[:3] <= cap).tolist() == [True, False, False]
 
 
-def test_ceiling_threshold_matches_the_mask() -> None:
-    """ceiling(dearest) is the price cap that ceiling_mask applies; None where it applies none."""
+def test_ceiling_threshold() -> None:
+    """ceiling(dearest) = dearest / (1 + lambda); None where no ceiling applies."""
     assert _pacer(mode=PacerMode.SOFT, dual=2.0).ceiling(1.0) is None
     assert _pacer(mode=PacerMode.HARD, dual=0.0).ceiling(1.0) is None
     for mode in (PacerMode.HARD, PacerMode.ADAPTIVE):
         pacer = _pacer(mode=mode, dual=3.0)
-        cap = pacer.ceiling(float(PRICES.max()))
-        assert cap == PRICES.max() / 4.0
-        assert (PRICES <= cap).tolist() == pacer.ceiling_mask(PRICES, ALL).tolist()
+        assert pacer.ceiling(float(PRICES.max())) == PRICES.max() / 4.0
 
 
 def test_replacing_the_config_updates_what_charge_reads() -> None:

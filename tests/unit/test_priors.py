@@ -74,7 +74,7 @@ def test_router_load_priors_sets_theta_to_theta_off() -> None:
     loaded = router.load_priors(priors)
     assert loaded == list(MODELS)
     for m in MODELS:
-        i = router.slots[m]
+        i = router.arms.slots[m]
         theta_off = np.linalg.solve(np.array(priors.arms[m].A), np.array(priors.arms[m].b))
         assert np.abs(router.bandit.theta[i] - theta_off).max() < 1e-9
         assert np.abs(router.bandit.A_inv[i] - np.linalg.inv(router.bandit.A[i])).max() < 1e-12

@@ -119,7 +119,7 @@ def test_route_picks_the_argmax_of_quality_plus_bonus_minus_penalty() -> None:
         d = router.route(_ctx(rng))
         score = d.quality + d.bonus - d.penalty
         assert d.model == d.models[int(np.argmax(score))]
-        np.testing.assert_allclose(d.penalty, d.dual * router.cost_terms, rtol=0, atol=0)
+        np.testing.assert_allclose(d.penalty, d.dual * router.arms.cost_terms, rtol=0, atol=0)
 
 
 def test_explain_reports_quality_bonus_and_cost_penalty_per_arm() -> None:
@@ -133,13 +133,13 @@ def test_explain_reports_quality_bonus_and_cost_penalty_per_arm() -> None:
     explain = router.explain(x)
     assert router.t == t_before  # explain does not route
     assert set(explain) == {LLAMA.id, PRO.id}
-    for i, m in enumerate(router.slot_models):
+    for i, m in enumerate(router.arms.slot_models):
         A, b = router.bandit.A[i], router.bandit.b[i]
         # explain scores x as the next request would be scored: at t + 1
         dt = router.t + 1 - max(router.bandit.last_update[i], router.bandit.last_pull[i])
         quality = np.linalg.solve(A, b) @ x
         bonus = 0.01 * math.sqrt(x @ np.linalg.solve(A, x) / max(GAMMA**dt, 1 / 200))
-        penalty = (0.2 + dual) * router.cost_terms[i]
+        penalty = (0.2 + dual) * router.arms.cost_terms[i]
         e = explain[m]
         assert e["quality"] == pytest.approx(quality, abs=1e-10)
         assert e["bonus"] == pytest.approx(bonus, rel=1e-9)
@@ -162,9 +162,9 @@ def test_cost_penalty_steers_to_the_cheaper_arm_when_dual_is_positive() -> None:
     for _ in range(20):
         d = router.route(_ctx(rng))
         assert d.model == LLAMA.id
-        assert d.penalty[router.slots[PRO.id]] == pytest.approx(dual * C_PRO, abs=1e-12)
+        assert d.penalty[router.arms.slots[PRO.id]] == pytest.approx(dual * C_PRO, abs=1e-12)
         assert d.eligible.all()  # soft mode: no ceiling, pro only scores lower
-        assert d.quality[router.slots[PRO.id]] > d.quality[router.slots[LLAMA.id]]
+        assert d.quality[router.arms.slots[PRO.id]] > d.quality[router.arms.slots[LLAMA.id]]
 
 
 def test_hard_mode_ceiling_removes_expensive_arms_unless_the_caller_leaves_nothing_else() -> None:
@@ -179,7 +179,7 @@ def test_hard_mode_ceiling_removes_expensive_arms_unless_the_caller_leaves_nothi
         d = router.route(_ctx(rng))
         assert d.model == MISTRAL.id
         assert (d.penalty == 0).all()  # hard mode has no soft penalty
-        assert not d.eligible[router.slots[PRO.id]]
+        assert not d.eligible[router.arms.slots[PRO.id]]
         assert "ceiling" in d.reasons[PRO.id]
     # Only pro allowed: the ceiling would leave nothing, so only the caller's limits apply.
     d = router.route(_ctx(rng), RouteLimits(allowed_models=(PRO.id,)))
@@ -212,7 +212,7 @@ def test_context_is_validated_and_time_does_not_advance_on_errors() -> None:
     for bad in (np.zeros(25), np.zeros(27), np.full(26, np.nan), np.full(26, np.inf)):
         with pytest.raises(ValueError, match="context"):
             router.route(bad)
-    assert router.t == 0 and len(router.pending) == 0
+    assert router.t == 0 and len(router.ledger) == 0
 
 
 def test_direct_route_bypasses_the_bandit() -> None:
@@ -220,8 +220,8 @@ def test_direct_route_bypasses_the_bandit() -> None:
     router.add_model(FLASH)  # forced exploration pending, but a direct route does not use it
     d = router.route(np.append(np.zeros(25), 1.0), model=PRO.id)
     assert (d.model, d.direct, d.forced, d.t) == (PRO.id, True, False, 1)
-    assert router.bandit.pulls[router.slots[PRO.id]] == 1
-    assert router.forced_left[router.slots[FLASH.id]] == 20
+    assert router.bandit.pulls[router.arms.slots[PRO.id]] == 1
+    assert router.arms.forced_left[router.arms.slots[FLASH.id]] == 20
     with pytest.raises(NoEligibleModelError, match="nope"):
         router.route(np.zeros(26), model="nope")
     assert router.t == 1
@@ -282,7 +282,7 @@ def test_no_eligible_model_error_names_each_model_and_why() -> None:
     assert message.startswith("no eligible model for this request (")
     for model, why in err.reasons.items():
         assert f"{model}: {why}" in message
-    assert router.t == 0 and len(router.pending) == 0  # nothing happened
+    assert router.t == 0 and len(router.ledger) == 0  # nothing happened
 
     with pytest.raises(NoEligibleModelError) as info:
         router.route(np.zeros(26), RouteLimits(allowed_models=("nope", LLAMA.id)))
@@ -303,7 +303,7 @@ def test_new_model_gets_exactly_20_forced_pulls() -> None:
     version = router.registry.version
     router.add_model(FLASH)
     assert router.registry.version == version + 1
-    slot = router.slots[FLASH.id]
+    slot = router.arms.slots[FLASH.id]
     np.testing.assert_array_equal(router.bandit.A[slot], np.eye(26))
     np.testing.assert_array_equal(router.bandit.b[slot], np.zeros(26))
     assert router.state()["models"][FLASH.id]["forced_pulls_left"] == 20
@@ -311,7 +311,7 @@ def test_new_model_gets_exactly_20_forced_pulls() -> None:
     # Caller limits that exclude it are respected: no forced pull, none used up.
     d = router.route(_ctx(rng), RouteLimits(allowed_models=(LLAMA.id,)))
     assert d.model == LLAMA.id and not d.forced
-    assert router.forced_left[slot] == 20
+    assert router.arms.forced_left[slot] == 20
 
     decisions = []
     for _ in range(40):
@@ -323,12 +323,12 @@ def test_new_model_gets_exactly_20_forced_pulls() -> None:
     assert len(forced) == 20
     assert all(d.model == FLASH.id for d in forced)
     assert decisions[:20] == forced  # taken at once
-    assert router.forced_left[slot] == 0
+    assert router.arms.forced_left[slot] == 0
     assert router.bandit.updates[slot] == sum(d.model == FLASH.id for d in decisions)
     # After exploration, the learned (poor) reward keeps it out.
     assert all(d.model != FLASH.id for d in decisions[25:])
     # Models present at construction get no forced pulls.
-    assert router.forced_left[router.slots[LLAMA.id]] == 0
+    assert router.arms.forced_left[router.arms.slots[LLAMA.id]] == 0
 
 
 def test_no_forced_pulls_while_over_budget() -> None:
@@ -339,10 +339,10 @@ def test_no_forced_pulls_while_over_budget() -> None:
         router.charge(d.request_id, 1e-2)
     assert router.pacer.over_budget
     router.add_model(TINY)  # cheapest, so the hard ceiling never removes it
-    slot = router.slots[TINY.id]
+    slot = router.arms.slots[TINY.id]
     for _ in range(10):
         assert not router.route(_ctx(rng)).forced  # uncharged: still over budget
-    assert router.forced_left[slot] == 20
+    assert router.arms.forced_left[slot] == 20
 
     while router.pacer.over_budget:
         d = router.route(_ctx(rng), model=LLAMA.id)
@@ -350,7 +350,7 @@ def test_no_forced_pulls_while_over_budget() -> None:
     decisions = [router.route(_ctx(rng)) for _ in range(30)]
     assert sum(d.forced for d in decisions) == 20
     assert all(d.model == TINY.id for d in decisions[:20])
-    assert router.forced_left[slot] == 0
+    assert router.arms.forced_left[slot] == 0
 
 
 def test_removed_model_is_never_chosen_and_re_add_resumes_its_statistics() -> None:
@@ -359,7 +359,7 @@ def test_removed_model_is_never_chosen_and_re_add_resumes_its_statistics() -> No
     rewards = {LLAMA.id: 0.3, MISTRAL.id: 0.4, FLASH.id: 0.9}
     _train(router, rng, 30, lambda m, x: rewards[m], list(rewards))
     assert router.route(_ctx(rng)).model == FLASH.id
-    slot = router.slots[FLASH.id]
+    slot = router.arms.slots[FLASH.id]
     late = router.route(_ctx(rng), model=FLASH.id)  # still pending when removed
 
     version = router.registry.version
@@ -385,7 +385,7 @@ def test_removed_model_is_never_chosen_and_re_add_resumes_its_statistics() -> No
     assert pulls == 32 and updates == 31
 
     router.add_model(FLASH)  # explore=True by default, but a re-add resumes: no new exploration
-    assert router.slots[FLASH.id] == slot and len(router.slot_models) == 3
+    assert router.arms.slots[FLASH.id] == slot and len(router.arms.slot_models) == 3
     resumed = router.state()["models"][FLASH.id]
     assert {k: resumed[k] for k in ("active", "pulls", "updates", "forced_pulls_left")} == {
         "active": True,
@@ -426,9 +426,9 @@ def test_reprice_changes_the_cost_term_immediately() -> None:
     version = router.registry.version
     router.reprice(PRO.id, input_per_m=0.5, output_per_m=1.5)  # now priced like mistral
     assert router.registry.version == version + 1
-    slot = router.slots[PRO.id]
-    assert router.cost_terms[slot] == pytest.approx(1 / 3, abs=1e-12)
-    assert router.prices[slot] == pytest.approx(1e-3, rel=1e-12)
+    slot = router.arms.slots[PRO.id]
+    assert router.arms.cost_terms[slot] == pytest.approx(1 / 3, abs=1e-12)
+    assert router.arms.prices[slot] == pytest.approx(1e-3, rel=1e-12)
     assert router.explain(x)[PRO.id]["cost_penalty"] == pytest.approx(dual / 3, abs=1e-12)
 
     router.reprice(PRO.id, input_per_m=0.1, output_per_m=0.1)  # as cheap as llama
@@ -442,14 +442,14 @@ def test_reprice_changes_the_cost_term_immediately() -> None:
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
 def test_bad_reprice_changes_nothing(bad: float) -> None:
     router = _router([LLAMA, PRO])
-    prices, terms = router.prices.copy(), router.cost_terms.copy()
+    prices, terms = router.arms.prices.copy(), router.arms.cost_terms.copy()
     registry = router.registry.to_json()
     with pytest.raises(ValueError):
         router.reprice(PRO.id, input_per_m=bad)
     with pytest.raises(ValueError):
         router.reprice(PRO.id, output_per_m=bad)
-    np.testing.assert_array_equal(router.prices, prices)
-    np.testing.assert_array_equal(router.cost_terms, terms)
+    np.testing.assert_array_equal(router.arms.prices, prices)
+    np.testing.assert_array_equal(router.arms.cost_terms, terms)
     assert router.registry.to_json() == registry
 
 
@@ -457,8 +457,8 @@ def test_duplicate_add_changes_nothing() -> None:
     router = _router([LLAMA, PRO])
     with pytest.raises(RegistryError, match="already registered"):
         router.add_model(ModelSpec(id=LLAMA.id, input_per_m=9.0, output_per_m=9.0))
-    assert router.prices[router.slots[LLAMA.id]] == pytest.approx(1e-4)
-    assert router.registry.version == 2 and len(router.slot_models) == 2
+    assert router.arms.prices[router.arms.slots[LLAMA.id]] == pytest.approx(1e-4)
+    assert router.registry.version == 2 and len(router.arms.slot_models) == 2
 
 
 # ---- feedback and charging --------------------------------------------------------------------
@@ -468,7 +468,7 @@ def test_feedback_is_idempotent() -> None:
     rng = np.random.default_rng(13)
     router = _router([LLAMA, MISTRAL])
     d = router.route(_ctx(rng))
-    slot = router.slots[d.model]
+    slot = router.arms.slots[d.model]
     assert router.feedback(d.request_id, 0.8) == FeedbackStatus.APPLIED
     after_first = _bandit_copy(router)
     assert router.bandit.updates[slot] == 1
@@ -476,10 +476,10 @@ def test_feedback_is_idempotent() -> None:
         assert router.feedback(d.request_id, reward) == FeedbackStatus.DUPLICATE
     _assert_bandit_equal(_bandit_copy(router), after_first)
     # The update that was applied is the one for 0.8: b = 0.8 x.
-    np.testing.assert_allclose(router.bandit.b[slot], 0.8 * router.pending[d.request_id].x)
+    np.testing.assert_allclose(router.bandit.b[slot], 0.8 * router.ledger.get(d.request_id).x)
     # Charging then settles it; both repeats stay duplicates.
     assert router.charge(d.request_id, 0.001) == FeedbackStatus.APPLIED
-    assert d.request_id not in router.pending
+    assert d.request_id not in router.ledger
     assert router.feedback(d.request_id, 0.8) == FeedbackStatus.DUPLICATE
     assert router.charge(d.request_id, 0.001) == FeedbackStatus.DUPLICATE
     assert router.pacer.state.charges == 1
@@ -508,8 +508,8 @@ def test_invalid_rewards_are_rejected_with_nothing_changed(bad) -> None:
     with pytest.raises(InvalidFeedbackError, match="reward"):
         router.feedback(d.request_id, bad)
     _assert_bandit_equal(_bandit_copy(router), before)
-    assert not router.pending[d.request_id].rewarded
-    assert d.request_id not in router.applied
+    assert not router.ledger.get(d.request_id).rewarded
+    assert d.request_id not in router.ledger.applied_ids()
     # Still accepted afterwards with a valid value, at the boundaries too.
     assert router.feedback(d.request_id, 1.0) == FeedbackStatus.APPLIED
     d0 = router.route(_ctx(rng))
@@ -538,7 +538,7 @@ def test_charge_without_feedback_still_moves_the_pacer() -> None:
 
     # Feedback later settles the request.
     assert router.feedback(d.request_id, 0.5) == FeedbackStatus.APPLIED
-    assert d.request_id not in router.pending
+    assert d.request_id not in router.ledger
 
 
 @pytest.mark.parametrize("bad", [-0.001, math.nan, math.inf, None, "1"])
@@ -547,13 +547,13 @@ def test_invalid_costs_are_rejected(bad) -> None:
     d = router.route(np.zeros(26))
     with pytest.raises(InvalidFeedbackError, match="cost_usd"):
         router.charge(d.request_id, bad)
-    assert router.pacer.state.charges == 0 and not router.pending[d.request_id].charged
+    assert router.pacer.state.charges == 0 and not router.ledger.get(d.request_id).charged
 
 
 def test_pending_requests_are_bounded() -> None:
     router = _router([LLAMA, MISTRAL], max_pending=3)
     ids = [router.route(np.zeros(26)).request_id for _ in range(4)]
-    assert list(router.pending) == ids[1:]
+    assert router.pending_ids() == ids[1:]
     with pytest.raises(UnknownRequestError):
         router.feedback(ids[0], 0.5)
 
@@ -584,7 +584,7 @@ def test_explain_bonus_equals_what_route_weighs() -> None:
     x = _ctx(rng)
     explain = router.explain(x)
     d = router.route(x)
-    i = router.slots[MISTRAL.id]
+    i = router.arms.slots[MISTRAL.id]
     assert explain[MISTRAL.id]["bonus"] == pytest.approx(d.bonus[i], rel=1e-12)
 
 
@@ -594,7 +594,7 @@ def test_explain_eligibility_includes_the_pacer_ceiling() -> None:
     x = np.append(np.zeros(25), 1.0)
     explain = router.explain(x)
     d = router.route(x)
-    assert not d.eligible[router.slots[PRO.id]]
+    assert not d.eligible[router.arms.slots[PRO.id]]
     assert explain[PRO.id]["eligible"] is False
 
 
@@ -630,7 +630,7 @@ def test_expected_cost_penalty_is_dual_times_cost_over_budget() -> None:
     x = np.append(np.zeros(25), 1.0)
     expected = router.expected_costs()
     explain = router.explain(x)
-    for i, m in enumerate(router.slot_models):
+    for i, m in enumerate(router.arms.slot_models):
         assert explain[m]["cost_penalty"] == pytest.approx(
             router.pacer.dual * expected[i] / 1e-3, rel=1e-12
         )
@@ -653,10 +653,10 @@ def test_expected_cost_dual_step_shrinks_with_the_cost_range() -> None:
 
 def _expected_from_scratch(router: Router) -> np.ndarray:
     """Router.expected_costs by its definition, from the public arrays."""
-    usage = router.usage_k
+    usage = router.arms.usage_k
     known = usage[~np.isnan(usage)]
     fallback = known.mean() if len(known) else 1.0
-    return router.prices * np.where(np.isnan(usage), fallback, usage)
+    return router.arms.prices * np.where(np.isnan(usage), fallback, usage)
 
 
 def test_cached_cost_view_tracks_every_change_bit_for_bit() -> None:
@@ -672,7 +672,7 @@ def test_cached_cost_view_tracks_every_change_bit_for_bit() -> None:
     x = np.append(np.zeros(25), 1.0)
     for _ in range(600):
         u = rng.random()
-        active = [m for m in router.slot_models if router.active[router.slots[m]]]
+        active = [m for m in router.arms.slot_models if router.arms.active[router.arms.slots[m]]]
         if u < 0.05 and len(active) < len(models):
             spec = next(m for m in models if m.id not in active)
             router.add_model(spec)  # a new arm (no usage yet) or a re-add
@@ -689,9 +689,9 @@ def test_cached_cost_view_tracks_every_change_bit_for_bit() -> None:
             # About half the requests name a model: every arm gets charged, the dearest too.
             d = router.route(x, model=str(rng.choice(active)) if u < 0.6 else None)
             expected = _expected_from_scratch(router)
-            dearest = float(expected[router.active].max())
+            dearest = float(expected[router.arms.active].max())
             budget, dual, cbar = router.pacer.budget, router.pacer.dual, router.pacer.state.cost_ema
-            cost = float(expected[router.slots[d.model]] * rng.uniform(0.0, 3.0))
+            cost = float(expected[router.arms.slots[d.model]] * rng.uniform(0.0, 3.0))
             router.charge(d.request_id, cost)
             # The pacer's step, by hand: scaled by (B / max active expected cost)^0.75.
             cbar = 0.95 * cbar + (1.0 - 0.95) * cost

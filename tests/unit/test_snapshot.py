@@ -12,7 +12,7 @@ from core.method.config import PacerConfig, RouterConfig
 from core.method.registry import ModelSpec
 from core.method.router import Decision, FeedbackStatus, RouteLimits, Router
 from core.persistence import pack
-from core.state.snapshot import SNAPSHOT_FORMAT, load_snapshot, restore, save_snapshot, snapshot
+from core.state.snapshot import SNAPSHOT_FORMAT, restore, snapshot
 
 # Two identically priced cheapest models: a zero context makes them tie exactly.
 TWIN_A = ModelSpec(id="cheap-a", input_per_m=0.10, output_per_m=0.10)
@@ -53,7 +53,7 @@ def _drive(
         decisions.append(d)
         ties.append(u[0] < 0.2 and not d.forced)
         if u[2] < 0.8:
-            cost = router.prices[router.slots[d.model]] * (0.5 + u[3])  # ~1k tokens
+            cost = router.arms.prices[router.arms.slots[d.model]] * (0.5 + u[3])  # ~1k tokens
             assert router.charge(d.request_id, float(cost)) == FeedbackStatus.APPLIED
         backlog.append((d.request_id, _reward(d.model, x)))
         if u[4] < 0.7:
@@ -70,7 +70,7 @@ def _history() -> tuple[Router, list[tuple[str, float]], str]:
     cfg = RouterConfig(pacer=PacerConfig(budget_usd=1e-3), seed=7)
     router = Router(cfg, models=[TWIN_A, TWIN_B, MISTRAL, FLASH])
     _, backlog, _ = _drive(router, seed=1, n=150, backlog=[])
-    applied_id = next(iter(router.applied))
+    applied_id = router.ledger.applied_ids()[0]
     router.remove_model(FLASH.id)
     router.reprice(MISTRAL.id, output_per_m=1.0)
     _, backlog, _ = _drive(router, seed=2, n=150, backlog=backlog)
@@ -104,10 +104,11 @@ def _assert_same_bandit(a: Router, b: Router) -> None:
 def test_restored_router_makes_the_same_decisions() -> None:
     original, backlog, applied_id = _history()
     # The history really holds what the round trip must carry.
-    assert len(original.pending) > 50
-    assert any(e.charged and not e.rewarded for e in original.pending.values())
-    assert any(e.rewarded and not e.charged for e in original.pending.values())
-    assert 0 < original.forced_left[original.slots[PRO.id]] < 20
+    assert len(original.ledger) > 50
+    entries = [original.ledger.get(rid) for rid in original.pending_ids()]
+    assert any(e.charged and not e.rewarded for e in entries)
+    assert any(e.rewarded and not e.charged for e in entries)
+    assert 0 < original.arms.forced_left[original.arms.slots[PRO.id]] < 20
     assert original.pacer.dual > 0
 
     data = snapshot(original)
@@ -115,7 +116,7 @@ def test_restored_router_makes_the_same_decisions() -> None:
     assert restored.state() == original.state()
     _assert_same_bandit(original, restored)
     assert restored.rng.bit_generator.state == original.rng.bit_generator.state
-    assert list(restored.pending) == list(original.pending)
+    assert list(restored.pending_ids()) == list(original.pending_ids())
     assert restored.registry.to_json() == original.registry.to_json()
 
     # A request applied before the snapshot is still a duplicate afterwards.
@@ -131,11 +132,15 @@ def test_restored_router_makes_the_same_decisions() -> None:
     assert len(backlog_a) == len(backlog_b)
 
     # Late charges for requests routed before the snapshot settle them the same way.
-    late = [rid for rid, e in original.pending.items() if rid in restored.pending and not e.charged]
-    assert any(original.pending[rid].rewarded for rid in late)
+    late = [
+        rid
+        for rid in original.pending_ids()
+        if rid in restored.ledger and not original.ledger.get(rid).charged
+    ]
+    assert any(original.ledger.get(rid).rewarded for rid in late)
     for rid in late:
         assert original.charge(rid, 1e-3) == restored.charge(rid, 1e-3) == FeedbackStatus.APPLIED
-        assert (rid in original.pending) == (rid in restored.pending)
+        assert (rid in original.ledger) == (rid in restored.ledger)
     assert restored.state() == original.state()
 
     # The next 200 included real ties, broken both ways: the tie-break RNG continued.
@@ -153,7 +158,7 @@ def test_restored_router_makes_the_same_decisions() -> None:
 def test_file_round_trip_is_atomic_and_pickle_free(tmp_path, monkeypatch) -> None:
     original, backlog, _ = _history()
     path = tmp_path / "state" / "router.npz"
-    save_snapshot(original, path)
+    persistence.write_atomic(path, snapshot(original))
     assert sorted(p.name for p in path.parent.iterdir()) == ["router.npz"]  # no temp files
 
     with np.load(path, allow_pickle=False) as npz:  # no pickle needed to read it
@@ -164,7 +169,7 @@ def test_file_round_trip_is_atomic_and_pickle_free(tmp_path, monkeypatch) -> Non
     assert meta["format"] == SNAPSHOT_FORMAT == "paretoserve.router/1"
     assert meta["t"] == original.t
 
-    loaded = load_snapshot(path)
+    loaded = restore(path.read_bytes())
     assert loaded.state() == original.state()
     a, _, _ = _drive(original, seed=4, n=200, backlog=backlog)
     b, _, _ = _drive(loaded, seed=4, n=200, backlog=backlog)
@@ -172,9 +177,9 @@ def test_file_round_trip_is_atomic_and_pickle_free(tmp_path, monkeypatch) -> Non
 
     # Overwriting keeps one complete file.
     first = path.read_bytes()
-    save_snapshot(original, path)
+    persistence.write_atomic(path, snapshot(original))
     assert sorted(p.name for p in path.parent.iterdir()) == ["router.npz"]
-    assert load_snapshot(path).t == original.t != restore(first).t
+    assert restore(path.read_bytes()).t == original.t != restore(first).t
 
     # A write that fails before the rename leaves the old file whole and no temp file behind.
     good = path.read_bytes()
@@ -185,7 +190,7 @@ def test_file_round_trip_is_atomic_and_pickle_free(tmp_path, monkeypatch) -> Non
 
     monkeypatch.setattr(persistence.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        save_snapshot(original, path)
+        persistence.write_atomic(path, snapshot(original))
     monkeypatch.undo()
     assert path.read_bytes() == good
     assert sorted(p.name for p in path.parent.iterdir()) == ["router.npz"]
@@ -195,7 +200,7 @@ def test_snapshot_of_a_fresh_router_round_trips() -> None:
     router = Router(RouterConfig(pacer=PacerConfig(budget_usd=1e-3), seed=3), models=[TWIN_A])
     restored = restore(snapshot(router))
     assert restored.state() == router.state()
-    assert len(restored.pending) == 0
+    assert len(restored.ledger) == 0
     x = np.zeros(26)
     assert restored.route(x).model == router.route(x).model == TWIN_A.id
 

@@ -1,19 +1,18 @@
-"""The floor for the service benchmark: one Serve deployment that answers chat completions
-with no routing at all.
+"""The service benchmark's floor: one Serve deployment that answers chats with no routing.
 
 `POST /v1/chat/completions` parses the same `core.service.protocol.ChatCompletionRequest` as
 the real Ingress, calls the same `deployments.clients.simulated.SimulatedClient` (same
 `SimulatorConfig`) in-process for a fixed model, and returns the same
 `ChatCompletionResponse` shape and headers (the request id is Serve's, as in the Ingress).
 There is no embedder, router, registry, charge or handle call: what the real app costs above
-this is the price of routing (see loadtest/bench_service.py and docs/benchmarks.md, "Service
+this is the price of routing (see benchmarks/bench_service.py and docs/benchmarks.md, "Service
 latency and throughput").
 
 A body naming a configured model gets that model (like the real app's bypass); `"auto"` gets
 the fixed default model. `GET /healthz` answers `{"status": "ok"}`.
 
-Like bench_embedder, this module sits above `deployments` (it imports the simulated client):
-it exists to benchmark the service. Only loadtest/bench_service.py imports it.
+Like every benchmark, this module sits above `deployments` (it imports the simulated client):
+it exists to benchmark the service. Only benchmarks/bench_service.py imports it.
 
 No `from __future__ import annotations` here: FastAPI must see the real annotation types.
 """

@@ -1,6 +1,6 @@
 """Service latency and throughput: the real paretoserve app vs a passthrough floor, over HTTP.
 
-    python -m loadtest.bench_service [--concurrency 16 64] [--requests 400] [--time-scale 0]
+    python -m benchmarks.bench_service [--concurrency 16 64] [--requests 400] [--time-scale 0]
         [--hops auto|metrics|handles] [--embed-batch-wait-s S] [--json OUT]
 
 One local Ray (logical CPUs, no dashboard, token auth off unless RAY_AUTH_MODE is set), one
@@ -11,13 +11,13 @@ Serve instance with its HTTP proxy on a free port, and on it two applications si
   `time_scale` from `--time-scale`. 0 makes provider latency zero, so the figures are the
   serving overhead itself: HTTP proxy, Ingress, Embedder (MiniLM on CPU), Router, Provider
   and the durable charge.
-- `passthrough`: loadtest/passthrough_app.py, one FastAPI deployment that parses the same
+- `passthrough`: benchmarks/passthrough_app.py, one FastAPI deployment that parses the same
   request, calls the same simulated client in-process (same SimulatorConfig) for a fixed
   model and returns the same response shape. The floor: Serve's proxy + one replica.
 
 For each time scale both apps are deployed (fresh), warmed up, then for each concurrency C
 each app is driven by a closed-loop asyncio + httpx load generator (C workers, N requests in
-all, prompts from ../shared/data/val.jsonl when present, else a built-in list; the same
+all, prompts from ../shared/data/val.jsonl when present, else the built-in set; the same
 prompts, in the same order, for both apps). Which app goes first alternates from one
 (time scale, C) pair to the next. Latency is end-to-end at the client (send to parsed JSON).
 
@@ -71,11 +71,9 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import re
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -87,8 +85,10 @@ from typing import Any
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+from benchmarks.common import REPO, VAL_PROMPTS, machine_info, percentile, val_prompts
+from core.net import free_port
+from core.replay.prompts import BUILTIN_PROMPTS
+
 HOPS = ("embed", "route", "provider", "charge", "total")
 HOP_METRIC = "ray_paretoserve_hop_latency_ms"
 BATCH_METRIC = "ray_paretoserve_embed_batch_size"
@@ -99,45 +99,16 @@ SCHEMA = "paretoserve.bench_service/1"
 CLIENT_CONNECTIONS = 16  # connections per httpx client of the load generator
 METRICS_REPORT_MS = 1000  # how often replicas push metrics to the export (Ray's default: 10 s)
 
-BUILTIN_PROMPTS = [
-    "What is the capital of France?",
-    "Write a python function to reverse a linked list in place.",
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-    "in May. How many clips did Natalia sell altogether in April and May?",
-    "Which of the following is a characteristic of a stationary process? (A) constant mean "
-    "(B) a unit root (C) a deterministic trend (D) explosive variance",
-    "Summarise the causes of the First World War in three sentences.",
-    "Prove that the square root of 2 is irrational.",
-    "Explain the difference between TCP and UDP to a ten-year-old.",
-    "Write a SQL query that returns the second highest salary from an employees table.",
-    "Compose a haiku about autumn rain on a tin roof.",
-    "What is the derivative of x^3 * sin(x)?",
-    "How does a transformer's self-attention scale with sequence length, and why?",
-    "Explain gradient descent with momentum and when it helps.",
-    "Write a regular expression that matches a valid IPv4 address.",
-    "Give me a recipe for a vegetarian lasagna for six people.",
-    "Explain what a p-value is and a common way it is misinterpreted.",
-    "What is the time complexity of heapsort, and is it stable?",
-]
-
 
 # ---- inputs ---------------------------------------------------------------------------------
 
 
 def load_prompts(seed: int = 0) -> tuple[list[str], str]:
     """Prompts from ../shared/data/val.jsonl (shuffled with `seed`), else the built-in list."""
-    path = SHARED_DATA / "val.jsonl"
-    if path.exists():
-        prompts = []
-        # split on "\n" only: prompts may hold U+2028 and friends, which splitlines() splits on
-        for line in path.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                text = json.loads(line).get("prompt", "")
-                if isinstance(text, str) and text.strip():
-                    prompts.append(text)
-        if prompts:
-            random.Random(seed).shuffle(prompts)
-            return prompts, str(path)
+    prompts = val_prompts()
+    if prompts:
+        random.Random(seed).shuffle(prompts)
+        return prompts, str(VAL_PROMPTS)
     return list(BUILTIN_PROMPTS), "built-in"
 
 
@@ -158,24 +129,7 @@ def app_args(
     return args
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---- statistics -----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (linear interpolation, like numpy's default); None when empty."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _r(x: float | None, digits: int = 2) -> float | None:
@@ -435,7 +389,6 @@ async def hops_via_handles(
     from ray import serve
 
     from core.method.costs import realised_cost_usd
-    from core.method.registry import ModelSpec
     from core.service.protocol import ChatCompletionRequest, ProviderRequest
 
     embedder = serve.get_deployment_handle("Embedder", app_name)
@@ -457,9 +410,9 @@ async def hops_via_handles(
             start = time.perf_counter()
             x = await timed("embed", embedder.embed.remote(text))
             d = await timed("route", router.route.remote(x, None, route_model))
-            spec = ModelSpec.model_validate(d["spec"])
+            spec = d.spec
             chat = ChatCompletionRequest(messages=[{"role": "user", "content": text}])
-            req = ProviderRequest.from_chat(d["request_id"], chat, spec)
+            req = ProviderRequest.from_chat(d.request_id, chat, spec)
             if spec.provider not in providers:
                 providers[spec.provider] = serve.get_deployment_handle(
                     f"Provider_{spec.provider}", app_name
@@ -469,7 +422,7 @@ async def hops_via_handles(
             cost = realised_cost_usd(
                 u.prompt_tokens, u.completion_tokens, spec.input_per_m, spec.output_per_m
             )
-            await timed("charge", router.charge.remote(d["request_id"], cost, spec.id))
+            await timed("charge", router.charge.remote(d.request_id, cost, spec.id))
             times["total"].append((time.perf_counter() - start) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -599,8 +552,8 @@ def run_time_scale(
 ) -> dict[str, Any]:
     from ray import serve
 
+    from benchmarks.passthrough_app import build_passthrough
     from graphs.app import build_app
-    from loadtest.passthrough_app import build_passthrough
 
     tag = f"ts{time_scale:g}".replace(".", "_")
     names = {"router": f"router_{tag}", "passthrough": f"passthrough_{tag}"}
@@ -781,32 +734,6 @@ def git_revision() -> dict[str, Any] | None:
         return None
 
 
-def machine_info() -> dict[str, Any]:
-    import ray
-
-    mem_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": mem_gib,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "ray": ray.__version__,
-        "httpx": httpx.__version__,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -829,9 +756,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     if ray.is_initialized():
         ray.shutdown()
     started = time.perf_counter()
-    machine_before = machine_info()
+    machine_before = machine_info("ray", "httpx")
+    machine_before["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     revision = git_revision()  # at the start: the code the apps are built from
-    machine_before["loadavg_before"] = machine_before.pop("loadavg")
     ray.init(**init_kwargs)
     result: dict[str, Any] = {"runs": [], "comparisons": [], "hops": [], "setups": []}
     try:
@@ -856,7 +783,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     result.update(
         schema=SCHEMA,
         git=revision,
-        command="python -m loadtest.bench_service " + shlex.join(opts.argv),
+        command="python -m benchmarks.bench_service " + shlex.join(opts.argv),
         hop_method="metrics" if metrics_port is not None else "handles",
         duration_s=round(time.perf_counter() - started, 1),
         config={
@@ -972,7 +899,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_service", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_service", description=__doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     p.add_argument("--requests", type=int, default=400, help="timed requests per app and level")
     p.add_argument(

@@ -1,7 +1,7 @@
 """Embedding throughput: unbatched torch vs batched encode vs the Embedder on Ray Serve.
 
-    python -m loadtest.bench_embedder [--n 512] [--repeats 3] [--threads 1] [--json OUT]
-                                      [--no-serve]
+    python -m benchmarks.bench_embedder [--n 512] [--repeats 3] [--threads 1] [--json OUT]
+                                        [--no-serve]
 
 Modes, all on the same prompts and all producing the full context (MiniLM + projection):
 
@@ -24,8 +24,8 @@ batching only; the client, the handle calls and the replica share the machine. P
 from ../shared/data/val.jsonl when present, else a built-in set of ~50 varied prompts.
 
 Ray is started locally (logical CPUs, no dashboard, token auth off unless RAY_AUTH_MODE is set)
-and shut down at the end. This harness imports `deployments.embedder` (lazily, for mode 3):
-it benchmarks the deployment itself, so it is the one loadtest module above `deployments`.
+and shut down at the end. This harness imports `deployments.embedder` (lazily): it benchmarks
+the deployment itself.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,79 +43,16 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+from benchmarks.common import VAL_PROMPTS, machine_info, percentile, val_prompts
+from core.replay.prompts import BUILTIN_PROMPTS
+
 BATCH_SIZES = (8, 32, 64)
 CONCURRENCY = 32
-
-BUILTIN_PROMPTS = [
-    "What is the capital of France?",
-    "hi",
-    "Write a python function to reverse a linked list in place.",
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-    "in May. How many clips did Natalia sell altogether in April and May?",
-    "Which of the following is a characteristic of a stationary process? (A) constant mean "
-    "(B) a unit root (C) a deterministic trend (D) explosive variance",
-    "Translate 'good morning, how did you sleep?' into Japanese and explain the politeness level.",
-    "Summarise the causes of the First World War in three sentences.",
-    "Prove that the square root of 2 is irrational.",
-    "Explain the difference between TCP and UDP to a ten-year-old.",
-    "Write a SQL query that returns the second highest salary from an employees table.",
-    "What are the side effects of ibuprofen?",
-    "Compose a haiku about autumn rain on a tin roof.",
-    "Given an array of integers, return indices of the two numbers that add up to a target.",
-    "What is the derivative of x^3 * sin(x)?",
-    "Draft a polite email declining a meeting invitation because of a scheduling conflict.",
-    "How does a transformer's self-attention scale with sequence length, and why?",
-    "List five tips for improving sleep quality.",
-    "What year did the Berlin Wall fall?",
-    "Explain gradient descent with momentum and when it helps.",
-    "Write a bash one-liner that counts the lines of all .py files in a directory tree.",
-    "Is a tomato a fruit or a vegetable? Justify your answer.",
-    "Describe the water cycle.",
-    "A train leaves at 3pm travelling 60 mph; another leaves at 4pm at 80 mph. When does the "
-    "second catch up?",
-    "What is the time complexity of heapsort, and is it stable?",
-    "Give me a recipe for a vegetarian lasagna for six people.",
-    "Explain what a p-value is and a common way it is misinterpreted.",
-    "Write a regular expression that matches a valid IPv4 address.",
-    "Who wrote 'One Hundred Years of Solitude', and what is magical realism?",
-    "Convert 72 degrees Fahrenheit to Celsius.",
-    "What are the main differences between Python lists and tuples?",
-    "Explain the CAP theorem with an example of each trade-off.",
-    "Write a short story opening set on a generation ship, in the second person.",
-    "What does the Fed funds rate influence in the economy?",
-    "How do vaccines train the immune system?",
-    "Implement binary search in Rust and explain the off-by-one pitfalls.",
-    "Which of these is Ohm's law? (A) V = IR (B) P = IV (C) F = ma (D) E = mc^2",
-    "Outline a 30-minute beginner bodyweight workout.",
-    "What is the difference between a virus and a bacterium?",
-    "Write unit tests in pytest for a function that parses ISO 8601 dates.",
-    "Why is the sky blue?",
-    "Explain the Monty Hall problem and why switching is better.",
-    "Write a limerick about a cat who learns to code.",
-    "What causes inflation, according to monetarist and Keynesian views?",
-    "Describe how public-key cryptography lets two strangers share a secret.",
-    "In Kubernetes, what is the difference between a Deployment and a StatefulSet?",
-    "Find all real solutions of x^4 - 5x^2 + 4 = 0.",
-    "Suggest names for a bakery that specialises in sourdough.",
-    "What is the role of mitochondria in a cell?",
-    "Explain the rules of chess castling, including when it is not allowed.",
-    "Rewrite this sentence in the passive voice: 'The committee approved the budget.'",
-    ("Here is a long document to summarise. " + "The quarterly results were mixed. " * 60),
-]
 
 
 def load_prompts(n: int) -> tuple[list[str], str]:
     """n prompts (cycled if needed) and where they came from."""
-    path = SHARED_DATA / "val.jsonl"
-    source = str(path)
-    prompts: list[str] = []
-    if path.exists():
-        with path.open(encoding="utf-8") as f:
-            prompts = [
-                p for line in f if line.strip() and (p := json.loads(line)["prompt"]).strip()
-            ]
+    prompts, source = val_prompts(), str(VAL_PROMPTS)
     if not prompts:
         prompts, source = BUILTIN_PROMPTS, f"built-in set of {len(BUILTIN_PROMPTS)} prompts"
     return [prompts[i % len(prompts)] for i in range(n)], source
@@ -124,12 +60,7 @@ def load_prompts(n: int) -> tuple[list[str], str]:
 
 def load_pool() -> list[str]:
     """Every distinct prompt of ../shared/data/val.jsonl (else the built-in set), file order."""
-    path = SHARED_DATA / "val.jsonl"
-    if not path.exists():
-        return list(BUILTIN_PROMPTS)
-    with path.open(encoding="utf-8") as f:
-        prompts = [p for line in f if line.strip() and (p := json.loads(line)["prompt"]).strip()]
-    return list(dict.fromkeys(prompts)) or list(BUILTIN_PROMPTS)
+    return list(dict.fromkeys(val_prompts())) or list(BUILTIN_PROMPTS)
 
 
 def _summary(name: str, n: int, rates: list[float], **extra: Any) -> dict[str, Any]:
@@ -171,7 +102,7 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
     from core.encoding.features import load_projection
     from core.encoding.minilm import MiniLMEncoder
     from core.encoding.minilm_onnx import OnnxMiniLMEncoder
-    from deployments.embedder import CPU_ENCODE_BATCH_SIZE as chunk
+    from core.service.settings import CPU_ENCODE_BATCH_SIZE as chunk
 
     threads = torch.get_num_threads()
     projection = load_projection()  # applied by hand: a max128 encoder is not its encoder
@@ -249,7 +180,7 @@ async def _drive(call: Callable[[str], Any], prompts: Sequence[str]) -> tuple[fl
 
 
 def _ms(latencies: list[float], q: float) -> float:
-    return float(np.percentile(latencies, q) * 1000)
+    return percentile(latencies, q) * 1000
 
 
 _REPLICA_KEYS = (
@@ -308,6 +239,7 @@ def bench_serve(
 
     from core.encoding.features import FeaturePipeline, load_projection
     from core.encoding.minilm import MiniLMEncoder
+    from core.service.settings import Deployments
     from deployments.embedder import Embedder
 
     baseline = FeaturePipeline(MiniLMEncoder(device="cpu"), load_projection())
@@ -319,6 +251,7 @@ def bench_serve(
         for label, args, replicas, _ in SERVE_CONFIGS:
             app = Embedder.options(
                 ray_actor_options={"num_cpus": replica_cpus},
+                max_ongoing_requests=Deployments().embedder.max_ongoing_requests,
                 num_replicas=replicas,
                 autoscaling_config=None,
             ).bind(args)
@@ -407,26 +340,11 @@ def token_lengths(prompts: Sequence[str], max_seq_length: int = 256) -> dict[str
 
     tok = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
     counts = [len(tok(p, truncation=True, max_length=max_seq_length)["input_ids"]) for p in prompts]
-    q = np.percentile(counts, [50, 90, 99])
-    return {"p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]), "max": max(counts)}
-
-
-def machine_info() -> dict[str, Any]:
-    import onnxruntime
-    import ray
-    import sentence_transformers
-    import torch
-
     return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "ray": ray.__version__,
+        "p50": int(percentile(counts, 50)),
+        "p90": int(percentile(counts, 90)),
+        "p99": int(percentile(counts, 99)),
+        "max": max(counts),
     }
 
 
@@ -453,7 +371,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_embedder", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_embedder", description=__doc__
+    )
     parser.add_argument("--n", type=int, default=512, help="prompts per mode (default 512)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -480,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    machine = machine_info()
+    machine = machine_info("torch", "sentence_transformers", "onnxruntime", "ray")
+    machine["torch_threads"] = torch.get_num_threads()
+    machine["load_avg_1m_at_start"] = round(os.getloadavg()[0], 2)
     prompts, source = load_prompts(args.n)
     rows = bench_in_process(prompts, args.repeats)
     replica: dict[str, Any] | None = None
@@ -496,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["ratio"] = r["prompts_per_s"] / base
     machine["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     result = {
-        "command": " ".join(["python -m loadtest.bench_embedder", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.bench_embedder", *(argv or sys.argv[1:])]),
         "prompts_source": source,
         "n": args.n,
         "concurrency": CONCURRENCY,

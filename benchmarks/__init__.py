@@ -1,0 +1,1 @@
+"""Benchmarks of the service and of its parts, and the helpers they share (common.py)."""

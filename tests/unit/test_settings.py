@@ -1,0 +1,59 @@
+"""The settings tree: serve_config.yaml validates into it, and its replica options agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from core.service.settings import AppArgs, DeploymentOptions, Deployments, EmbedderArgs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _app() -> dict:
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]
+
+
+def test_serve_config_args_validate_into_one_typed_tree() -> None:
+    cfg = AppArgs.model_validate(_app()["args"])
+    assert isinstance(cfg.embedder, EmbedderArgs) and cfg.embedder.backend == "onnx-int8"
+    assert cfg.deployments == Deployments()
+
+
+def test_yaml_replica_options_state_what_the_graph_builder_applies() -> None:
+    """serve_config.yaml's `deployments:` override the builder's options at deploy time; every
+    number they state must be the settings tree's, so code and YAML never disagree."""
+    tree = Deployments()
+    by_name = {
+        "Ingress": tree.ingress,
+        "Embedder": tree.embedder,
+        "Router": tree.router,
+        "Feedback": tree.feedback,
+        "Registry": tree.registry,
+    }
+    entries = _app()["deployments"]
+    assert {e["name"] for e in entries} >= set(by_name)
+    for entry in entries:
+        name = entry["name"]
+        opts = tree.provider if name.startswith("Provider_") else by_name[name]
+        applied = opts.serve_options()
+        for key, value in entry.items():
+            if key != "name":
+                assert applied[key] == value, f"{name}.{key}: YAML {value} != tree {applied[key]}"
+
+
+def test_deployment_options_need_exactly_one_scaling_mode_and_one_router() -> None:
+    with pytest.raises(ValidationError, match="either num_replicas or autoscaling"):
+        DeploymentOptions(num_cpus=0.1, max_ongoing_requests=8)
+    with pytest.raises(ValidationError, match="num_replicas must be 1"):
+        Deployments(router={"num_cpus": 0.25, "max_ongoing_requests": 8, "num_replicas": 2})
+    fixed = DeploymentOptions(num_cpus=0.5, max_ongoing_requests=8, num_replicas=3)
+    assert fixed.serve_options() == {
+        "ray_actor_options": {"num_cpus": 0.5},
+        "max_ongoing_requests": 8,
+        "num_replicas": 3,
+        "autoscaling_config": None,
+    }
