@@ -1,0 +1,1 @@
+"""Thin Ray Serve deployments, one per file, and the provider clients."""

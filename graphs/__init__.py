@@ -1,0 +1,1 @@
+"""The application builder: binds the deployments into the Serve graph."""

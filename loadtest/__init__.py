@@ -1,0 +1,1 @@
+"""HTTP drivers of the live service: locust, live replay, chaos, fuzz."""
