@@ -1,1 +1,1 @@
-"""paretoserve: the method and the service's logic, free of Ray (see ../shared/DESIGN.md, "Layout")."""
+"""paretoserve's logic free of Ray: the method, state, encoding, service path, replay."""

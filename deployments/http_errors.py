@@ -16,7 +16,7 @@ from core.method.errors import (
     UnknownRequestError,
 )
 from core.method.registry import RegistryError, UnknownModelError, UnknownProviderError
-from core.service.protocol import ErrorBody, error_body
+from core.service.protocol import ChatCompletionRequest, ErrorBody, chat_refusal, error_body
 from core.state.store import StaleVersionError
 from deployments.clients.errors import ProviderError
 
@@ -54,6 +54,12 @@ def to_http(exc: BaseException) -> HTTPError:
     if isinstance(exc, HTTPError):
         return exc
     if isinstance(exc, ValidationError):
+        refused = None
+        if exc.title == ChatCompletionRequest.__name__:  # what the router cannot honour: 400
+            refused = chat_refusal(exc.errors(include_url=False))
+        if refused is not None:
+            err = refused.error
+            return HTTPError(400, err.message, err.param, code=err.code)
         body = ErrorBody.from_validation(exc).error
         return HTTPError(422, body.message, body.param, code=body.code)
     if isinstance(exc, DuplicateRequestIdError):

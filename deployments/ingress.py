@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.service.capabilities import explain_limits
 from core.service.chat import ChatService
 from core.service.decision import RouteDecision
 from core.service.protocol import (
@@ -37,6 +38,7 @@ from core.service.protocol import (
     FeedbackRequest,
     FeedbackResponse,
     RepriceRequest,
+    chat_refusal,
 )
 from deployments.http_errors import HTTPError, error_response, to_http
 from deployments.ports import ServeEmbedder, ServeProviders, ServeRouter, timed
@@ -52,8 +54,15 @@ MAX_REQUEST_ID_CHARS = 200  # the feedback API accepts ids up to this length
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the first bad field; a chat request naming a field (or a value) the router
+    cannot honour is a 400 naming it (core.service.protocol.chat_refusal)."""
     errors = exc.errors()
+    if request.url.path == "/v1/chat/completions":
+        in_body = [{**e, "loc": tuple(e["loc"][1:])} for e in errors if e["loc"][:1] == ("body",)]
+        refusal = chat_refusal(in_body)
+        if refusal is not None:
+            return JSONResponse(refusal.model_dump(), status_code=400)
     # A JSON decode error's loc holds a character offset, not a field.
     locs = [
         "" if e.get("type") == "json_invalid" else ".".join(str(p) for p in e["loc"][1:])
@@ -295,8 +304,7 @@ class Ingress:
     async def admin_explain(self, body: ExplainRequest) -> dict:
         """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
         x = await self._call("embed", self.embedder.embed.remote(body.prompt))
-        limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else None
-        return await self._call("router", self.router.explain.remote(x, limits or None))
+        return await self._call("router", self.router.explain.remote(x, explain_limits(body)))
 
     @app.put("/admin/budget")
     async def admin_budget(self, body: BudgetRequest) -> dict:

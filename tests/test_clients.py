@@ -22,7 +22,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from core.method.registry import ModelSpec, SpeedClass
 from core.replay.simulator import SimulatorConfig
-from core.service.protocol import ProviderChunk, ProviderRequest, message_text
+from core.service.protocol import (
+    ChatCompletionRequest,
+    ProviderChunk,
+    ProviderRequest,
+    message_text,
+)
 from deployments.clients import ProviderClient, ProviderError
 from deployments.clients.anthropic_client import AnthropicClient, finish_reason, to_anthropic
 from deployments.clients.errors import retry_after_s
@@ -48,6 +53,10 @@ def _sse(data: Any, event: str | None = None) -> str:
 def _pieces(text: str) -> list[str]:
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+FAKE_CALL = {"name": "?", "arguments": '{"city": "Paris", "unit": "c"}'}
+FAKE_LOGPROB = {"token": "echo", "logprob": -0.25, "bytes": [101, 99, 104, 111], "top_logprobs": []}
 
 
 def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
@@ -84,7 +93,22 @@ def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         base = {"id": "chatcmpl-fake", "created": 1, "model": model}
+        # With tools (and a user turn last), OpenAI's shape of a call of the first tool.
+        calls_tool = (
+            body.get("tools")
+            and body.get("tool_choice") != "none"
+            and body["messages"][-1]["role"] == "user"
+        )
+        call = None
+        if calls_tool:
+            name = body["tools"][0]["function"]["name"]
+            call = {"id": "call_fake1", "type": "function", "function": FAKE_CALL | {"name": name}}
+        logprobs = {"content": [FAKE_LOGPROB], "refusal": None} if body.get("logprobs") else None
+        finish = "tool_calls" if call else "stop"
         if not body.get("stream"):
+            message = {"role": "assistant", "content": None if call else text, "refusal": None}
+            if call:
+                message["tool_calls"] = [call]
             return JSONResponse(
                 {
                     **base,
@@ -92,23 +116,33 @@ def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
+                            "message": message,
+                            "logprobs": logprobs,
+                            "finish_reason": finish,
                         }
                     ],
                     "usage": usage,
                 }
             )
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        def chunk(delta: dict, finish: str | None = None, lp: dict | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return _sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
 
         def events() -> Iterator[str]:
-            yield chunk({"role": "assistant", "content": ""})
-            for piece in _pieces(text):
-                yield chunk({"content": piece})
-            yield chunk({}, "stop")
+            if call:  # OpenAI's stream of a tool call: id, type, name; then argument pieces
+                head = {**call, "index": 0, "function": {"name": call["function"]["name"]}}
+                head["function"]["arguments"] = ""
+                yield chunk({"role": "assistant", "content": None, "tool_calls": [head]})
+                args = call["function"]["arguments"]
+                for i in range(0, len(args), 5):
+                    piece = {"index": 0, "function": {"arguments": args[i : i + 5]}}
+                    yield chunk({"tool_calls": [piece]})
+            else:
+                yield chunk({"role": "assistant", "content": ""})
+                for piece in _pieces(text):
+                    yield chunk({"content": piece}, lp=logprobs)
+            yield chunk({}, finish)
             if (body.get("stream_options") or {}).get("include_usage") and model != "no-usage":
                 yield _sse(
                     {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
@@ -374,6 +408,151 @@ async def test_openai_key_rules(fake: FakeServer, monkeypatch: pytest.MonkeyPatc
         )
     assert len(fake.seen) == count
     await local.aclose()
+
+
+# ------------------------------------------------------------------ OpenAI: tools and formats
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+ANSWER = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+        "strict": True,
+    },
+}
+
+
+def chat_request(model: ModelSpec, body: dict[str, Any]) -> ProviderRequest:
+    """The provider request the Ingress makes of an HTTP chat body."""
+    return ProviderRequest.from_chat("req-1", ChatCompletionRequest.model_validate(body), model)
+
+
+async def test_openai_sends_tools_formats_and_passthrough_fields(
+    openai_client: OpenAIClient, fake: FakeServer
+) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER],
+        "tool_choice": named,
+        "parallel_tool_calls": False,
+        "response_format": ANSWER,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "seed": 11,
+        "user": "u-1",
+        "metadata": {"team": "search"},
+        "frequency_penalty": 0.25,
+        "service_tier": "flex",
+        "verbosity": "low",
+        "reasoning_effort": "minimal",
+    }
+    resp = await openai_client.complete(chat_request(spec("gpt-x", "openai", None), body))
+    sent = fake.last("openai")["body"]
+    for field in (
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "user",
+        "metadata",
+        "frequency_penalty",
+        "service_tier",
+        "verbosity",
+        "reasoning_effort",
+    ):
+        assert sent[field] == body[field], field
+    assert resp.finish_reason == "tool_calls" and resp.content == ""
+    assert resp.tool_calls is not None and len(resp.tool_calls) == 1
+    call = resp.tool_calls[0]
+    assert (call.id, call.type, call.function.name) == ("call_fake1", "function", "get_weather")
+    assert call.function.arguments == FAKE_CALL["arguments"]
+    assert resp.logprobs == {"content": [FAKE_LOGPROB], "refusal": None}
+
+
+async def test_openai_sends_the_tool_turn_and_images_verbatim(
+    openai_client: OpenAIClient, fake: FakeServer
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": FAKE_CALL | {"name": "get_weather"}}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"}, image]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+    ]
+    body = {"messages": messages, "tools": [WEATHER], "tool_choice": "auto"}
+    resp = await openai_client.complete(chat_request(spec("gpt-x", "openai", None), body))
+    sent = fake.last("openai")["body"]
+    assert sent["messages"] == [
+        messages[0],
+        {"role": "assistant", "tool_calls": [call]},  # a null content is not sent
+        messages[2],
+    ]
+    assert resp.tool_calls is None and resp.content == "echo: 22 C"  # the tool's turn answered
+    assert resp.finish_reason == "stop" and resp.logprobs is None
+
+
+async def test_openai_streams_tool_call_deltas(
+    openai_client: OpenAIClient, fake: FakeServer
+) -> None:
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER]}
+    chunks = await collect(openai_client.stream(chat_request(spec("gpt-x", "openai", None), body)))
+    *pieces, last = chunks
+    assert all(c.tool_calls and not c.delta for c in pieces) and len(pieces) > 2
+    head = pieces[0].tool_calls[0]
+    assert (head.index, head.id, head.type) == (0, "call_fake1", "function")
+    assert head.function is not None and head.function.name == "get_weather"
+    args = "".join(c.tool_calls[0].function.arguments or "" for c in pieces)
+    assert args == FAKE_CALL["arguments"]
+    assert last.finish_reason == "tool_calls" and last.usage is not None
+    assert fake.last("openai")["body"]["tools"] == [WEATHER]
+
+
+async def test_openai_streams_logprobs(openai_client: OpenAIClient) -> None:
+    body = {"messages": [{"role": "user", "content": "hi there"}], "logprobs": True}
+    chunks = await collect(openai_client.stream(chat_request(spec("gpt-x", "openai", None), body)))
+    assert "".join(c.delta for c in chunks) == "echo: hi there"
+    assert all(c.logprobs == {"content": [FAKE_LOGPROB], "refusal": None} for c in chunks[:-1])
+
+
+async def test_anthropic_refuses_what_it_cannot_translate(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    claude = spec("claude", "anthropic", None)
+    before = len(fake.seen)
+    for extra, what in (
+        ({"tools": [WEATHER]}, "tools"),
+        ({"response_format": ANSWER}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+    ):
+        body = {"messages": [{"role": "user", "content": "x"}], **extra}
+        with pytest.raises(ProviderError, match=what) as exc:
+            await anthropic_client.complete(chat_request(claude, body))
+        assert (exc.value.status, exc.value.retryable) == (400, False)
+        with pytest.raises(ProviderError):
+            await collect(anthropic_client.stream(chat_request(claude, body)))
+    assert len(fake.seen) == before  # nothing was sent
+    # tool_choice "none": the tools ask for nothing, so the request is served
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER]}
+    resp = await anthropic_client.complete(chat_request(claude, body | {"tool_choice": "none"}))
+    assert resp.content == "echo: x"
 
 
 # ------------------------------------------------------------------ Anthropic

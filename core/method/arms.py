@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.method.config import CostSignal, RouterConfig
 from core.method.costs import cost_term
 from core.method.errors import NoEligibleModelError
-from core.method.registry import ModelRegistry, ModelSpec, RegistryChange
+from core.method.registry import Capability, ModelRegistry, ModelSpec, RegistryChange
 
 
 class RouteLimits(BaseModel):
@@ -24,6 +24,29 @@ class RouteLimits(BaseModel):
         None, gt=0.0, description="max blended list price, US$ per million tokens"
     )
     allowed_models: tuple[str, ...] | None = Field(None, min_length=1)
+    # What the request needs (core.service.capabilities): capabilities, and its size in tokens.
+    requires: tuple[Capability, ...] = ()
+    prompt_tokens: int | None = Field(None, ge=0, description="estimated tokens of the input")
+    output_tokens: int | None = Field(None, ge=1, description="the output the caller allows")
+
+
+def cannot_serve(spec: ModelSpec, limits: RouteLimits) -> str | None:
+    """Why `spec` cannot serve a request with these needs (None: it can)."""
+    missing = [c for c in limits.requires if c not in spec.capabilities]
+    if missing:
+        has = ", ".join(spec.capabilities) or "none"
+        return f"lacks {', '.join(missing)} (capabilities: {has})"
+    out = limits.output_tokens
+    if out is not None and spec.max_output_tokens is not None and out > spec.max_output_tokens:
+        return f"max output {spec.max_output_tokens:,} tokens < {out:,} requested"
+    if limits.prompt_tokens is not None:
+        need = limits.prompt_tokens + (out or 0)
+        if need > spec.context_length:
+            return (
+                f"context {spec.context_length:,} tokens < ~{need:,} needed "
+                f"(prompt ~{limits.prompt_tokens:,}" + (f" + {out:,} output)" if out else ")")
+            )
+    return None
 
 
 @dataclass(slots=True)
@@ -262,6 +285,12 @@ class ArmTable:
                             f"max_blended_per_m {limits.max_blended_per_m:.4g}"
                         )
                 mask &= cheap
+            if limits.requires or limits.prompt_tokens is not None or limits.output_tokens:
+                specs = self.registry.specs
+                for m, s in slots.items():
+                    if mask[s] and (why := cannot_serve(specs[m], limits)) is not None:
+                        reasons[m] = why
+                        mask[s] = False
         return mask, mask.tolist(), reasons
 
     # ---- state ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -103,6 +104,11 @@ class SimBehaviour(BaseModel):
         return self
 
 
+# What a request may need of a model (core.service.capabilities derives it from the request).
+Capability = Literal["tools", "vision", "json_schema"]
+ALL_CAPABILITIES: tuple[Capability, ...] = ("json_schema", "tools", "vision")
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -126,11 +132,27 @@ class ModelSpec(BaseModel):
     context_length: int = Field(
         128_000, ge=1, le=MAX_CONTEXT_LENGTH, description="tokens, in [1, 100000000]"
     )
+    max_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CONTEXT_LENGTH,
+        description="the most tokens one answer may have (None: up to the context window)",
+    )
+    capabilities: tuple[Capability, ...] = Field(
+        ALL_CAPABILITIES,
+        description="what the model can serve, among tools, vision, json_schema (default: all "
+        "three); requests that need one go only to models that declare it",
+    )
     base_url: str | None = None
     speed: SpeedClass = SpeedClass.BALANCED
     simulation: SimBehaviour | None = Field(
         None, description="simulated provider only: reward scale, quality, injected faults"
     )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _unique_sorted(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(v)))
 
     @field_validator("input_per_m", "output_per_m")
     @classmethod

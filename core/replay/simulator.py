@@ -3,6 +3,24 @@
 Pure and deterministic: a plan is a function of (seed, model id, prompt, request limits), so
 the same request always gets the same answer, usage and reward, and tests need no clock.
 
+Tools and structured output (`answer_kind`): a request with function tools gets a tool call
+when `tool_choice` is `"required"` (the first tool) or names a function (that one), and with
+`"auto"` (or no tool_choice) when the last message is a user turn (the first tool); after a
+`tool` message, under `"auto"`, it answers in text, so a two-turn tool conversation ends.
+`"none"` never calls. One call per answer, whatever `parallel_tool_calls` says. The call's
+arguments are the smallest JSON that validates against the function's `parameters`
+(core/replay/schema_instance.py), its id is `call_` + a hash of (seed, model, prompt, turn),
+and the answer's finish reason is `tool_calls`. Otherwise `response_format` `json_schema`
+answers the smallest JSON valid under its schema, and `json_object` a JSON object
+`{"model": id, "answer": <the simulated text>}`. Usage is what the answer would bill: a tool
+call counts the JSON of its name and arguments as completion tokens, a json_schema answer its
+JSON text, a json_object answer the drawn text's tokens (like text answers, whose
+`[simulated <model>]` header is not billed either); tools sent, earlier tool calls and text
+count as prompt tokens, and each image part `IMAGE_TOKENS`. A `max_tokens` below a tool call's
+or JSON answer's size cuts it there, with finish reason `length`, as a real model would. Replayed
+prompts keep their recorded reward; tool calls and json_schema answers bill their own JSON, not
+the recorded cost. No logprobs.
+
 Replay mode reproduces a reward file (../shared/data/README.md): for a recorded prompt the
 plan reports the recorded reward and picks integer usage whose cost at the *recording* prices
 equals the recorded cost. Bound: with a = input_per_m, b = output_per_m,
@@ -15,16 +33,26 @@ the way a real price change would (same tokens, new prices).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.method.registry import ModelSpec, SimBehaviour, SpeedClass
 from core.replay.data import load_prices, load_reward_file
-from core.service.protocol import ProviderRequest, Usage, message_text
+from core.replay.schema_instance import minimal_instance
+from core.service.protocol import (
+    FunctionCall,
+    ProviderRequest,
+    ToolCall,
+    Usage,
+    message_text,
+    tool_calls_text,
+)
 
 _WORDS = (
     "the model considers question answer because therefore result value step first then "
@@ -33,6 +61,8 @@ _WORDS = (
 ).split()
 _COMPLETION_SIGMA = 0.5  # log-normal spread of completion length around its mean
 _TTFT_SIGMA = 0.25  # log-normal jitter of time to first token
+IMAGE_TOKENS = 85  # prompt tokens per image part (OpenAI's low-detail image)
+AnswerKind = Literal["text", "json", "tool_calls"]
 
 
 class SimProfile(BaseModel):
@@ -118,6 +148,8 @@ class SimPlan:
     per_token_s: float
     recorded_reward: float
     replayed: bool  # reward and usage come from the reward file
+    kind: AnswerKind = "text"  # "json": content is JSON; "tool_calls": content is ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def usage(self) -> Usage:
@@ -135,6 +167,55 @@ def prompt_key(prompt: str) -> str:
 def estimate_tokens(text_chars: int) -> int:
     """About four characters per token, at least one."""
     return max(1, round(text_chars / 4))
+
+
+def prompt_tokens_of(req: ProviderRequest) -> int:
+    """Prompt tokens of a request as a provider would bill them (about): see prompt_tokens."""
+    return prompt_tokens(req.messages, req.tools, req.prompt_text)
+
+
+def prompt_tokens(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, prompt_text: str = ""
+) -> int:
+    """About the prompt tokens of these messages: their text and earlier tool calls, the tools'
+    definitions, and `IMAGE_TOKENS` per image part."""
+    chars = sum(len(message_text(m)) + len(tool_calls_text(m)) for m in messages)
+    chars = chars or len(prompt_text)
+    if tools:
+        chars += len(json.dumps(tools))
+    return estimate_tokens(chars) + IMAGE_TOKENS * image_parts(messages)
+
+
+def image_parts(messages: list[dict[str, Any]]) -> int:
+    """How many `image_url` content parts the messages carry."""
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, dict) and p.get("type") == "image_url"
+    )
+
+
+def tool_to_call(req: ProviderRequest) -> dict[str, Any] | None:
+    """The function the simulated model calls (its definition), or None to answer in text:
+    see the module docstring."""
+    tools = [t["function"] for t in req.tools or [] if isinstance(t.get("function"), dict)]
+    choice = "auto" if req.tool_choice is None else req.tool_choice
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        return req.function(str((choice.get("function") or {}).get("name")))
+    if choice == "required":
+        return tools[0]
+    return tools[0] if req.messages[-1].get("role") == "user" else None
+
+
+def answer_kind(req: ProviderRequest) -> AnswerKind:
+    if tool_to_call(req) is not None:
+        return "tool_calls"
+    fmt = (req.response_format or {}).get("type")
+    return "json" if fmt in ("json_object", "json_schema") else "text"
 
 
 def usage_for_cost(
@@ -233,8 +314,7 @@ class Simulator:
         rng = self._rng(req, spec)
         # Fixed draw order, so adding a field later does not reshuffle existing plans.
         z_len, z_quality, z_ttft = rng.standard_normal(3)
-        chars = sum(len(message_text(m)) for m in req.messages) or len(req.prompt_text)
-        prompt_tokens = estimate_tokens(chars)
+        prompt_tokens = prompt_tokens_of(req)
         finish = "stop"
 
         recorded = self._replay.get(prompt_key(req.prompt_text), {}).get(spec.id)
@@ -259,10 +339,15 @@ class Simulator:
 
         words = rng.choice(len(_WORDS), size=completion)
         body = " ".join(_WORDS[w] for w in words)
+        content, kind, calls = f"[simulated {spec.id}] {body}", answer_kind(req), ()
+        if kind == "tool_calls":
+            content, calls, completion, finish = self._tool_call(req, spec)
+        elif kind == "json":
+            content, completion, finish = self._json(req, spec, body, completion, finish)
         ts = self.config.time_scale
         return SimPlan(
             model_id=spec.id,
-            content=f"[simulated {spec.id}] {body}",
+            content=content,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
             finish_reason=finish,
@@ -270,4 +355,40 @@ class Simulator:
             per_token_s=ts / prof.tokens_per_s,
             recorded_reward=reward,
             replayed=recorded is not None,
+            kind=kind,
+            tool_calls=calls,
         )
+
+    def _tool_call(
+        self, req: ProviderRequest, spec: ModelSpec
+    ) -> tuple[str, tuple[ToolCall, ...], int, str]:
+        """(content, calls, completion tokens, finish reason) of a tool-call answer."""
+        fn = tool_to_call(req) or {}
+        name, params = str(fn.get("name", "")), fn.get("parameters")
+        args = json.dumps(minimal_instance(params) if params is not None else {})
+        tokens = estimate_tokens(len(json.dumps({"name": name, "arguments": args})))
+        args, tokens, finish = _cut(args, tokens, req.max_tokens, "tool_calls")
+        turn = hashlib.sha256(
+            f"{self.config.seed}\0call\0{spec.id}\0{req.prompt_text}\0{len(req.messages)}".encode()
+        ).hexdigest()
+        call = ToolCall(id=f"call_{turn[:24]}", function=FunctionCall(name=name, arguments=args))
+        return "", (call,), tokens, finish
+
+    def _json(
+        self, req: ProviderRequest, spec: ModelSpec, body: str, completion: int, finish: str
+    ) -> tuple[str, int, str]:
+        """(content, completion tokens, finish reason) of a JSON answer."""
+        fmt = req.response_format or {}
+        if fmt.get("type") == "json_object":
+            return json.dumps({"model": spec.id, "answer": body}), completion, finish
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        content = json.dumps(minimal_instance(schema if schema is not None else {}))
+        return _cut(content, estimate_tokens(len(content)), req.max_tokens, "stop")
+
+
+def _cut(text: str, tokens: int, limit: int | None, finish: str) -> tuple[str, int, str]:
+    """`text` of `tokens` tokens under a `max_tokens` limit: cut to the limit (about four
+    characters a token) with finish reason `length` when it is over."""
+    if limit is not None and tokens > limit:
+        return text[: limit * 4], limit, "length"
+    return text, tokens, finish

@@ -8,6 +8,8 @@ and keeps HTTP, auth and error mapping; tests plug in-memory ports (tests/unit/t
   one down; an explicit model, the caller's bad input, or no fallback left ends the request
   with the provider's `ProviderError` (the Ingress maps it). A stream falls back only until
   its first chunk; a later failure ends it with an error event.
+- Answers carry what the provider returned: text, tool calls (finish reason `tool_calls`;
+  streamed as OpenAI's tool-call deltas, which the SDKs assemble) and logprobs.
 - Charges run in tasks of their own, outside the request's context: when a client hangs up,
   Serve cancels every call its request made, and a charge must land anyway. An abandoned or
   failed stream is charged for what was streamed. Each answered request is charged once.
@@ -29,6 +31,7 @@ from core.method.costs import realised_cost_usd
 from core.method.faults import can_fall_back
 from core.method.registry import ModelSpec
 from core.replay.simulator import estimate_tokens
+from core.service.capabilities import request_needs
 from core.service.decision import RouteDecision
 from core.service.ports import (
     EmbedderPort,
@@ -61,6 +64,14 @@ def cost_usd(spec: ModelSpec, usage: Usage) -> float:
     return realised_cost_usd(
         usage.prompt_tokens, usage.completion_tokens, spec.input_per_m, spec.output_per_m
     )
+
+
+def streamed_text(chunk: ProviderChunk) -> str:
+    """What a chunk adds to the answer, for estimates: its text and tool-call pieces."""
+    calls = chunk.tool_calls or []
+    pieces = [c.function.name or "" for c in calls if c.function is not None]
+    pieces += [c.function.arguments or "" for c in calls if c.function is not None]
+    return chunk.delta + "".join(pieces)
 
 
 def usage_so_far(req: ProviderRequest, streamed: list[str]) -> Usage:
@@ -141,8 +152,9 @@ class ChatService:
 
     async def _decide(self, request_id: str, body: ChatCompletionRequest) -> _Attempt:
         x = await self.embedder.embed(body.prompt_text())
-        limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else None
-        limits = limits or None
+        # The caller's own limits plus what the request needs of a model (capabilities, size).
+        limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else {}
+        limits |= request_needs(body)
         model = None if body.model == "auto" else body.model
         decision = await self.router.route(x, limits, model, request_id)
         return _Attempt(
@@ -243,8 +255,10 @@ class ChatStream:
         spec, req = a.decision.spec, a.req
         cid, created = completion_id(a.decision.request_id), int(time.time())
 
-        def chunk(delta: Delta, finish: str | None = None, **extra: Any) -> str:
-            choice = ChunkChoice(delta=delta, finish_reason=finish)
+        def chunk(
+            delta: Delta, finish: str | None = None, logprobs: dict | None = None, **extra: Any
+        ) -> str:
+            choice = ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)
             return ChatCompletionChunk(
                 id=cid, created=created, model=spec.id, choices=[choice], **extra
             ).sse()
@@ -254,9 +268,10 @@ class ChatStream:
             yield chunk(Delta(role="assistant", content=""))
             current = self._first
             while True:
-                if current.delta:
-                    streamed.append(current.delta)
-                    yield chunk(Delta(content=current.delta))
+                if current.delta or current.tool_calls or current.logprobs:
+                    streamed.append(streamed_text(current))
+                    delta = Delta(content=current.delta or None, tool_calls=current.tool_calls)
+                    yield chunk(delta, logprobs=current.logprobs)
                 last = current
                 current = await anext(chunks)
         except StopAsyncIteration:

@@ -3,6 +3,11 @@
 Requests arrive in OpenAI's message format and are translated both ways: system/developer
 messages become `system`, consecutive same-role messages merge (Anthropic wants alternation),
 stop reasons map to OpenAI finish reasons, and input/output tokens to prompt/completion tokens.
+
+Not translated yet: tools (and tool calls in the history), JSON response formats, logprobs
+and image parts. A request that needs one is refused with a 400 `ProviderError` naming it,
+never answered as if it had not been asked; the passthrough fields (sampling and caching hints
+for OpenAI-compatible servers) are not sent.
 """
 
 from __future__ import annotations
@@ -51,6 +56,19 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
             raise ProviderError(400, f"unsupported content part for anthropic: {part!r:.80}")
         blocks.append({"type": "text", "text": part.get("text", "")})
     return blocks
+
+
+def unsupported(req: ProviderRequest) -> str | None:
+    """What this client cannot honour in `req`, or None."""
+    if req.tools and req.tool_choice != "none":
+        return "tools"
+    if any(m.get("tool_calls") for m in req.messages):
+        return "messages with tool_calls"
+    if (req.response_format or {}).get("type") in ("json_object", "json_schema"):
+        return f"response_format {req.response_format['type']!r}"  # type: ignore[index]
+    if req.logprobs:
+        return "logprobs"
+    return None
 
 
 def to_anthropic(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -124,6 +142,8 @@ class AnthropicClient:
         return self._pool.client(req.spec.base_url)
 
     def _params(self, req: ProviderRequest) -> dict[str, Any]:
+        if (what := unsupported(req)) is not None:
+            raise ProviderError(400, f"{what}: not supported by the anthropic client")
         system, messages = to_anthropic(req.messages)
         params: dict[str, Any] = {
             "model": req.spec.upstream_name,

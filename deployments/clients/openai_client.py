@@ -1,7 +1,13 @@
 """The OpenAI provider client, for any OpenAI-compatible server, over the official `openai` SDK.
 
 vLLM, OpenRouter, Together or a local server work alike. One SDK client per base URL
-(deployments/clients/pool.py); `ModelSpec.base_url` overrides the default."""
+(deployments/clients/pool.py); `ModelSpec.base_url` overrides the default.
+
+The request goes out as the client sent it: messages with image parts, tool calls and tool
+call ids; tools, tool_choice, parallel_tool_calls, response_format, logprobs, top_logprobs,
+seed, user, metadata; and the allow-listed passthrough fields (`extra_body`, so an SDK that
+does not know a newer one still sends it). Tool calls and logprobs come back, plain and
+streamed."""
 
 from __future__ import annotations
 
@@ -13,11 +19,16 @@ from typing import Any, Literal
 import openai
 
 from core.service.protocol import (
+    FunctionCall,
+    FunctionCallDelta,
     ProviderChunk,
     ProviderRequest,
     ProviderResponse,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     message_text,
+    tool_calls_text,
 )
 from deployments.clients.errors import ProviderError, status_error
 from deployments.clients.pool import ClientPool
@@ -38,9 +49,25 @@ def translate_error(exc: Exception) -> ProviderError:
     return ProviderError(None, f"openai client error: {exc}")
 
 
+_FORWARDED = (
+    "temperature",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "seed",
+    "user",
+    "metadata",
+)
+
+
 def estimate_usage(req: ProviderRequest, completion: str) -> Usage:
     """For servers that send no usage: about four characters per token."""
-    chars = sum(len(message_text(m)) for m in req.messages)
+    chars = sum(len(message_text(m)) + len(tool_calls_text(m)) for m in req.messages)
     completion_tokens = round(len(completion) / 4)
     return Usage(prompt_tokens=max(1, round(chars / 4)), completion_tokens=completion_tokens)
 
@@ -72,9 +99,11 @@ class OpenAIClient:
         params: dict[str, Any] = {"model": req.spec.upstream_name, "messages": req.messages}
         if req.max_tokens is not None:
             params[self.max_tokens_field] = req.max_tokens
-        for name in ("temperature", "top_p", "stop"):
+        for name in _FORWARDED:
             if getattr(req, name) is not None:
                 params[name] = getattr(req, name)
+        if req.passthrough:
+            params["extra_body"] = dict(req.passthrough)
         return params
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
@@ -88,17 +117,20 @@ class OpenAIClient:
             raise ProviderError(None, "upstream returned no choices", retryable=True)
         choice = resp.choices[0]
         content = choice.message.content or ""
+        calls = _tool_calls(choice.message.tool_calls)
         usage = (
             Usage(
                 prompt_tokens=resp.usage.prompt_tokens,
                 completion_tokens=resp.usage.completion_tokens,
             )
             if resp.usage
-            else estimate_usage(req, content)
+            else estimate_usage(req, content + "".join(c.function.arguments for c in calls))
         )
         return ProviderResponse(
             model_id=req.model_id,
             content=content,
+            tool_calls=calls or None,
+            logprobs=_logprobs(choice.logprobs),
             finish_reason=choice.finish_reason,
             usage=usage,
             latency_s=time.monotonic() - start,
@@ -123,10 +155,16 @@ class OpenAIClient:
                         )
                     for choice in chunk.choices[:1]:
                         finish = choice.finish_reason or finish
-                        text = choice.delta.content if choice.delta else None
-                        if text:
+                        delta = choice.delta
+                        text = (delta.content if delta else None) or ""
+                        calls = _tool_call_deltas(delta.tool_calls if delta else None)
+                        logprobs = _logprobs(choice.logprobs)
+                        if text or calls or logprobs:
                             parts.append(text)
-                            yield ProviderChunk(delta=text)
+                            parts += [c.function.arguments or "" for c in calls if c.function]
+                            yield ProviderChunk(
+                                delta=text, tool_calls=calls or None, logprobs=logprobs
+                            )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         if usage is None:
@@ -136,3 +174,38 @@ class OpenAIClient:
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+def _tool_calls(calls: list[Any] | None) -> list[ToolCall]:
+    """The SDK's function tool calls as ours (only function tools are ever sent; a server that
+    leaves out `type` or `id` still gets its calls through)."""
+    out = []
+    for i, c in enumerate(calls or []):
+        fn = getattr(c, "function", None)
+        if getattr(c, "type", None) in ("function", None) and fn is not None:
+            call = FunctionCall(name=fn.name or "", arguments=fn.arguments or "")
+            out.append(ToolCall(id=c.id or f"call_{i}", function=call))
+    return out
+
+
+def _tool_call_deltas(calls: list[Any] | None) -> list[ToolCallDelta]:
+    out = []
+    for c in calls or []:
+        fn = c.function
+        out.append(
+            ToolCallDelta(
+                index=c.index,
+                id=c.id,
+                type="function" if c.type == "function" else None,
+                function=FunctionCallDelta(name=fn.name, arguments=fn.arguments) if fn else None,
+            )
+        )
+    return out
+
+
+def _logprobs(logprobs: Any) -> dict[str, Any] | None:
+    """OpenAI's choice.logprobs as JSON, or None when the upstream sent none."""
+    if logprobs is None:
+        return None
+    data = logprobs.model_dump(mode="json", exclude_unset=True)
+    return data if any(v is not None for v in data.values()) else None

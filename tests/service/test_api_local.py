@@ -209,7 +209,6 @@ def test_malformed_json_error_names_no_field(client, openai_error) -> None:
         ({"model": "auto", "messages": _messages(), "stream": "yes"}, "stream"),
         ({"model": "auto", "messages": _messages(), "max_tokens": 0}, "max_tokens"),
         ({"model": 7, "messages": _messages()}, "model"),
-        ({"model": "auto", "messages": _messages(), "n": 2}, "n"),
         (
             {"model": "auto", "messages": _messages(), "paretoserve": {"max_price": 1.0}},
             "paretoserve.max_price",

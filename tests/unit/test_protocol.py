@@ -19,15 +19,21 @@ from core.service.protocol import (
     ErrorBody,
     ExplainRequest,
     FeedbackRequest,
+    FunctionCall,
+    FunctionCallDelta,
     ParetoserveInfo,
     ProviderRequest,
     ProviderResponse,
     RepriceRequest,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    chat_refusal,
     error_body,
 )
 
 USER = {"role": "user", "content": "hi"}
+IMG = "https://example.com/cat.png"
 
 
 def chat(**fields) -> ChatCompletionRequest:
@@ -44,12 +50,11 @@ def test_minimal_request_defaults() -> None:
     assert req.output_token_limit is None and req.include_usage is False
 
 
-def test_unknown_fields_ignored_but_known_fields_typed() -> None:
-    req = chat(logprobs=True, frequency_penalty=0.5, tools=[], response_format={"type": "text"})
-    assert not hasattr(req, "logprobs")
+def test_known_fields_are_typed_and_their_errors_stay_422() -> None:
     with pytest.raises(ValidationError) as exc:
         chat(stream="yes")
     assert bad_fields(exc) == {"stream"}
+    assert chat_refusal(exc.value.errors()) is None  # a wrong type is a 422, not a refusal
     with pytest.raises(ValidationError) as exc:
         chat(temperature="0.5")
     assert "temperature" in bad_fields(exc)
@@ -79,8 +84,11 @@ def test_bad_requests_name_the_field(fields: dict, field: str) -> None:
 
 def test_n_one_is_fine_and_n_two_says_why() -> None:
     assert chat(n=1).n == 1
-    with pytest.raises(ValidationError, match="only n=1 is supported"):
+    with pytest.raises(ValidationError, match="only n=1 is supported") as exc:
         chat(n=2)
+    refused = chat_refusal(exc.value.errors())
+    assert refused is not None and refused.error.param == "n"
+    assert refused.error.code == "unsupported_value"
 
 
 def test_bad_messages() -> None:
@@ -88,12 +96,13 @@ def test_bad_messages() -> None:
         {"role": "robot", "content": "x"},
         {"role": "user"},
         {"role": "user", "content": 3},
+        {"role": "user", "content": None},
+        {"role": "assistant"},
+        {"role": "system", "content": [{"type": "text"}]},
+        {"role": "user", "content": [{"type": "text", "text": "a", "image_url": {"url": IMG}}]},
     ):
         with pytest.raises(ValidationError):
             ChatCompletionRequest.model_validate({"messages": [msg]})
-    image = {"type": "image_url", "image_url": {"url": "http://x"}}
-    with pytest.raises(ValidationError):
-        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": [image]}]})
 
 
 def test_prompt_text_is_the_last_user_message() -> None:
@@ -401,3 +410,330 @@ def test_paretoserve_info_names_the_failed_models() -> None:
     assert info.model_dump()["fallback_from"] == ["a"]
     plain = ParetoserveInfo(request_id="r", cost_usd=0.0, routed=True, forced=False, dual=0.0)
     assert plain.fallback_from is None
+
+
+# ---- the OpenAI contract: tools, tool messages, images, response formats, refusals ----------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
+}
+TOOL_TURN = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "22 C, sunny"},
+]
+
+
+def refusal_of(body: dict) -> tuple[str | None, str | None, str]:
+    """(param, code, message) of the 400 a chat body gets; fails if it is not refused."""
+    with pytest.raises(ValidationError) as exc:
+        ChatCompletionRequest.model_validate({"messages": [USER], **body})
+    refused = chat_refusal(exc.value.errors())
+    assert refused is not None, exc.value.errors()
+    return refused.error.param, refused.error.code, refused.error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code", "says"),
+    [
+        ({"foo": 1}, "foo", "unsupported_parameter", "unsupported field"),
+        ({"top_k": 40}, "top_k", "unsupported_parameter", "refuses it instead of dropping"),
+        ({"functions": [{"name": "f"}]}, "functions", "unsupported_parameter", "send `tools`"),
+        ({"function_call": "auto"}, "function_call", "unsupported_parameter", "legacy"),
+        ({"audio": {"voice": "alloy"}}, "audio", "unsupported_parameter", "audio"),
+        ({"web_search_options": {}}, "web_search_options", "unsupported_parameter", "web"),
+        ({"n": 3}, "n", "unsupported_value", "only n=1"),
+        ({"modalities": ["text", "audio"]}, "modalities", "unsupported_value", "audio"),
+        ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools.0", None, "custom"),
+        ({"response_format": {"type": "grammar"}}, "response_format.type", None, "grammar"),
+        ({"stream_options": {"include_usage": True, "x": 1}}, "stream_options.x", None, ""),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "allowed_tools": {}}},
+            "tool_choice",
+            "unsupported_value",
+            "allowed_tools",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "x": {}}]}]},
+            "messages.0.content.0.type",
+            "unsupported_value",
+            "input_audio",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "a", "cache_control": {}}],
+                    }
+                ]
+            },
+            "messages.0.content.0.cache_control",
+            "unsupported_parameter",
+            "unsupported field",
+        ),
+        (
+            {"messages": [{"role": "function", "name": "f", "content": "x"}]},
+            "messages.0.role",
+            "unsupported_value",
+            "tool",
+        ),
+        (
+            {"messages": [{"role": "assistant", "function_call": {"name": "f", "arguments": ""}}]},
+            "messages.0.function_call",
+            "unsupported_parameter",
+            "legacy",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]},
+            "messages.0.audio",
+            "unsupported_parameter",
+            "audio",
+        ),
+    ],
+)
+def test_fields_the_router_cannot_honour_are_refused_naming_them(
+    body: dict, param: str, code: str | None, says: str
+) -> None:
+    got_param, got_code, message = refusal_of(body)
+    assert got_param == param
+    if code is not None:
+        assert got_code == code
+    assert message.startswith(f"{param}: ") and says in message
+
+
+def test_our_own_extension_keeps_its_422_and_null_fields_are_absent() -> None:
+    with pytest.raises(ValidationError) as exc:
+        chat(paretoserve={"alowed_models": ["x"]})
+    assert chat_refusal(exc.value.errors()) is None
+    # null means absent, as in OpenAI's API (SDKs and frameworks send explicit nulls)
+    req = chat(audio=None, functions=None, tools=None, response_format=None, stream=None)
+    assert req.tools is None and req.passthrough() == {} and req.stream is False
+    msg = {"role": "user", "content": "x", "audio": None, "function_call": None}
+    assert ChatCompletionRequest.model_validate({"messages": [msg]}).messages[0].text() == "x"
+
+
+def test_passthrough_allow_list_is_kept_verbatim() -> None:
+    fields = {
+        "frequency_penalty": -0.5,
+        "presence_penalty": 1,
+        "logit_bias": {"50256": -100},
+        "service_tier": "flex",
+        "store": False,
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "prediction": {"type": "content", "content": "draft"},
+        "modalities": ["text"],
+        "prompt_cache_key": "k",
+        "safety_identifier": "u-1",
+    }
+    req = chat(**fields)
+    assert req.passthrough() == fields
+    assert set(fields) <= set(ChatCompletionRequest.PASSTHROUGH_FIELDS)
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    assert ProviderRequest.from_chat("r", req, spec).passthrough == fields
+    with pytest.raises(ValidationError) as exc:
+        chat(frequency_penalty=3.0)  # typed: a bad value is a 422
+    assert chat_refusal(exc.value.errors()) is None
+
+
+def test_tools_and_tool_choice() -> None:
+    req = chat(tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)
+    assert req.tools is not None and req.tools[0].type == "function"
+    assert req.tools[0].function.name == "get_weather" and req.tools[0].function.strict is True
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert chat(tools=[WEATHER], tool_choice=named).tool_choice.function.name == "get_weather"
+    for choice in ("none", "auto"):
+        assert chat(tool_choice=choice).tool_choice == choice
+    for body, field in (
+        ({"tools": [WEATHER], "tool_choice": {**named, "function": {"name": "nope"}}}, "nope"),
+        ({"tool_choice": "required"}, "needs tools"),
+        ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools"),
+    ):
+        with pytest.raises(ValidationError, match=field) as exc:
+            chat(**body)
+        assert chat_refusal(exc.value.errors()) is None, body  # invalid, not unsupported: 422
+
+
+def test_a_tool_conversation_and_its_rules() -> None:
+    req = ChatCompletionRequest.model_validate({"messages": TOOL_TURN, "tools": [WEATHER]})
+    assistant, tool = req.messages[1], req.messages[2]
+    assert assistant.content is None and assistant.tool_calls == [
+        ToolCall(
+            id="call_1",
+            function=FunctionCall(name="get_weather", arguments='{"city": "Paris", "unit": "c"}'),
+        )
+    ]
+    assert tool.tool_call_id == "call_1" and tool.text() == "22 C, sunny"
+    # a tool message is not a user turn: the last user message's text is embedded
+    assert req.prompt_text() == "Weather in Paris?"
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    sent = ProviderRequest.from_chat("r", req, spec)
+    assert sent.messages == [
+        TOOL_TURN[0],
+        {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C, sunny"},
+    ]
+    assert sent.tools == [WEATHER] and sent.tool_choice is None
+    for messages in (
+        [TOOL_TURN[0], {"role": "tool", "content": "x"}],  # no tool_call_id
+        [TOOL_TURN[0], TOOL_TURN[1], {**TOOL_TURN[2], "tool_call_id": "call_9"}],  # no such call
+        [TOOL_TURN[0], TOOL_TURN[2]],  # answers no assistant tool call
+        [{"role": "user", "content": "x", "tool_calls": [CALL]}],
+        [{"role": "user", "content": "x", "tool_call_id": "call_1"}],
+        [{"role": "assistant", "content": None, "tool_calls": []}],
+        [{"role": "assistant", "tool_calls": [{**CALL, "type": "custom"}]}],
+    ):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest.model_validate({"messages": messages})
+
+
+def test_tool_choice_goes_upstream_only_with_tools() -> None:
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    bare = ProviderRequest.from_chat("r", chat(tool_choice="auto", parallel_tool_calls=True), spec)
+    assert (bare.tools, bare.tool_choice, bare.parallel_tool_calls) == (None, None, None)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    full = ProviderRequest.from_chat(
+        "r", chat(tools=[WEATHER], tool_choice=named, parallel_tool_calls=False), spec
+    )
+    assert (full.tool_choice, full.parallel_tool_calls) == (named, False)
+    assert full.function("get_weather") == WEATHER["function"] and full.function("x") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [IMG, "http://10.0.0.1/x.jpg", "data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,"],
+)
+def test_image_parts_are_accepted_and_not_embedded(url: str) -> None:
+    content = [
+        {"type": "text", "text": "What is in"},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+        {"type": "text", "text": "this picture?"},
+    ]
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}]})
+    parts = req.messages[0].parts()
+    assert [p.type for p in parts] == ["text", "image_url", "text"]
+    assert parts[1].image_url is not None and parts[1].image_url.url == url
+    assert req.prompt_text() == "What is in\nthis picture?"  # images are not embedded
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    assert ProviderRequest.from_chat("r", req, spec).messages[0]["content"] == content
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://x/y.png", "javascript:alert(1)", "data:text/html;base64,AA==", "cat.png"]
+)
+def test_bad_image_urls_are_422(url: str) -> None:
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(ValidationError) as exc:
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}]})
+    assert chat_refusal(exc.value.errors()) is None
+
+
+def test_images_only_in_user_messages() -> None:
+    image = {"type": "image_url", "image_url": {"url": IMG}}
+    for role in ("system", "assistant", "developer"):
+        with pytest.raises(ValidationError, match="cannot carry"):
+            ChatCompletionRequest.model_validate({"messages": [{"role": role, "content": [image]}]})
+
+
+def test_response_formats() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+    req = chat(response_format=fmt)
+    assert req.response_format is not None and req.response_format.type == "json_schema"
+    assert req.response_format.json_schema is not None
+    assert req.response_format.json_schema.schema_ == schema
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    assert ProviderRequest.from_chat("r", req, spec).response_format == fmt
+    assert chat(response_format={"type": "json_object"}).response_format.type == "json_object"
+    assert chat(response_format={"type": "text"}).response_format.type == "text"
+    for bad in (
+        {"type": "json_schema"},
+        {"type": "json_object", "json_schema": {"name": "a", "schema": {}}},
+        {"type": "json_schema", "json_schema": {"schema": {}}},
+    ):
+        with pytest.raises(ValidationError):
+            chat(response_format=bad)
+
+
+def test_logprobs_seed_user_metadata() -> None:
+    req = chat(logprobs=True, top_logprobs=3, seed=7, user="u", metadata={"team": "a"})
+    spec = ModelSpec(id="m", input_per_m=1.0, output_per_m=1.0)
+    sent = ProviderRequest.from_chat("r", req, spec)
+    assert (sent.logprobs, sent.top_logprobs, sent.seed, sent.user, sent.metadata) == (
+        True,
+        3,
+        7,
+        "u",
+        {"team": "a"},
+    )
+    for bad in (
+        {"top_logprobs": 2},  # needs logprobs
+        {"logprobs": True, "top_logprobs": 21},
+        {"metadata": {"k": 1}},
+        {"metadata": {f"k{i}": "v" for i in range(17)}},
+        {"seed": "1"},
+    ):
+        with pytest.raises(ValidationError):
+            chat(**bad)
+
+
+def test_tool_call_answers_and_chunks_have_openais_shape() -> None:
+    info = ParetoserveInfo(request_id="abc", cost_usd=1e-5, routed=True, forced=False, dual=0.2)
+    call = ToolCall.model_validate(CALL)
+    resp = ProviderResponse(
+        model_id="m",
+        content="",
+        tool_calls=[call],
+        logprobs={"content": [], "refusal": None},
+        finish_reason="tool_calls",
+        usage=Usage(prompt_tokens=3, completion_tokens=9),
+        latency_s=0.1,
+    )
+    body = ChatCompletionResponse.build(resp, info, created=7).model_dump(mode="json")
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            "finish_reason": "tool_calls",
+            "logprobs": {"content": [], "refusal": None},
+        }
+    ]
+    head = ToolCallDelta(
+        index=0, id="call_1", type="function", function=FunctionCallDelta(name="f", arguments="")
+    )
+    chunk = ChatCompletionChunk(
+        id="c", created=1, model="m", choices=[ChunkChoice(delta=Delta(tool_calls=[head]))]
+    )
+    data = json.loads(chunk.sse()[len("data: ") :])
+    assert data["choices"][0]["delta"] == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "f", "arguments": ""},
+            }
+        ]
+    }
