@@ -23,4 +23,10 @@ class FeedbackDeployment:
         if await asyncio.to_thread(self.store.has_event, request_id, "feedback"):
             return "duplicate"
         # Safe to repeat: a feedback journalled before the Router died answers "duplicate".
-        return await retrying(lambda: self.router.feedback.remote(request_id, reward))
+        # This call found none before it started, so a "duplicate" after a retry is its own
+        # attempt that died after journalling (applied once): the client hears "applied".
+        retried = []
+        status = await retrying(
+            lambda: self.router.feedback.remote(request_id, reward), lambda: retried.append(1)
+        )
+        return "applied" if retried and status == "duplicate" else status
