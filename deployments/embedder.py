@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -47,7 +46,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
 
 from core.encoding.embedding_cache import ContextLRU
-from core.encoding.features import Encoder, FeaturePipeline, Projection, load_projection
+from core.encoding.features import Encoder, FeaturePipeline, Projection, configured_projection
 from core.service.settings import (
     CPU_ENCODE_BATCH_SIZE,
     INT8_ENCODE_BATCH_SIZE,
@@ -198,13 +197,8 @@ class Embedder:
 
     @staticmethod
     def _load_projection(path: str | None) -> Projection:
-        if path is None:
-            return load_projection()  # the committed artifact; warns and falls back if missing
-        # An explicitly configured path that is missing is a configuration error, not a
-        # reason to route on a random projection.
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"EmbedderArgs.projection_path: no file at {path}")
-        return Projection.load(Path(path))
+        # None: the committed artifact (warns and falls back if missing); a path must exist.
+        return configured_projection(path)
 
     async def _encode(self, texts: list[str], method: str) -> list[list[float]]:
         """Encode `texts` (each distinct text once) and remember them in the LRU."""

@@ -17,12 +17,11 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Gauge
 
-from core.encoding.features import load_projection
-from core.method.priors import Priors
 from core.method.registry import ModelSpec
 from core.method.router import FeedbackStatus, RouteLimits, Router
 from core.service.decision import RouteDecision
 from core.service.settings import RouterSettings
+from core.service.warm_start import fresh_router
 from core.state.durable import DurableRouter
 from core.state.reconcile import reconcile
 from core.state.store import StateStore
@@ -74,12 +73,11 @@ class RouterDeployment:
         )
 
     def _fresh_router(self, table: list[ModelSpec]) -> Router:
-        s = self.settings
-        router = Router(s.tuning.router_config(s.budget_usd_per_request), table)
-        if s.priors_path:
-            loaded = router.load_priors(Priors.load(s.priors_path), load_projection().fingerprint)
-            log.info("warm-start priors loaded for %s from %s", loaded, s.priors_path)
-        return router
+        # No snapshot yet: the configured tuning and table, warm-started as priors_path says
+        # (core/service/warm_start.py: a stale default priors file is a warning, not an error).
+        start = fresh_router(self.settings, table)
+        (log.warning if start.refused else log.info)("%s", start.note)
+        return start.router
 
     # ---- the request path ---------------------------------------------------------------
 

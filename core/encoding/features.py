@@ -272,6 +272,18 @@ def load_projection(
     return fallback_projection(raw_dim, n_components, seed=seed)
 
 
+def configured_projection(path: str | Path | None) -> Projection:
+    """The projection a service setting names (`EmbedderArgs.projection_path`): None = the
+    committed artifact (warns and falls back if it is missing); a path must exist, because an
+    explicitly configured path that is missing is a configuration error, not a reason to route
+    on a random projection. The Embedder and the Router (to check priors) both use it."""
+    if path is None:
+        return load_projection()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"EmbedderArgs.projection_path: no file at {path}")
+    return Projection.load(Path(path))
+
+
 class FeaturePipeline:
     """Encoder + projection: texts in, bandit contexts out."""
 

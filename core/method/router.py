@@ -188,7 +188,11 @@ class Router:
             and priors.projection_fingerprint
             and priors.projection_fingerprint != projection_fingerprint
         ):
-            raise ValueError("priors were built with a different feature projection")
+            raise ValueError(
+                f"priors were built with a different feature projection "
+                f"({priors.projection_fingerprint}, not {projection_fingerprint}); "
+                f"{priors.remake_hint()}"
+            )
         loaded = []
         slots = self.arms.slots
         for model_id, prior in priors.arms.items():

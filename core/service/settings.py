@@ -19,6 +19,9 @@ from core.method.faults import CooldownConfig, RetryPolicy
 from core.method.registry import ModelSpec
 from core.state.durable import DurabilityConfig
 
+# AppArgs.priors_path's value for the committed artifact (core/artifacts/priors.json).
+DEFAULT_PRIORS = "default"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,7 +69,14 @@ class RouterSettings(_Strict):
     models: list[ModelSpec] = Field(..., min_length=1)
     tuning: RouterTuning = RouterTuning()
     state_path: str
-    priors_path: str | None = None
+    priors_path: str | None = Field(
+        None, description="as AppArgs.priors_path ('default', a file, or None = cold start)"
+    )
+    projection_path: str | None = Field(
+        None,
+        description="the Embedder's projection (EmbedderArgs.projection_path): priors "
+        "must have been built through it",
+    )
     durability: DurabilityConfig = DurabilityConfig()
     faults: CooldownConfig = CooldownConfig()
 
@@ -235,7 +245,14 @@ class AppArgs(_Strict):
         default_factory=lambda: {"simulated": ProviderSettings(kind="simulated")}
     )
     state_path: str = "var/paretoserve.db"
-    priors_path: str | None = None
+    priors_path: str | None = Field(
+        DEFAULT_PRIORS,
+        description="warm-start priors of a fresh Router (no snapshot yet): 'default' = the "
+        "committed core/artifacts/priors.json, used when it fits (the Embedder's projection, "
+        "exactly the configured models), else a logged warning and a cold start; a file path "
+        "(relative to the project home) = that file, and any misfit is a start-up error; "
+        "None = cold start (core/service/warm_start.py)",
+    )
     router: RouterTuning = RouterTuning()
     durability: DurabilityConfig = DurabilityConfig()
     faults: CooldownConfig = Field(
@@ -264,10 +281,14 @@ class AppArgs(_Strict):
         def absolute(p: str | None) -> str | None:
             return None if p is None else str((base / p).resolve())
 
+        priors = self.priors_path
         return self.model_copy(
             update={
                 "state_path": absolute(self.state_path),
-                "priors_path": absolute(self.priors_path),
+                "priors_path": priors if priors == DEFAULT_PRIORS else absolute(priors),
+                "embedder": self.embedder.model_copy(
+                    update={"projection_path": absolute(self.embedder.projection_path)}
+                ),
             }
         )
 
@@ -278,6 +299,7 @@ class AppArgs(_Strict):
             tuning=self.router,
             state_path=self.state_path,
             priors_path=self.priors_path,
+            projection_path=self.embedder.projection_path,
             durability=self.durability,
             faults=self.faults,
         )

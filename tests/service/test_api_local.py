@@ -92,6 +92,23 @@ def _expected_cost(body: dict[str, Any], spec: dict[str, Any]) -> float:
     ) / 1e6
 
 
+# ---- a fresh start (first in the file: nothing has been fed back yet) -----------------------
+
+
+def test_fresh_app_starts_warm_from_the_default_priors(client, admin_headers) -> None:
+    """serve_config.yaml's `priors_path: default`: before any feedback, every model's estimated
+    quality is the committed priors' (core/artifacts/priors.json), not a cold 0.0."""
+    state = _state(client, admin_headers)
+    assert {m: arm["updates"] for m, arm in state["models"].items()} == dict.fromkeys(
+        (CHEAP, MID, DEAR), 0
+    )
+    r = client.post("/admin/explain", json={"prompt": "What is 17 * 23?"}, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    quality = {m: e["quality"] for m, e in r.json().items()}
+    assert set(quality) == {CHEAP, MID, DEAR}
+    assert all(0.3 < q < 1.2 for q in quality.values()), quality
+
+
 # ---- chat -----------------------------------------------------------------------------------
 
 

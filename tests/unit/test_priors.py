@@ -145,6 +145,38 @@ def test_recorded_costs_seed_each_arms_expected_cost() -> None:
     with pytest.raises(ValueError, match="costs shape"):
         build_priors(X, R, MODELS, costs=costs[:, :2])
     old = json.loads(priors.model_dump_json())  # a file written before costs were recorded
+    del old["fingerprint"], old["command"]  # (nor were these)
     for arm in old["arms"].values():
         del arm["mean_cost_usd"]
     assert Priors.model_validate(old).arms["pro"].mean_cost_usd is None
+
+
+def test_numbers_fingerprint_guards_the_file(tmp_path) -> None:
+    """build_priors signs its numbers; a changed number, model id or mean cost is refused at
+    load; a file of an older build (no fingerprint) still loads."""
+    X, R = _data(n=60)
+    priors = build_priors(X, R, MODELS, costs=np.full(R.shape, 1e-4), command="cmd")
+    assert priors.fingerprint == priors.numbers_fingerprint() and priors.command == "cmd"
+    again = build_priors(X, R, MODELS, costs=np.full(R.shape, 1e-4))
+    assert again.fingerprint == priors.fingerprint  # the numbers', not the record's
+    path = tmp_path / "p.json"
+    priors.save(path)
+    assert Priors.load(path).fingerprint == priors.fingerprint
+    doc = json.loads(path.read_text())
+    edits = [
+        lambda d: d["arms"]["pro"]["A"][3].__setitem__(4, d["arms"]["pro"]["A"][3][4] + 1e-9),
+        lambda d: d["arms"]["llama"].__setitem__("mean_cost_usd", 2e-4),
+        lambda d: d["arms"].__setitem__("llama-2", d["arms"].pop("llama")),
+    ]
+    for edit in edits:
+        changed = json.loads(json.dumps(doc))
+        edit(changed)
+        path.write_text(json.dumps(changed))
+        with pytest.raises(ValueError, match="fingerprint mismatch"):
+            Priors.load(path)
+    del doc["fingerprint"]
+    path.write_text(json.dumps(doc))
+    assert Priors.load(path).fingerprint is None
+    path.write_text("{")
+    with pytest.raises(ValueError, match="invalid priors file"):
+        Priors.load(path)
