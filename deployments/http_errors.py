@@ -1,4 +1,5 @@
-"""HTTP error mapping for the Ingress: exceptions from any hop -> OpenAI-shaped error bodies."""
+"""HTTP error mapping for the Ingress: exceptions from any hop -> error bodies in OpenAI's shape
+(`error_response`) or, for the Anthropic Messages endpoint, Anthropic's (`anthropic=True`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.method.errors import (
     UnknownRequestError,
 )
 from core.method.registry import RegistryError, UnknownModelError, UnknownProviderError
+from core.service.anthropic_protocol import anthropic_error
 from core.service.protocol import ChatCompletionRequest, ErrorBody, chat_refusal, error_body
 from core.state.store import StaleVersionError
 from deployments.clients.errors import ProviderError
@@ -40,6 +42,11 @@ class HTTPError(Exception):
     def body(self) -> dict:
         """`{"error": {"message", "type", "param", "code"}}`: the response body or SSE event."""
         return error_body(self.message, self.type, self.param, self.code)
+
+    def anthropic_body(self) -> dict:
+        """`{"type": "error", "error": {"type", "message", "param"?, "code"?}}`: Anthropic's
+        shape (its error type from the status), for the Messages endpoint and its streams."""
+        return anthropic_error(self.status, self.message, self.param, self.code)
 
 
 def cause(exc: BaseException) -> BaseException:
@@ -118,5 +125,6 @@ def provider_http_error(exc: ProviderError) -> HTTPError:
     )
 
 
-def error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: HTTPError, anthropic: bool = False) -> JSONResponse:
+    body = err.anthropic_body() if anthropic else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)

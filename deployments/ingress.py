@@ -1,8 +1,11 @@
-"""The Ingress deployment: the HTTP API of DESIGN.md (chat, feedback, models, health, admin).
+"""The Ingress deployment: the HTTP API of DESIGN.md (OpenAI chat, Anthropic messages, feedback,
+models, health, admin).
 
-It authenticates, validates and maps errors to OpenAI-shaped bodies; a chat's steps (embed ->
-route -> provider with fallback -> charge) are core.service.chat's, over the Serve handles
-adapted to its ports (deployments/ports.py).
+It authenticates, validates and maps errors to OpenAI-shaped bodies (Anthropic-shaped on
+/v1/messages); a chat's steps (embed -> route -> provider with fallback -> charge) are
+core.service.chat's, over the Serve handles adapted to its ports (deployments/ports.py). An
+Anthropic request is translated to the same chat request, and its answer back, by
+core.service.anthropic_translate.
 
 The request id is Serve's own (the `x-request-id` request header, set by Serve's proxy when the
 client sends none): Serve echoes it on the response and tags every hop's log lines with it,
@@ -21,11 +24,14 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.service.anthropic_protocol import MessagesRequest, messages_refusal
+from core.service.anthropic_translate import AnthropicStreamFormat, to_chat_request, to_message
 from core.service.capabilities import explain_limits
 from core.service.chat import ChatService
 from core.service.decision import RouteDecision
@@ -33,7 +39,6 @@ from core.service.protocol import (
     AddModelRequest,
     BudgetRequest,
     ChatCompletionRequest,
-    ErrorBody,
     ExplainRequest,
     FeedbackRequest,
     FeedbackResponse,
@@ -51,38 +56,48 @@ app = FastAPI(
     description="Budget-paced, self-adapting LLM router (OpenAI-compatible).",
 )
 MAX_REQUEST_ID_CHARS = 200  # the feedback API accepts ids up to this length
+MESSAGES_PATH = "/v1/messages"  # Anthropic's API: its error shape, its key header
+_REFUSALS = {"/v1/chat/completions": chat_refusal, MESSAGES_PATH: messages_refusal}
+
+
+def _respond(request: Request, err: HTTPError) -> JSONResponse:
+    """The error in the shape of the API the request called."""
+    return error_response(err, anthropic=request.url.path == MESSAGES_PATH)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming the first bad field; a chat request naming a field (or a value) the router
-    cannot honour is a 400 naming it (core.service.protocol.chat_refusal)."""
+    """422 naming the first bad field; a chat or messages request naming a field (or a value)
+    the router cannot honour is a 400 naming it (core.service.protocol.chat_refusal,
+    core.service.anthropic_protocol.messages_refusal)."""
     errors = exc.errors()
-    if request.url.path == "/v1/chat/completions":
+    refusal_of = _REFUSALS.get(request.url.path)
+    if refusal_of is not None:
         in_body = [{**e, "loc": tuple(e["loc"][1:])} for e in errors if e["loc"][:1] == ("body",)]
-        refusal = chat_refusal(in_body)
+        refusal = refusal_of(in_body)
         if refusal is not None:
-            return JSONResponse(refusal.model_dump(), status_code=400)
+            err = refusal.error
+            return _respond(request, HTTPError(400, err.message, err.param, code=err.code))
     # A JSON decode error's loc holds a character offset, not a field.
     locs = [
         "" if e.get("type") == "json_invalid" else ".".join(str(p) for p in e["loc"][1:])
         for e in errors
     ]
     message = "; ".join(f"{loc or 'body'}: {e['msg']}" for loc, e in zip(locs, errors, strict=True))
-    body = ErrorBody.of(message, param=(locs[0] or None) if locs else None, code="invalid_value")
-    return JSONResponse(body.model_dump(), status_code=422)
+    param = (locs[0] or None) if locs else None
+    return _respond(request, HTTPError(422, message, param, code="invalid_value"))
 
 
 @app.exception_handler(HTTPError)
-async def _http_error(_: Request, exc: HTTPError) -> JSONResponse:
-    return error_response(exc)
+async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+    return _respond(request, exc)
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _starlette_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """404, 405 and the like in OpenAI's error shape too."""
+async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404, 405 and the like in the API's error shape too."""
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return error_response(HTTPError(exc.status_code, str(exc.detail), type=kind))
+    return _respond(request, HTTPError(exc.status_code, str(exc.detail), type=kind))
 
 
 def _bearer(request: Request) -> str:
@@ -95,13 +110,14 @@ def _matches(token: str, keys: list[str]) -> bool:
     return bool(token) and sum(hmac.compare_digest(token, k) for k in keys) > 0
 
 
-_CLIENT_PATHS = ("/v1/chat/completions", "/v1/feedback", "/v1/models")
+_CLIENT_PATHS = ("/v1/chat/completions", MESSAGES_PATH, "/v1/feedback", "/v1/models")
 
 
 @app.middleware("http")
 async def _authenticate(request: Request, call_next):
     """Keys are checked before anything reads the body, so a caller without one learns only
-    that it needs one. The keys sit in app.state, set when the replica starts."""
+    that it needs one. The keys sit in app.state, set when the replica starts. A client key
+    comes as a bearer token, or (the `anthropic` SDK's way) in `x-api-key` on /v1/messages."""
     path, state = request.url.path, request.app.state
     if path.startswith("/admin"):
         if not state.admin_key:
@@ -111,9 +127,12 @@ async def _authenticate(request: Request, call_next):
             message = "missing or invalid admin key"
             return error_response(HTTPError(401, message, type="authentication_error"))
     elif path in _CLIENT_PATHS and state.api_keys:
-        if not _matches(_bearer(request), state.api_keys):
+        key = _bearer(request)
+        if path == MESSAGES_PATH and not key:
+            key = request.headers.get("x-api-key", "").strip()
+        if not _matches(key, state.api_keys):
             message = "missing or invalid API key"
-            return error_response(HTTPError(401, message, type="authentication_error"))
+            return _respond(request, HTTPError(401, message, type="authentication_error"))
     return await call_next(request)
 
 
@@ -204,12 +223,8 @@ class Ingress:
 
     # ---- chat -------------------------------------------------------------------------
 
-    @app.post("/v1/chat/completions")
-    async def chat(self, body: ChatCompletionRequest, request: Request):
-        start = time.perf_counter()
-        rid = _request_id(request)
-        text = body.prompt_text()
-        if not text.strip():
+    def _check_prompt(self, body: ChatCompletionRequest) -> None:
+        if not body.prompt_text().strip():
             raise HTTPError(422, "messages: the prompt is empty", "messages")
         total = sum(len(m.text()) for m in body.messages)  # every message goes upstream
         if total > self.max_prompt_chars:
@@ -220,6 +235,12 @@ class Ingress:
                 "messages",
                 code="prompt_too_long",
             )
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        start = time.perf_counter()
+        rid = _request_id(request)
+        self._check_prompt(body)
         if body.stream:
             stream = await self._mapped(self.chats.open_stream(rid, body))
             self._count(stream.decision, True)
@@ -231,6 +252,37 @@ class Ingress:
         log.info("chat model=%s routed=%s cost_usd=%.3g", decision.model, decision.routed, cost)
         return JSONResponse(
             answer.response.model_dump(mode="json"),
+            headers={"x-paretoserve-cost-usd": f"{cost:.10g}"},
+        )
+
+    @app.post(MESSAGES_PATH)
+    async def messages(self, body: MessagesRequest, request: Request):
+        """Anthropic's Messages API over the same chat path: the request is translated to a
+        chat request, the answer (plain or streamed) back to Anthropic's message."""
+        start = time.perf_counter()
+        rid = _request_id(request)
+        try:
+            chat = to_chat_request(body)
+        except ValidationError as exc:  # not expected: the Anthropic schema checks as much
+            raise to_http(exc) from None
+        self._check_prompt(chat)
+        if body.stream:
+            stream = await self._mapped(self.chats.open_stream(rid, chat))
+            self._count(stream.decision, True)
+            fmt = AnthropicStreamFormat(
+                rid,
+                stream.decision.model,
+                stream.estimated_prompt_tokens,
+                stream_error=lambda exc: to_http(exc).anthropic_body(),
+            )
+            return _ClosingStreamingResponse(stream.events(fmt), media_type="text/event-stream")
+        answer = await self._mapped(self.chats.complete(rid, chat))
+        decision, cost = answer.decision, answer.cost_usd
+        self._count(decision, False)
+        self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
+        log.info("messages model=%s routed=%s cost_usd=%.3g", decision.model, decision.routed, cost)
+        return JSONResponse(
+            to_message(answer.provider, answer.info).model_dump(mode="json"),
             headers={"x-paretoserve-cost-usd": f"{cost:.10g}"},
         )
 

@@ -56,7 +56,23 @@ def _pieces(text: str) -> list[str]:
 
 
 FAKE_CALL = {"name": "?", "arguments": '{"city": "Paris", "unit": "c"}'}
+FAKE_INPUT = {"city": "Paris", "unit": "c"}  # the fake Anthropic's tool input
+FAKE_ANSWER = {"a": 7}  # and its answer tool's (a JSON response format)
+
+
+def _said(block: dict[str, Any]) -> str:
+    """What an Anthropic content block says, for the fake's echo."""
+    if block["type"] == "tool_result":
+        content = block.get("content", "")
+        return content if isinstance(content, str) else "|".join(_said(b) for b in content)
+    return block["text"] if block["type"] == "text" else f"<{block['type']}>"
+
+
 FAKE_LOGPROB = {"token": "echo", "logprob": -0.25, "bytes": [101, 99, 104, 111], "top_logprobs": []}
+
+
+class BrokenOff(Exception):
+    """The fake's stream ends after an error event."""
 
 
 def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
@@ -159,59 +175,85 @@ def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
         if (fail := failure(model, anthropic_shape=True)) is not None:
             return fail
         last = body["messages"][-1]["content"]
-        text = "echo: " + (last if isinstance(last, str) else "|".join(b["text"] for b in last))
+        said = [_said(b) for b in last] if isinstance(last, list) else [last]
+        text = "echo: " + "|".join(said)
         pieces = _pieces(text)
         stop = "stop_sequence" if body.get("stop_sequences") else "end_turn"
         if body["max_tokens"] < len(pieces):
             pieces, stop = pieces[: body["max_tokens"]], "max_tokens"
             text = "".join(pieces)
+        # With tools (and a user's words last, not only tool results), Anthropic's shape of a
+        # call: of the named tool, else the first; under "auto" a few words come first.
+        choice = body.get("tool_choice") or {"type": "auto"}
+        answers_results = isinstance(last, list) and last[0].get("type") == "tool_result"
+        use = None
+        if body.get("tools") and choice["type"] != "none" and not answers_results:
+            name = choice.get("name") or body["tools"][0]["name"]
+            tool_input = FAKE_ANSWER if name.startswith("json_answer") else FAKE_INPUT
+            use = {"type": "tool_use", "id": "toolu_fake1", "name": name, "input": tool_input}
+        blocks = [{"type": "text", "text": text}]
+        if use is not None:
+            blocks = [{"type": "text", "text": "Let me check."}] if choice["type"] == "auto" else []
+            blocks.append(use)
+            pieces, stop = ["Let me check.", json.dumps(use["input"])], "tool_use"
         usage = {"input_tokens": 21, "output_tokens": len(pieces), "cache_read_input_tokens": 4}
         message = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
+            "content": blocks,
             "stop_reason": stop,
-            "stop_sequence": None,
+            "stop_sequence": body["stop_sequences"][0] if stop == "stop_sequence" else None,
             "usage": usage,
         }
         if not body.get("stream"):
             return JSONResponse(message)
 
-        def events() -> Iterator[str]:
-            start = {
-                **message,
-                "content": [],
-                "stop_reason": None,
-                "usage": {**usage, "output_tokens": 1},
-            }
-            yield _sse({"type": "message_start", "message": start}, "message_start")
-            block = {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            }
-            yield _sse(block, "content_block_start")
-            yield _sse({"type": "ping"}, "ping")
-            for i, piece in enumerate(pieces):
+        def block_events(index: int, block: dict) -> Iterator[str]:
+            if block["type"] == "text":
+                head = {"type": "text", "text": ""}
+                parts = _pieces(block["text"])
+                deltas = [{"type": "text_delta", "text": p} for p in parts]
+            else:  # a tool call: its input streamed as JSON pieces
+                head = block | {"input": {}}
+                args = json.dumps(block["input"])
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": args[i : i + 5]}
+                    for i in range(0, len(args), 5)
+                ]
+            start = {"type": "content_block_start", "index": index, "content_block": head}
+            yield _sse(start, "content_block_start")
+            for i, delta in enumerate(deltas):
                 if model == "stream-error" and i == 2:
                     err = {
                         "type": "error",
                         "error": {"type": "overloaded_error", "message": "Overloaded"},
                     }
                     yield _sse(err, "error")
-                    return
-                delta = {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                }
-                yield _sse(delta, "content_block_delta")
-            yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+                    raise BrokenOff
+                event = {"type": "content_block_delta", "index": index, "delta": delta}
+                yield _sse(event, "content_block_delta")
+            yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+
+        def events() -> Iterator[str]:
+            start = {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {**usage, "output_tokens": 1},
+            }
+            yield _sse({"type": "message_start", "message": start}, "message_start")
+            yield _sse({"type": "ping"}, "ping")
+            try:
+                for index, block in enumerate(blocks):
+                    yield from block_events(index, block)
+            except BrokenOff:
+                return
             end = {
                 "type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "delta": {"stop_reason": stop, "stop_sequence": message["stop_sequence"]},
                 "usage": {"output_tokens": len(pieces)},
             }
             yield _sse(end, "message_delta")
@@ -532,29 +574,6 @@ async def test_openai_streams_logprobs(openai_client: OpenAIClient) -> None:
     assert all(c.logprobs == {"content": [FAKE_LOGPROB], "refusal": None} for c in chunks[:-1])
 
 
-async def test_anthropic_refuses_what_it_cannot_translate(
-    anthropic_client: AnthropicClient, fake: FakeServer
-) -> None:
-    claude = spec("claude", "anthropic", None)
-    before = len(fake.seen)
-    for extra, what in (
-        ({"tools": [WEATHER]}, "tools"),
-        ({"response_format": ANSWER}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
-    ):
-        body = {"messages": [{"role": "user", "content": "x"}], **extra}
-        with pytest.raises(ProviderError, match=what) as exc:
-            await anthropic_client.complete(chat_request(claude, body))
-        assert (exc.value.status, exc.value.retryable) == (400, False)
-        with pytest.raises(ProviderError):
-            await collect(anthropic_client.stream(chat_request(claude, body)))
-    assert len(fake.seen) == before  # nothing was sent
-    # tool_choice "none": the tools ask for nothing, so the request is served
-    body = {"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER]}
-    resp = await anthropic_client.complete(chat_request(claude, body | {"tool_choice": "none"}))
-    assert resp.content == "echo: x"
-
-
 # ------------------------------------------------------------------ Anthropic
 
 
@@ -574,22 +593,36 @@ def sent_key(headers: dict[str, str]) -> str:
 
 
 def test_message_translation() -> None:
+    png = "data:image/png;base64,iVBORw0KGgo="
     system, messages = to_anthropic(
         [
             {"role": "system", "content": "Be brief."},
             {"role": "developer", "content": [{"type": "text", "text": "Use French."}]},
             {"role": "user", "content": "one"},
-            {"role": "user", "content": [{"type": "text", "text": "two"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "two"},
+                    {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": "https://x.org/a.jpg"}},
+                ],
+            },
             {"role": "assistant", "content": "ok"},
-            {"role": "tool", "content": "42"},
+            {"role": "tool", "content": "42"},  # no tool_call_id: its text, as a user turn
             {"role": "user", "content": "three"},
         ]
     )
     assert system == "Be brief.\n\nUse French."
+    image = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
     assert messages == [
         {
             "role": "user",
-            "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}],
+            "content": [
+                {"type": "text", "text": "one"},
+                {"type": "text", "text": "two"},
+                {"type": "image", "source": image},
+                {"type": "image", "source": {"type": "url", "url": "https://x.org/a.jpg"}},
+            ],
         },
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
         {
@@ -602,7 +635,7 @@ def test_message_translation() -> None:
         [{"role": "user", "content": [{"type": "text", "text": "only"}]}],
     )
     with pytest.raises(ProviderError) as exc:
-        to_anthropic([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
+        to_anthropic([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}])
     assert (exc.value.status, exc.value.retryable) == (400, False)
 
 
@@ -706,6 +739,171 @@ async def test_anthropic_error_event_mid_stream(anthropic_client: AnthropicClien
             got.append(chunk)
     assert "".join(c.delta for c in got) == "echo: hello"
     assert (exc.value.status, exc.value.retryable) == (529, True)
+
+
+# ------------------------------------------------------------------ Anthropic: tools and formats
+
+
+async def test_anthropic_sends_tools_images_and_maps_the_tool_call(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather here?"}, image]},
+        ],
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "user": "u-1",
+        "stop": ["END"],
+    }
+    claude = spec("claude", "anthropic", None, upstream="claude-x-1")
+    resp = await anthropic_client.complete(chat_request(claude, body))
+    sent = fake.last("anthropic")["body"]
+    fn = WEATHER["function"]
+    assert sent["tools"] == [
+        {
+            "name": "get_weather",
+            "input_schema": fn["parameters"],
+            "description": fn["description"],
+            "strict": True,
+        }
+    ]
+    assert sent["tool_choice"] == {
+        "type": "tool",
+        "name": "get_weather",
+        "disable_parallel_tool_use": True,
+    }
+    assert sent["system"] == "You are terse." and sent["metadata"] == {"user_id": "u-1"}
+    assert sent["stop_sequences"] == ["END"]
+    assert sent["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather here?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                },
+            ],
+        }
+    ]
+    assert resp.finish_reason == "tool_calls" and resp.content == ""  # forced: no words first
+    [call] = resp.tool_calls or []
+    assert (call.id, call.type, call.function.name) == ("toolu_fake1", "function", "get_weather")
+    assert json.loads(call.function.arguments) == FAKE_INPUT
+
+
+async def test_anthropic_sends_the_tool_turn_and_gets_text(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    call = {"id": "call.1", "type": "function", "function": FAKE_CALL | {"name": "get_weather"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [call, call | {"id": "c2"}]},
+        {"role": "tool", "tool_call_id": "call.1", "content": "22 C"},
+        {"role": "tool", "tool_call_id": "c2", "content": "[tool error] no such city"},
+    ]
+    body = {"messages": messages, "tools": [WEATHER], "tool_choice": "auto"}
+    resp = await anthropic_client.complete(chat_request(spec("claude", "anthropic", None), body))
+    sent = fake.last("anthropic")["body"]
+    use = {"type": "tool_use", "name": "get_weather", "input": FAKE_INPUT}
+    assert sent["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                use | {"id": "call_1"},  # ids keep to Anthropic's characters
+                use | {"id": "c2"},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "22 C"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "c2",
+                    "content": "no such city",
+                    "is_error": True,
+                },
+            ],
+        },
+    ]
+    assert sent["tool_choice"] == {"type": "auto"}
+    assert resp.tool_calls is None and resp.finish_reason == "stop"
+    assert resp.content == "echo: 22 C|no such city"
+
+
+async def test_anthropic_streams_text_then_a_tool_call(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER]}
+    req = chat_request(spec("claude", "anthropic", None), body)
+    chunks = await collect(anthropic_client.stream(req))
+    *pieces, last = chunks
+    assert "".join(c.delta for c in pieces) == "Let me check."
+    calls = [c.tool_calls[0] for c in pieces if c.tool_calls]
+    head = calls[0]
+    assert (head.index, head.id, head.type) == (0, "toolu_fake1", "function")
+    assert head.function is not None and head.function.name == "get_weather"
+    assert len(calls) > 2  # the arguments arrived in pieces
+    args = "".join(c.function.arguments or "" for c in calls if c.function)
+    assert json.loads(args) == FAKE_INPUT
+    assert last.finish_reason == "tool_calls" and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (25, 2)
+
+
+@pytest.mark.parametrize("fmt", ["json_object", "json_schema"])
+async def test_anthropic_json_formats_go_as_a_forced_answer_tool(
+    anthropic_client: AnthropicClient, fake: FakeServer, fmt: str
+) -> None:
+    response_format = ANSWER if fmt == "json_schema" else {"type": "json_object"}
+    body = {"messages": [{"role": "user", "content": "a?"}], "response_format": response_format}
+    req = chat_request(spec("claude", "anthropic", None), body)
+    resp = await anthropic_client.complete(req)
+    sent = fake.last("anthropic")["body"]
+    [tool] = sent["tools"]
+    schema = ANSWER["json_schema"]["schema"] if fmt == "json_schema" else {"type": "object"}
+    assert tool["name"] == "json_answer" and tool["input_schema"] == schema
+    assert tool.get("strict", False) is (fmt == "json_schema")
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    assert resp.tool_calls is None and resp.finish_reason == "stop"
+    assert json.loads(resp.content) == FAKE_ANSWER
+    chunks = await collect(anthropic_client.stream(req))
+    assert all(not c.tool_calls for c in chunks)
+    assert json.loads("".join(c.delta for c in chunks)) == FAKE_ANSWER
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_anthropic_stop_sequence_and_tool_choice_none(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    claude = spec("claude", "anthropic", None)
+    resp = await anthropic_client.complete(request(claude, stop=["\n\n", "END"]))
+    assert (resp.finish_reason, resp.stop_sequence) == ("stop", "\n\n")
+    chunks = await collect(anthropic_client.stream(request(claude, stop="END")))
+    assert (chunks[-1].finish_reason, chunks[-1].stop_sequence) == ("stop", "END")
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER]}
+    resp = await anthropic_client.complete(chat_request(claude, body | {"tool_choice": "none"}))
+    assert resp.content == "echo: x" and resp.tool_calls is None
+    assert fake.last("anthropic")["body"]["tool_choice"] == {"type": "none"}
+
+
+async def test_anthropic_refuses_logprobs_before_sending(
+    anthropic_client: AnthropicClient, fake: FakeServer
+) -> None:
+    claude = spec("claude", "anthropic", None)
+    before = len(fake.seen)
+    body = {"messages": [{"role": "user", "content": "x"}], "logprobs": True}
+    with pytest.raises(ProviderError, match="logprobs") as exc:
+        await anthropic_client.complete(chat_request(claude, body))
+    assert (exc.value.status, exc.value.retryable) == (400, False)
+    with pytest.raises(ProviderError, match="logprobs"):
+        await collect(anthropic_client.stream(chat_request(claude, body)))
+    assert len(fake.seen) == before  # nothing was sent
 
 
 # ------------------------------------------------------------------ simulated

@@ -22,15 +22,15 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from core.method.costs import realised_cost_usd
 from core.method.faults import can_fall_back
 from core.method.registry import ModelSpec
-from core.replay.simulator import estimate_tokens
+from core.replay.simulator import estimate_tokens, prompt_tokens_of
 from core.service.capabilities import request_needs
 from core.service.decision import RouteDecision
 from core.service.ports import (
@@ -51,6 +51,7 @@ from core.service.protocol import (
     ParetoserveInfo,
     ProviderChunk,
     ProviderRequest,
+    ProviderResponse,
     Usage,
     completion_id,
 )
@@ -108,11 +109,14 @@ class _Attempt:
 
 @dataclass(frozen=True)
 class Answer:
-    """A plain request's answer: the decision of the model that answered, its cost, the body."""
+    """A plain request's answer: the decision of the model that answered, its cost, the
+    provider's answer with what the router did (`info`), and OpenAI's body of it."""
 
     decision: RouteDecision
     cost_usd: float
     response: ChatCompletionResponse
+    provider: ProviderResponse
+    info: ParetoserveInfo
 
 
 class ChatService:
@@ -140,8 +144,8 @@ class ChatService:
         resp = await self._with_fallback(a, self.providers.complete)
         cost = cost_usd(a.decision.spec, resp.usage)
         await asyncio.shield(self._charge(a, cost))
-        out = ChatCompletionResponse.build(resp, a.info(cost, resp.recorded_reward))
-        return Answer(a.decision, cost, out)
+        info = a.info(cost, resp.recorded_reward)
+        return Answer(a.decision, cost, ChatCompletionResponse.build(resp, info), resp, info)
 
     async def open_stream(self, request_id: str, body: ChatCompletionRequest) -> ChatStream:
         """Decide and open the provider's stream (falling back) up to its first chunk, so that a
@@ -226,6 +230,70 @@ class ChatService:
         return task
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """How a stream ended: its finish reason (OpenAI's), the stop sequence that ended it (if
+    the upstream said), its usage and what the router did."""
+
+    finish_reason: str
+    stop_sequence: str | None
+    usage: Usage
+    info: ParetoserveInfo
+
+
+class StreamFormat(Protocol):
+    """Writes a stream as SSE events: OpenAI's chunks (`OpenAIStreamFormat`) or Anthropic's
+    message events (core/service/anthropic_translate.py). Each call returns the events to send
+    for one step; `failure` is the end of a stream that failed after its first chunk."""
+
+    def start(self) -> Iterable[str]: ...
+
+    def piece(self, chunk: ProviderChunk) -> Iterable[str]: ...
+
+    def end(self, end: StreamEnd) -> Iterable[str]: ...
+
+    def failure(self, exc: Exception) -> Iterable[str]: ...
+
+
+class OpenAIStreamFormat:
+    """OpenAI's chat-completion chunks: a role chunk, a chunk per piece, a final chunk with the
+    finish reason and the `paretoserve` object (and usage, if asked), then `[DONE]`; a failure
+    is an error event (`stream_error`'s payload) and `[DONE]`."""
+
+    def __init__(
+        self,
+        request_id: str,
+        model_id: str,
+        include_usage: bool,
+        stream_error: ErrorPayload,
+    ) -> None:
+        self.id, self.model_id, self.created = completion_id(request_id), model_id, int(time.time())
+        self.include_usage, self.stream_error = include_usage, stream_error
+
+    def _chunk(
+        self, delta: Delta, finish: str | None = None, logprobs: dict | None = None, **extra: Any
+    ) -> str:
+        choice = ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model_id, choices=[choice], **extra
+        ).sse()
+
+    def start(self) -> Iterable[str]:
+        return [self._chunk(Delta(role="assistant", content=""))]
+
+    def piece(self, chunk: ProviderChunk) -> Iterable[str]:
+        delta = Delta(content=chunk.delta or None, tool_calls=chunk.tool_calls)
+        return [self._chunk(delta, logprobs=chunk.logprobs)]
+
+    def end(self, end: StreamEnd) -> Iterable[str]:
+        usage = CompletionUsage.of(end.usage) if self.include_usage else None
+        final = self._chunk(Delta(), end.finish_reason, paretoserve=end.info, usage=usage)
+        return [final, SSE_DONE]
+
+    def failure(self, exc: Exception) -> Iterable[str]:
+        return [f"data: {json.dumps(self.stream_error(exc))}\n\n", SSE_DONE]
+
+
 class ChatStream:
     """A streamed answer whose first chunk has arrived. `events()` yields its SSE events once."""
 
@@ -246,39 +314,39 @@ class ChatStream:
         """The decision of the model that is answering."""
         return self._a.decision
 
-    async def events(self) -> AsyncIterator[str]:
-        """The chunks as OpenAI SSE events, then a final chunk with the `paretoserve` object
-        (and usage, if asked) and `[DONE]`. A failure ends the stream with an error event; a
-        stream that does not complete (failed, or closed by a client that went away) stops the
-        upstream and is charged for what was streamed."""
+    @property
+    def estimated_prompt_tokens(self) -> int:
+        """The prompt's size as the router estimated it (the real count comes at the end)."""
+        return prompt_tokens_of(self._a.req)
+
+    async def events(self, fmt: StreamFormat | None = None) -> AsyncIterator[str]:
+        """The chunks as SSE events in `fmt` (default: OpenAI's chunks, then a final chunk with
+        the `paretoserve` object, and usage if asked, and `[DONE]`). A failure ends the stream
+        with `fmt`'s error event; a stream that does not complete (failed, or closed by a
+        client that went away) stops the upstream and is charged for what was streamed."""
         a, chunks = self._a, self._chunks
         spec, req = a.decision.spec, a.req
-        cid, created = completion_id(a.decision.request_id), int(time.time())
-
-        def chunk(
-            delta: Delta, finish: str | None = None, logprobs: dict | None = None, **extra: Any
-        ) -> str:
-            choice = ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)
-            return ChatCompletionChunk(
-                id=cid, created=created, model=spec.id, choices=[choice], **extra
-            ).sse()
-
+        if fmt is None:
+            fmt = OpenAIStreamFormat(
+                a.decision.request_id, spec.id, self._body.include_usage, self._stream_error
+            )
         last, streamed, completed = self._first, [], False
         try:
-            yield chunk(Delta(role="assistant", content=""))
+            for event in fmt.start():
+                yield event
             current = self._first
             while True:
                 if current.delta or current.tool_calls or current.logprobs:
                     streamed.append(streamed_text(current))
-                    delta = Delta(content=current.delta or None, tool_calls=current.tool_calls)
-                    yield chunk(delta, logprobs=current.logprobs)
+                    for event in fmt.piece(current):
+                        yield event
                 last = current
                 current = await anext(chunks)
         except StopAsyncIteration:
             completed = True
         except Exception as exc:  # mid-stream failure: a clear error event, then stop
-            yield f"data: {json.dumps(self._stream_error(exc))}\n\n"
-            yield SSE_DONE
+            for event in fmt.failure(exc):
+                yield event
             return
         finally:
             if not completed:  # failed, or the client went away: the provider still bills
@@ -287,10 +355,7 @@ class ChatStream:
         usage = last.usage or usage_so_far(req, streamed)  # some servers send no usage
         cost = cost_usd(spec, usage)
         await asyncio.shield(self._charge(cost))
-        yield chunk(
-            Delta(),
-            last.finish_reason or "stop",
-            paretoserve=a.info(cost, last.recorded_reward),
-            usage=CompletionUsage.of(usage) if self._body.include_usage else None,
-        )
-        yield SSE_DONE
+        info = a.info(cost, last.recorded_reward)
+        end = StreamEnd(last.finish_reason or "stop", last.stop_sequence, usage, info)
+        for event in fmt.end(end):
+            yield event

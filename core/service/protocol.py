@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -343,7 +343,7 @@ class ChatCompletionRequest(_OpenAIBody):
         return "\n".join(m.text() for m in self.messages)
 
 
-def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+def field_names(*models: type[BaseModel]) -> frozenset[str]:
     names: set[str] = set()
     for model in models:
         for name, info in model.model_fields.items():
@@ -353,7 +353,7 @@ def _field_names(*models: type[BaseModel]) -> frozenset[str]:
     return frozenset(names)
 
 
-_CHAT_FIELDS = _field_names(
+_CHAT_FIELDS = field_names(
     ChatCompletionRequest,
     ChatMessage,
     ContentPart,
@@ -377,16 +377,39 @@ def _is_refusal(error: Mapping[str, Any]) -> bool:
     return error["type"] == "extra_forbidden" and bool(loc) and loc[0] != "paretoserve"
 
 
-def _param(loc: Sequence[Any], named: bool) -> str:
+def _param(loc: Sequence[Any], named: bool, fields: frozenset[str]) -> str:
     """The dotted path of a field from a pydantic loc, without union labels (e.g.
     `messages.0.content.list[ContentPart].0.x` -> `messages.0.content.0.x`); `named`: the last
     component is a field name even though the schema does not know it."""
     keep = [
         str(p)
         for i, p in enumerate(loc)
-        if isinstance(p, int) or p in _CHAT_FIELDS or (named and i == len(loc) - 1)
+        if isinstance(p, int) or p in fields or (named and i == len(loc) - 1)
     ]
     return ".".join(keep)
+
+
+def refusal(
+    errors: Sequence[Mapping[str, Any]],
+    fields: frozenset[str],
+    reason: Callable[[str], str],
+) -> ErrorBody | None:
+    """The 400 answer to a request body that names a field, or a value, the router cannot
+    honour, or None when the errors are of other kinds (those are 422s). `errors` are
+    pydantic's, with locs relative to the body; `fields` are the schema's field names (to
+    drop pydantic's union labels from a loc); `reason(name)` says why an unknown field is
+    refused. Typos in our own `paretoserve` extension stay 422s like every own body's."""
+    refused = [e for e in errors if _is_refusal(e)]
+    if not refused:
+        return None
+    items: list[tuple[str, str]] = []
+    for e in refused:
+        unknown = e["type"] == "extra_forbidden"
+        param = _param(e["loc"], unknown, fields)
+        items.append((param, reason(str(e["loc"][-1])) if unknown else e["msg"]))
+    code = refused[0]["type"] if refused[0]["type"] in REFUSAL_TYPES else UNSUPPORTED_PARAMETER
+    message = "; ".join(f"{param or 'body'}: {why}" for param, why in items)
+    return ErrorBody.of(message, param=items[0][0] or None, code=code)
 
 
 def chat_refusal(errors: Sequence[Mapping[str, Any]]) -> ErrorBody | None:
@@ -395,17 +418,7 @@ def chat_refusal(errors: Sequence[Mapping[str, Any]]) -> ErrorBody | None:
     `n` > 1, audio or file content parts, custom tools), or None when the errors are of other
     kinds (those are 422s). `errors` are pydantic's, with locs relative to the body. Typos in
     our own `paretoserve` extension stay 422s like every own body's."""
-    refused = [e for e in errors if _is_refusal(e)]
-    if not refused:
-        return None
-    items: list[tuple[str, str]] = []
-    for e in refused:
-        unknown = e["type"] == "extra_forbidden"
-        param = _param(e["loc"], named=unknown)
-        items.append((param, refusal_reason(str(e["loc"][-1])) if unknown else e["msg"]))
-    code = refused[0]["type"] if refused[0]["type"] in REFUSAL_TYPES else UNSUPPORTED_PARAMETER
-    message = "; ".join(f"{param or 'body'}: {why}" for param, why in items)
-    return ErrorBody.of(message, param=items[0][0] or None, code=code)
+    return refusal(errors, _CHAT_FIELDS, refusal_reason)
 
 
 # ---------------------------------------------------------------- OpenAI chat response
@@ -785,6 +798,9 @@ class ProviderResponse(BaseModel):
     tool_calls: list[ToolCall] | None = None
     logprobs: dict[str, Any] | None = Field(None, description="OpenAI's choice.logprobs")
     finish_reason: FinishReason | None
+    stop_sequence: str | None = Field(
+        None, description="the stop sequence that ended the answer, when the upstream says"
+    )
     usage: Usage
     latency_s: float = Field(ge=0.0)
     ttft_s: float | None = Field(None, ge=0.0, description="time to first token, if known")
@@ -793,12 +809,13 @@ class ProviderResponse(BaseModel):
 
 class ProviderChunk(BaseModel):
     """A streamed piece: text, tool-call pieces (OpenAI's deltas), logprobs; the last chunk of a
-    stream carries finish_reason and usage."""
+    stream carries finish_reason and usage (and the stop sequence that ended it, if known)."""
 
     delta: str = ""
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: dict[str, Any] | None = None
     finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
     usage: Usage | None = None
     recorded_reward: float | None = None
 

@@ -1,13 +1,11 @@
 """Anthropic via the official `anthropic` SDK, behind the same interface as the OpenAI client.
 
-Requests arrive in OpenAI's message format and are translated both ways: system/developer
-messages become `system`, consecutive same-role messages merge (Anthropic wants alternation),
-stop reasons map to OpenAI finish reasons, and input/output tokens to prompt/completion tokens.
-
-Not translated yet: tools (and tool calls in the history), JSON response formats, logprobs
-and image parts. A request that needs one is refused with a 400 `ProviderError` naming it,
-never answered as if it had not been asked; the passthrough fields (sampling and caching hints
-for OpenAI-compatible servers) are not sent.
+A thin wrapper: the translation both ways (our OpenAI-shaped `ProviderRequest` -> the Messages
+API's parameters, with tools, tool turns, images, system prompts, JSON response formats and
+stop sequences; Anthropic's message or stream events -> `ProviderResponse` / `ProviderChunk`s,
+with tool calls, finish reasons and usage) is core/service/anthropic_upstream.py's, which
+documents each mapping. A request that cannot be asked of Anthropic (`logprobs`) is refused
+with a 400 `ProviderError` naming it, before anything is sent.
 """
 
 from __future__ import annotations
@@ -18,19 +16,19 @@ from typing import Any
 
 import anthropic
 
-from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse, Usage
+from core.service.anthropic_protocol import finish_reason
+from core.service.anthropic_upstream import (
+    AnthropicCall,
+    StreamDecoder,
+    anthropic_call,
+    provider_response,
+    to_anthropic,
+)
+from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients.errors import ProviderError, is_retryable_status, status_error
 from deployments.clients.pool import ClientPool
 
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+__all__ = ["AnthropicClient", "finish_reason", "to_anthropic", "translate_error"]
 
 # An `error` event inside a 200 stream carries only a type; give it the status it would have had.
 _ERROR_TYPE_STATUS = {
@@ -39,66 +37,6 @@ _ERROR_TYPE_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
-
-
-def finish_reason(stop_reason: str | None) -> str | None:
-    return None if stop_reason is None else FINISH_REASONS.get(stop_reason, "stop")
-
-
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks = []
-    for part in content:
-        if not (isinstance(part, dict) and part.get("type") == "text"):
-            raise ProviderError(400, f"unsupported content part for anthropic: {part!r:.80}")
-        blocks.append({"type": "text", "text": part.get("text", "")})
-    return blocks
-
-
-def unsupported(req: ProviderRequest) -> str | None:
-    """What this client cannot honour in `req`, or None."""
-    if req.tools and req.tool_choice != "none":
-        return "tools"
-    if any(m.get("tool_calls") for m in req.messages):
-        return "messages with tool_calls"
-    if (req.response_format or {}).get("type") in ("json_object", "json_schema"):
-        return f"response_format {req.response_format['type']!r}"  # type: ignore[index]
-    if req.logprobs:
-        return "logprobs"
-    return None
-
-
-def to_anthropic(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
-    """OpenAI messages -> (system prompt, alternating user/assistant messages)."""
-    system: list[str] = []
-    out: list[dict[str, Any]] = []
-    for msg in messages:
-        role, blocks = msg.get("role"), _blocks(msg.get("content"))
-        if role in ("system", "developer"):
-            system.extend(b["text"] for b in blocks)
-            continue
-        # Tool results have no tool_use to attach to here (we send no tools); keep their text.
-        role = "assistant" if role == "assistant" else "user"
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    out = [m for m in out if m["content"]]
-    if not out:  # only a system prompt: Anthropic needs one message, so ask it as the user
-        text = "\n\n".join(system)
-        out, system = [{"role": "user", "content": [{"type": "text", "text": text}]}], []
-    return ("\n\n".join(system) or None), out
-
-
-def _usage(
-    input_tokens: int | None, cache_create: int | None, cache_read: int | None, output: int
-) -> Usage:
-    # Cached input is billed too (we charge list price for it: conservative).
-    prompt = (input_tokens or 0) + (cache_create or 0) + (cache_read or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=output)
 
 
 def translate_error(exc: Exception) -> ProviderError:
@@ -141,84 +79,38 @@ class AnthropicClient:
     def _client(self, req: ProviderRequest) -> anthropic.AsyncAnthropic:
         return self._pool.client(req.spec.base_url)
 
-    def _params(self, req: ProviderRequest) -> dict[str, Any]:
-        if (what := unsupported(req)) is not None:
-            raise ProviderError(400, f"{what}: not supported by the anthropic client")
-        system, messages = to_anthropic(req.messages)
-        params: dict[str, Any] = {
-            "model": req.spec.upstream_name,
-            "messages": messages,
-            "max_tokens": req.max_tokens or self.default_max_tokens,
-        }
-        if system:
-            params["system"] = system
-        sampling: dict[str, float] = {}
-        if req.temperature is not None:
-            sampling["temperature"] = min(req.temperature, 1.0)  # OpenAI: 0..2, Anthropic: 0..1
-        if req.top_p is not None:
-            sampling["top_p"] = req.top_p
-        if sampling and self.send_sampling_params:
-            params["extra_body"] = sampling
-        if req.stop_list():
-            params["stop_sequences"] = req.stop_list()
-        return params
+    def _call(self, req: ProviderRequest) -> AnthropicCall:
+        return anthropic_call(req, self.default_max_tokens, self.send_sampling_params)
 
     async def complete(self, req: ProviderRequest) -> ProviderResponse:
-        params = self._params(req)
+        call = self._call(req)
         client = self._client(req)
         start = time.monotonic()
         try:
-            msg = await client.messages.create(**params)
+            msg = await client.messages.create(**call.params)
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
-        u = msg.usage
-        return ProviderResponse(
-            model_id=req.model_id,
-            content="".join(b.text for b in msg.content if b.type == "text"),
-            finish_reason=finish_reason(msg.stop_reason),
-            usage=_usage(
-                u.input_tokens,
-                u.cache_creation_input_tokens,
-                u.cache_read_input_tokens,
-                u.output_tokens,
-            ),
-            latency_s=time.monotonic() - start,
-        )
+        return provider_response(_json(msg), call, req.model_id, time.monotonic() - start)
 
     async def stream(self, req: ProviderRequest) -> AsyncIterator[ProviderChunk]:
-        params = self._params(req)
+        call = self._call(req)
         client = self._client(req)
-        tokens = {"input": 0, "cache_create": 0, "cache_read": 0, "output": 0}
-        stop_reason: str | None = None
+        decoder = StreamDecoder(call.format_tool)
         try:
-            stream = await client.messages.create(**params, stream=True)
+            stream = await client.messages.create(**call.params, stream=True)
             async with stream:  # closes the HTTP response if our consumer stops early
                 async for event in stream:
-                    if event.type == "message_start":
-                        u = event.message.usage
-                        tokens["input"] = u.input_tokens
-                        tokens["cache_create"] = u.cache_creation_input_tokens or 0
-                        tokens["cache_read"] = u.cache_read_input_tokens or 0
-                        tokens["output"] = u.output_tokens
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        if event.delta.text:
-                            yield ProviderChunk(delta=event.delta.text)
-                    elif event.type == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        u = event.usage  # cumulative counts; input ones only sometimes
-                        tokens["output"] = u.output_tokens
-                        if u.input_tokens is not None:
-                            tokens["input"] = u.input_tokens
-                        if u.cache_creation_input_tokens is not None:
-                            tokens["cache_create"] = u.cache_creation_input_tokens
-                        if u.cache_read_input_tokens is not None:
-                            tokens["cache_read"] = u.cache_read_input_tokens
+                    chunk = decoder.feed(_json(event))
+                    if chunk is not None:
+                        yield chunk
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
-        usage = _usage(
-            tokens["input"], tokens["cache_create"], tokens["cache_read"], tokens["output"]
-        )
-        yield ProviderChunk(finish_reason=finish_reason(stop_reason) or "stop", usage=usage)
+        yield decoder.end()
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+def _json(obj: Any) -> dict[str, Any]:
+    """An SDK object (a message, a stream event) as its JSON."""
+    return obj.to_dict(mode="json")

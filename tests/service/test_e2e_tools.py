@@ -256,8 +256,6 @@ def test_image_requests_go_only_to_vision_models(sdk, http, admin_headers) -> No
         sdk.chat.completions.create(model="auto", messages=PICTURE).model for _ in range(12)
     }
     assert answered and LLAMA not in answered
-    text = {sdk.chat.completions.create(model="auto", messages=QUESTION).model for _ in range(12)}
-    assert LLAMA in text  # the same router sends text to llama (the cheap default)
     why = http.post(
         "/admin/explain",
         json={"prompt": "Describe it.", "requires": ["vision"]},
@@ -265,6 +263,8 @@ def test_image_requests_go_only_to_vision_models(sdk, http, admin_headers) -> No
     ).json()
     assert why[LLAMA]["eligible"] is False
     assert why[LLAMA]["reason"] == "lacks vision (capabilities: json_schema, tools)"
+    text = http.post("/admin/explain", json={"prompt": "Describe it."}, headers=admin_headers)
+    assert text.json()[LLAMA]["eligible"] is True  # text alone: llama may serve it
 
 
 def test_a_request_no_allowed_model_can_serve_is_a_400_naming_each(sdk, openai_error) -> None:
