@@ -27,8 +27,7 @@ from core.service.protocol import ChatCompletionRequest, ExplainRequest
 def request_needs(body: ChatCompletionRequest) -> dict[str, Any]:
     """`requires`, `prompt_tokens` and `output_tokens` of a chat request, as RouteLimits
     fields (`requires` and `output_tokens` only when they apply)."""
-    messages = [m.model_dump(by_alias=True, exclude_none=True) for m in body.messages]
-    tools = [t.model_dump(by_alias=True, exclude_none=True) for t in body.tools or []]
+    messages, tools = body.wire_messages, body.wire_tools
     requires = set()
     if tools or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
         requires.add("tools")

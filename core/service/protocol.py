@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -325,6 +326,17 @@ class ChatCompletionRequest(_OpenAIBody):
                 mode="json", include=set(self.PASSTHROUGH_FIELDS), exclude_none=True
             ).items()
         }
+
+    @cached_property
+    def wire_messages(self) -> list[dict[str, Any]]:
+        """The messages as an upstream receives them (aliases, no nulls). Made once per request:
+        routing (core.service.capabilities) and the provider request both read them."""
+        return [m.model_dump(by_alias=True, exclude_none=True) for m in self.messages]
+
+    @cached_property
+    def wire_tools(self) -> list[dict[str, Any]]:
+        """The tools as an upstream receives them; made once per request, as wire_messages."""
+        return [t.model_dump(by_alias=True, exclude_none=True) for t in self.tools or []]
 
     def prompt_text(self) -> str:
         """The text the router embeds to choose a model: the last user message's text, else
@@ -761,13 +773,13 @@ class ProviderRequest(BaseModel):
             model_id=spec.id,
             upstream_model=spec.upstream_name,
             spec=spec,
-            messages=[m.model_dump(by_alias=True, exclude_none=True) for m in chat.messages],
+            messages=chat.wire_messages,
             prompt_text=chat.prompt_text(),
             max_tokens=chat.output_token_limit,
             temperature=chat.temperature,
             top_p=chat.top_p,
             stop=chat.stop,
-            tools=[dump(t) for t in tools] if tools else None,
+            tools=chat.wire_tools or None,
             tool_choice=(choice if isinstance(choice, str) else dump(choice)) if tools else None,
             parallel_tool_calls=chat.parallel_tool_calls if tools else None,
             response_format=dump(chat.response_format),
