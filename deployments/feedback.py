@@ -18,9 +18,13 @@ class FeedbackDeployment:
         self.router = router
         self.store = StateStore(state_path)
 
+    async def has_feedback(self, request_id: str) -> bool:
+        """Whether a feedback for the request is journalled (the Judge asks before it spends)."""
+        return await asyncio.to_thread(self.store.has_event, request_id, "feedback")
+
     async def submit(self, request_id: str, reward: float) -> str:
         """'applied' or 'duplicate'; an unknown id or a bad reward raises (the ingress maps)."""
-        if await asyncio.to_thread(self.store.has_event, request_id, "feedback"):
+        if await self.has_feedback(request_id):
             return "duplicate"
         # Safe to repeat: a feedback journalled before the Router died answers "duplicate".
         # This call found none before it started, so a "duplicate" after a retry is its own

@@ -35,6 +35,7 @@ from core.service.anthropic_translate import AnthropicStreamFormat, to_chat_requ
 from core.service.capabilities import explain_limits
 from core.service.chat import ChatService
 from core.service.decision import RouteDecision
+from core.service.judge_sampling import JudgeSampler
 from core.service.protocol import (
     AddModelRequest,
     BudgetRequest,
@@ -46,7 +47,7 @@ from core.service.protocol import (
     chat_refusal,
 )
 from deployments.http_errors import HTTPError, error_response, to_http
-from deployments.ports import ServeEmbedder, ServeProviders, ServeRouter, timed
+from deployments.ports import ServeEmbedder, ServeJudge, ServeProviders, ServeRouter, timed
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -173,8 +174,12 @@ class Ingress:
         max_prompt_chars: int = 100_000,
         admin_key_env: str = "PARETOSERVE_ADMIN_KEY",
         api_keys_env: str = "PARETOSERVE_API_KEYS",
+        *,
+        judge: DeploymentHandle | None = None,
+        judge_sample_rate: float = 0.0,
+        judge_seed: int = 0,
     ) -> None:
-        self.embedder, self.router = embedder, router
+        self.embedder, self.router, self.judge = embedder, router, judge
         self.feedback, self.registry = feedback, registry
         self.max_prompt_chars = max_prompt_chars
         # Read once at start-up, kept for the auth middleware, never logged.
@@ -204,6 +209,9 @@ class Ingress:
             ServeProviders(providers, self._observe),
             stream_error=lambda exc: to_http(exc).body(),
             log=log,
+            judge=None
+            if judge is None
+            else (ServeJudge(judge), JudgeSampler(judge_sample_rate, judge_seed)),
         )
 
     def _observe(self, hop: str, ms: float) -> None:
@@ -350,7 +358,13 @@ class Ingress:
 
     @app.get("/admin/state")
     async def admin_state(self) -> dict:
-        return await self._call("router", self.router.state.remote())
+        """The Router's state, with the Judge's figures under `judge`."""
+        state = await self._call("router", self.router.state.remote())
+        if self.judge is None:
+            state["judge"] = {"enabled": False}
+        else:
+            state["judge"] = await self._call("judge", self.judge.stats.remote())
+        return state
 
     @app.post("/admin/explain")
     async def admin_explain(self, body: ExplainRequest) -> dict:

@@ -15,6 +15,7 @@ from typing import TypeVar
 from ray.serve.handle import DeploymentHandle
 
 from core.service.decision import RouteDecision
+from core.service.judge_rubric import JudgedExchange
 from core.service.ports import ProviderError
 from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.http_errors import cause
@@ -93,6 +94,16 @@ class ServeRouter:
         call = self.handle.charge.remote
         charged = retrying(lambda: call(request_id, cost_usd, model, x, forced), self.on_retry)
         return await timed(self.observe, "charge", charged)
+
+
+class ServeJudge:
+    """The Judge deployment as the chat path's judge port."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def offer(self, exchange: JudgedExchange) -> None:
+        await self.handle.offer.remote(exchange)
 
 
 def _raise_provider_error(exc: Exception) -> None:

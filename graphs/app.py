@@ -14,6 +14,7 @@ from core.service.settings import AppArgs, ProviderSettings
 from deployments.embedder import Embedder
 from deployments.feedback import FeedbackDeployment
 from deployments.ingress import Ingress
+from deployments.judge import JudgeDeployment
 from deployments.provider import ProviderDeployment
 from deployments.registry import RegistryDeployment
 from deployments.router import RouterDeployment
@@ -55,6 +56,14 @@ def build_app(args: AppArgs) -> Application:
     registry = RegistryDeployment.options(**opts.registry.serve_options()).bind(
         cfg.models, cfg.state_path, router, sorted(providers)
     )
+    judge_spec = cfg.judge_spec()
+    judge = (
+        None
+        if judge_spec is None
+        else JudgeDeployment.options(**opts.judge.serve_options()).bind(
+            cfg.judge, judge_spec, feedback, providers, cfg.state_path
+        )
+    )
     return Ingress.options(**opts.ingress.serve_options()).bind(
         embedder,
         router,
@@ -64,4 +73,7 @@ def build_app(args: AppArgs) -> Application:
         cfg.max_prompt_chars,
         cfg.admin_key_env,
         cfg.api_keys_env,
+        judge=judge,
+        judge_sample_rate=cfg.judge.sample_rate,
+        judge_seed=cfg.judge.seed,
     )

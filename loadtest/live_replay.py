@@ -5,7 +5,8 @@ are sent as chat requests (`model: "auto"`) by `concurrency` workers. The simula
 in replay mode over the same reward files, answers each recorded prompt with usage that makes
 the realised cost the recorded one, and returns the recorded reward in
 `paretoserve.recorded_reward`; the driver, acting as the judge, posts that reward to
-/v1/feedback after a random delay. Scenario changes are made through the admin API at phase
+/v1/feedback after a random delay (or, with `post_feedback=False`, posts nothing and leaves the
+learning to the service's own Judge). Scenario changes are made through the admin API at phase
 boundaries, after the previous phase's requests have been answered (their feedback may still
 be in flight, as in production).
 """
@@ -64,11 +65,13 @@ class LiveDriver:
         feedback_delay_ms: tuple[float, float] = (0.0, 2000.0),
         seed: int = 0,
         timeout_s: float = 300.0,
+        post_feedback: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.admin_headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
         self.concurrency = concurrency
         self.delay_ms = feedback_delay_ms
+        self.post_feedback = post_feedback
         self.rng = np.random.default_rng(seed)
         limits = httpx.Limits(max_connections=concurrency + 64, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, limits=limits)
@@ -107,7 +110,7 @@ class LiveDriver:
         )
         if answer.reward is None:
             self.feedback.no_reward += 1
-        else:
+        elif self.post_feedback:
             self._post_feedback_later(r.headers["x-request-id"], answer.reward)
         return answer
 
@@ -182,6 +185,17 @@ class LiveDriver:
     async def drain_feedback(self) -> None:
         while self._feedback_tasks:
             await asyncio.gather(*list(self._feedback_tasks))
+
+    async def drain_judge(self, timeout_s: float = 600.0, every_s: float = 1.0) -> dict:
+        """Wait until the service's Judge has nothing waiting or in flight; its figures."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            judge = (await self.admin("GET", "/admin/state"))["judge"]
+            if not judge.get("enabled") or judge["outstanding"] == 0:
+                return judge
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Judge still has {judge['outstanding']} outstanding")
+            await asyncio.sleep(every_s)
 
     # ---- admin ------------------------------------------------------------------------
 
@@ -261,7 +275,9 @@ async def run_plan(driver: LiveDriver, plan: LivePlan) -> dict:
         bounds.append((name, first, len(log)))
     elapsed = time.perf_counter() - start
     await driver.drain_feedback()
+    judge = await driver.drain_judge()
     report = live_report(plan, log, bounds, elapsed, driver)
+    report["judge"] = judge
     report["warmup"] = warmup_summary(warmup, plan.budget_usd)
     return report
 

@@ -102,6 +102,23 @@ def _app_args(args: argparse.Namespace, server: dict, workdir: Path) -> dict:
         "models": [s.model_dump(mode="json", exclude_none=True) for s in server["models"]],
         "providers": {"simulated": {"kind": "simulated", "options": sim_options}},
         "router": {"seed": args.seed},
+        "judge": _judge_args(args, base.get("judge", {})),
+    }
+
+
+def _judge_args(args: argparse.Namespace, base: dict) -> dict:
+    """--feedback client: the driver posts the recorded rewards and the Judge is off;
+    --feedback judge: the driver posts nothing and the simulated Judge scores --judge-rate of
+    the answers as soon as they are answered (no client to wait for)."""
+    if args.feedback == "client":
+        return {**base, "enabled": False}
+    return {
+        **base,
+        "enabled": True,
+        "sample_rate": args.judge_rate,
+        "client_grace_s": 0,
+        "daily_cap_usd": 1e6,
+        "seed": args.seed,
     }
 
 
@@ -112,6 +129,7 @@ async def _drive(args: argparse.Namespace, plan: LivePlan, url: str, admin_key: 
         concurrency=args.concurrency,
         feedback_delay_ms=(0.0, args.feedback_delay_ms),
         seed=args.seed,
+        post_feedback=args.feedback == "client",
     )
     try:
         if args.url:  # a running service: make its budget the one asked for
@@ -123,6 +141,10 @@ async def _drive(args: argparse.Namespace, plan: LivePlan, url: str, admin_key: 
 
 def replay(args: argparse.Namespace) -> int:
     plan, server = _plan(args)
+    if args.url and args.feedback == "judge":
+        raise ValueError("--feedback judge needs --start-server (the Judge is configured here)")
+    if not 0.0 <= args.judge_rate <= 1.0:
+        raise ValueError(f"--judge-rate must be in [0, 1], got {args.judge_rate}")
     if args.url:
         report = asyncio.run(_drive(args, plan, args.url, _admin_key()))
     else:
@@ -134,6 +156,8 @@ def replay(args: argparse.Namespace) -> int:
     report.update(
         seed=args.seed,
         concurrency=args.concurrency,
+        feedback=args.feedback,
+        judge_rate=args.judge_rate if args.feedback == "judge" else None,
         feedback_delay_ms=[0.0, args.feedback_delay_ms],
         inputs={
             "data": str(args.data),
@@ -158,6 +182,8 @@ def chaos(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-chaos-")).resolve()
     app_args = base_config()["applications"][0]["args"]
     app_args.update(budget_usd_per_request=args.budget, state_path=str(workdir / "state.db"))
+    # The audit counts the driver's feedback: no Judge posting feedback of its own.
+    app_args["judge"] = {**app_args.get("judge", {}), "enabled": False}
     sim = app_args["providers"]["simulated"]["options"]
     sim["time_scale"] = args.sim_time_scale
     if args.data:
@@ -183,6 +209,41 @@ def chaos(args: argparse.Namespace) -> int:
     )
     write_json(args.json, report)
     good = fb["lost"] == 0 and fb["double_applied"] == 0 and sp["router_charges"] >= req["answered"]
+    return 0 if good else 1
+
+
+def judge(args: argparse.Namespace) -> int:
+    """The default app with no client feedback: what its Judge applies and what it costs."""
+    from loadtest.judge_run import run
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-judge-")).resolve()
+    print(f"starting the service (state and logs in {workdir}) ...", flush=True)
+    report = run(
+        args.data,
+        workdir,
+        requests=args.requests,
+        sample_rate=args.sample_rate,
+        grace_s=args.grace_s,
+        time_scale=args.sim_time_scale,
+        concurrency=args.concurrency,
+        seed=args.seed,
+    )
+    j, req = report["judge"], report["requests"]
+    print(
+        f"judge: {req['answered']}/{req['sent']} answered in {req['seconds']:.0f}s, no client "
+        f"feedback; offered {j['offered']}, judged {j['judged']}, applied {j['applied']}, "
+        f"skipped {j['skipped']}, failed {j['failed']}; router updates +"
+        f"{report['router_updates_added']} (applied once: {report['applied_once']}); "
+        f"judge spend ${j['spend_usd']:.4f} of ${j['daily_cap_usd']:g}/day"
+    )
+    for m, before in report["models_before"].items():
+        after = report["models_after"][m]
+        print(
+            f"  {m}: updates {before['updates']} -> {after['updates']}, estimated quality "
+            f"{before['quality']} -> {after['quality']}"
+        )
+    write_json(args.json, report)
+    good = report["applied_once"] and report["spend_within_cap"] and req["answered"] == req["sent"]
     return 0 if good else 1
 
 
@@ -249,6 +310,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2000.0,
         help="feedback is posted after a uniform random delay in [0, MS]",
     )
+    r.add_argument(
+        "--feedback",
+        choices=("client", "judge"),
+        default="client",
+        help="who sends the rewards: the driver posts the recorded ones (client), or the "
+        "service's simulated Judge scores the answers and the driver posts none (judge; "
+        "--start-server only)",
+    )
+    r.add_argument(
+        "--judge-rate", type=float, default=1.0, help="--feedback judge: share of answers judged"
+    )
     r.add_argument("--newcomer-reward-scale", type=float, default=1.0)
     r.add_argument(
         "--limit",
@@ -296,6 +368,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
     c.add_argument("--json", type=Path, help="write the report here")
     c.set_defaults(func=chaos)
+
+    j = lsub.add_parser("judge", help="the default app learning from its Judge alone")
+    j.add_argument("--data", type=Path, required=True, help="reward file: prompts, recordings")
+    j.add_argument("--requests", type=int, default=2000)
+    j.add_argument("--sample-rate", type=float, default=0.2, help="share of answers judged")
+    j.add_argument("--grace-s", type=float, default=30.0, help="the Judge's client_grace_s")
+    j.add_argument("--sim-time-scale", type=float, default=0.1)
+    j.add_argument("--concurrency", type=int, default=16)
+    j.add_argument("--seed", type=int, default=0, help="prompt order")
+    j.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
+    j.add_argument("--json", type=Path, help="write the report here")
+    j.set_defaults(func=judge)
 
     f = lsub.add_parser("fuzz", help="schemathesis over the service's own OpenAPI document")
     fw = f.add_mutually_exclusive_group(required=True)

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.method.registry import ModelSpec, SimBehaviour, SpeedClass
 from core.replay.data import load_prices, load_reward_file
 from core.replay.schema_instance import minimal_instance
+from core.service.judge_rubric import RUBRIC
 from core.service.protocol import (
     FunctionCall,
     ProviderRequest,
@@ -118,6 +119,13 @@ class SimulatorConfig(BaseModel):
         "registry `simulation`, when set, replaces it",
     )
     seed: int = 0
+    judge_noise_sd: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="spread of the simulated judge's criterion scores around the judged "
+        "answer's reward (on the 0-1 scale)",
+    )
     time_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="0 = instant")
     max_completion_tokens: int = Field(4096, ge=1, description="cap on drawn completions")
 
@@ -146,7 +154,7 @@ class SimPlan:
     finish_reason: str
     ttft_s: float
     per_token_s: float
-    recorded_reward: float
+    recorded_reward: float | None  # None for a judge's verdict (it is no answer to reward)
     replayed: bool  # reward and usage come from the reward file
     kind: AnswerKind = "text"  # "json": content is JSON; "tool_calls": content is ""
     tool_calls: tuple[ToolCall, ...] = ()
@@ -310,6 +318,8 @@ class Simulator:
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def plan(self, req: ProviderRequest, spec: ModelSpec) -> SimPlan:
+        if req.judged is not None:
+            return self._verdict(req, spec)
         prof = self.profile(spec)
         rng = self._rng(req, spec)
         # Fixed draw order, so adding a field later does not reshuffle existing plans.
@@ -357,6 +367,36 @@ class Simulator:
             replayed=recorded is not None,
             kind=kind,
             tool_calls=calls,
+        )
+
+    def _verdict(self, req: ProviderRequest, spec: ModelSpec) -> SimPlan:
+        """A simulated judge's answer to a rubric request (core/service/judge_rubric.py): each
+        criterion is the judged answer's reward (recorded, or drawn from the answering model's
+        quality, regressions included: the judged request's own plan) plus seeded noise, on
+        the rubric's 0-10 scale."""
+        judged = req.judged
+        assert judged is not None
+        reward = self.plan(judged, judged.spec).recorded_reward or 0.0
+        digest = hashlib.sha256(
+            f"{self.config.seed}\0judge\0{spec.id}\0{judged.request_id}".encode()
+        ).digest()
+        noise = np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(3)
+        scores = np.clip(10.0 * (reward + self.config.judge_noise_sd * noise), 0.0, 10.0)
+        content = json.dumps({c: round(float(v), 3) for c, v in zip(RUBRIC, scores, strict=True)})
+        completion = estimate_tokens(len(content))
+        prof, ts = self.profile(spec), self.config.time_scale
+        return SimPlan(
+            model_id=spec.id,
+            content=content,
+            prompt_tokens=prompt_tokens_of(req),
+            completion_tokens=completion,
+            finish_reason="stop",
+            ttft_s=prof.ttft_s * ts,
+            per_token_s=ts / prof.tokens_per_s,
+            recorded_reward=None,
+            replayed=False,
+            kind="json",
+            tool_calls=(),
         )
 
     def _tool_call(

@@ -33,6 +33,8 @@ from core.method.registry import ModelSpec
 from core.replay.simulator import estimate_tokens, prompt_tokens_of
 from core.service.capabilities import request_needs
 from core.service.decision import RouteDecision
+from core.service.judge_rubric import JudgedExchange
+from core.service.judge_sampling import JudgeOffer, JudgeSampler
 from core.service.ports import (
     EmbedderPort,
     ProviderError,
@@ -73,6 +75,12 @@ def streamed_text(chunk: ProviderChunk) -> str:
     pieces = [c.function.name or "" for c in calls if c.function is not None]
     pieces += [c.function.arguments or "" for c in calls if c.function is not None]
     return chunk.delta + "".join(pieces)
+
+
+def answer_text(resp: ProviderResponse) -> str:
+    """What a judge reads of an answer: its text, and its tool calls as JSON."""
+    calls = [c.model_dump(mode="json") for c in resp.tool_calls or []]
+    return "\n".join(p for p in (resp.content, json.dumps(calls) if calls else "") if p)
 
 
 def usage_so_far(req: ProviderRequest, streamed: list[str]) -> Usage:
@@ -130,10 +138,12 @@ class ChatService:
         providers: ProviderPort,
         stream_error: ErrorPayload,
         log: logging.Logger | None = None,
+        judge: tuple[JudgeOffer, JudgeSampler] | None = None,
     ) -> None:
         self.embedder, self.router, self.providers = embedder, router, providers
         self.stream_error = stream_error
         self.log = log or logging.getLogger(__name__)
+        self.judge = judge
         self._detached: set[asyncio.Task] = set()
 
     # ---- the steps ------------------------------------------------------------------------
@@ -144,6 +154,7 @@ class ChatService:
         resp = await self._with_fallback(a, self.providers.complete)
         cost = cost_usd(a.decision.spec, resp.usage)
         await asyncio.shield(self._charge(a, cost))
+        self._judge_later(a, answer_text(resp))
         info = a.info(cost, resp.recorded_reward)
         return Answer(a.decision, cost, ChatCompletionResponse.build(resp, info), resp, info)
 
@@ -152,7 +163,15 @@ class ChatService:
         failure before any token is a plain error; `ChatStream.events()` gives the rest."""
         a = await self._decide(request_id, body)
         first, chunks = await self._with_fallback(a, self._first_chunk)
-        return ChatStream(a, body, first, chunks, partial(self._charge, a), self.stream_error)
+        return ChatStream(
+            a,
+            body,
+            first,
+            chunks,
+            partial(self._charge, a),
+            self.stream_error,
+            partial(self._judge_later, a),
+        )
 
     async def _decide(self, request_id: str, body: ChatCompletionRequest) -> _Attempt:
         x = await self.embedder.embed(body.prompt_text())
@@ -224,10 +243,34 @@ class ChatService:
                 self.log.exception("charge of %s ($%.6g to %s) failed", d.request_id, cost, d.model)
                 raise
 
-        task = asyncio.get_running_loop().create_task(charge(), context=contextvars.Context())
+        return self._detach(charge())
+
+    def _detach(self, work: Awaitable[None]) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
         self._detached.add(task)  # kept referenced until done
         task.add_done_callback(self._detached.discard)
         return task
+
+    # ---- judging --------------------------------------------------------------------------
+
+    def _judge_later(self, a: _Attempt, answer: str) -> None:
+        """Hand a sampled answered exchange to the Judge, off the response path."""
+        if self.judge is None:
+            return
+        judge, sampler = self.judge
+        if not sampler.wants(a.decision):
+            return
+        exchange = JudgedExchange(
+            request=a.req, answer=answer, forced=a.decision.forced, answered_at=time.time()
+        )
+
+        async def offer() -> None:
+            try:
+                await judge.offer(exchange)
+            except Exception:  # a lost sample, never a failed request
+                self.log.exception("offering %s to the judge failed", a.decision.request_id)
+
+        self._detach(offer())
 
 
 @dataclass(frozen=True)
@@ -305,9 +348,11 @@ class ChatStream:
         chunks: AsyncIterator[ProviderChunk],
         charge: Callable[[float], asyncio.Task],
         stream_error: ErrorPayload,
+        judge_later: Callable[[str], None] = lambda answer: None,
     ) -> None:
         self._a, self._body, self._first, self._chunks = attempt, body, first, chunks
         self._charge, self._stream_error = charge, stream_error
+        self._judge_later = judge_later
 
     @property
     def decision(self) -> RouteDecision:
@@ -355,6 +400,7 @@ class ChatStream:
         usage = last.usage or usage_so_far(req, streamed)  # some servers send no usage
         cost = cost_usd(spec, usage)
         await asyncio.shield(self._charge(cost))
+        self._judge_later("".join(streamed))
         info = a.info(cost, last.recorded_reward)
         end = StreamEnd(last.finish_reason or "stop", last.stop_sequence, usage, info)
         for event in fmt.end(end):

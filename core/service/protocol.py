@@ -736,6 +736,11 @@ class ProviderRequest(BaseModel):
         description="allow-listed OpenAI fields (ChatCompletionRequest.PASSTHROUGH_FIELDS), "
         "sent verbatim to OpenAI-compatible upstreams",
     )
+    judged: ProviderRequest | None = Field(
+        None,
+        description="a judge's rubric request: the request whose answer is judged (the "
+        "simulated provider scores from it; real providers send only the messages)",
+    )
 
     @model_validator(mode="after")
     def _spec_matches(self) -> ProviderRequest:

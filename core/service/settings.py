@@ -81,6 +81,52 @@ class RouterSettings(_Strict):
     faults: CooldownConfig = CooldownConfig()
 
 
+# ---- the Judge ---------------------------------------------------------------------------
+
+
+class JudgeSettings(_Strict):
+    """The Judge deployment (core/service/judge.py): which answers it scores, with which
+    model, within which daily spend."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="auto = on when every provider is simulated (the embedded default), off "
+        "when a real provider is configured",
+    )
+    sample_rate: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="share of answered auto-routed requests judged (forced-exploration pulls "
+        "of a new model are always judged)",
+    )
+    model: str | None = Field(
+        None,
+        description="a registered model id to judge with; None (and no `spec`) = the "
+        "registered model with the highest blended price",
+    )
+    spec: ModelSpec | None = Field(
+        None, description="a dedicated judge model (not routed to); its provider must exist"
+    )
+    daily_cap_usd: float = Field(
+        5.0, ge=0.0, le=1e6, allow_inf_nan=False, description="judge spend per UTC day"
+    )
+    client_grace_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=86_400.0,
+        description="seconds after an answer before it is judged; the application's own "
+        "feedback within them wins (the judge then spends nothing)",
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="tries of a failing judge call")
+    backoff_s: float = Field(1.0, ge=0.0, le=60.0, description="first retry wait; doubles")
+    concurrency: int = Field(8, ge=1, le=1024, description="judge calls in flight at most")
+    max_outstanding: int = Field(
+        10_000, ge=1, le=1_000_000, description="answers waiting or being judged; more are skipped"
+    )
+    seed: int = Field(0, description="seed of the sampling draw")
+
+
 # ---- the Embedder ------------------------------------------------------------------------
 
 MAX_PROMPT_CHARS = 100_000  # default: longer prompts get a 413 (the Ingress) / are refused
@@ -220,6 +266,10 @@ class Deployments(_Strict):
     feedback: DeploymentOptions = DeploymentOptions(
         num_cpus=0.1, max_ongoing_requests=1024, num_replicas=1
     )
+    # One replica: it owns the judge's daily spend account.
+    judge: DeploymentOptions = DeploymentOptions(
+        num_cpus=0.05, max_ongoing_requests=4096, num_replicas=1
+    )
     registry: DeploymentOptions = DeploymentOptions(
         num_cpus=0.05, max_ongoing_requests=256, num_replicas=1
     )
@@ -233,6 +283,8 @@ class Deployments(_Strict):
     def _one_router(self) -> Deployments:
         if self.router.num_replicas != 1:
             raise ValueError("deployments.router: the Router is stateful; num_replicas must be 1")
+        if self.judge.num_replicas != 1:
+            raise ValueError("deployments.judge: it owns the judge's spend; num_replicas must be 1")
         return self
 
 
@@ -260,6 +312,7 @@ class AppArgs(_Strict):
         description="cool-downs of failing models and how far a request falls back",
     )
     embedder: EmbedderArgs = EmbedderArgs()
+    judge: JudgeSettings = JudgeSettings()
     max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, description="longer prompts get a 413")
     deployments: Deployments = Deployments()
     admin_key_env: str = "PARETOSERVE_ADMIN_KEY"
@@ -273,7 +326,28 @@ class AppArgs(_Strict):
         ids = [m.id for m in self.models]
         if len(ids) != len(set(ids)):
             raise ValueError("model ids must be unique")
+        judge = self.judge
+        if judge.model is not None and judge.spec is not None:
+            raise ValueError("judge: give `model` (a registered id) or `spec`, not both")
+        if judge.model is not None and judge.model not in ids:
+            raise ValueError(f"judge.model {judge.model!r} is not a registered model")
+        if judge.spec is not None and judge.spec.provider not in self.providers:
+            raise ValueError(f"judge.spec.provider {judge.spec.provider!r} has no entry")
         return self
+
+    def judge_spec(self) -> ModelSpec | None:
+        """The judge model when the Judge is on, else None (`JudgeSettings.enabled`)."""
+        judge = self.judge
+        on = judge.enabled
+        if on == "auto":
+            on = all(p.kind == "simulated" for p in self.providers.values())
+        if not on:
+            return None
+        if judge.spec is not None:
+            return judge.spec
+        if judge.model is not None:
+            return next(m for m in self.models if m.id == judge.model)
+        return max(self.models, key=lambda m: m.blended_price)
 
     def resolved(self, base: Path) -> AppArgs:
         """Relative paths resolved against `base` (replicas do not share the caller's cwd)."""

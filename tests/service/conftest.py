@@ -132,12 +132,15 @@ def config_models(service_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def make_app_args(service_config: dict[str, Any]) -> Callable[..., dict[str, Any]]:
     """`args` of graphs.app:build_app from serve_config.yaml: state under `state_dir`
-    (absolute), simulated answers instant (time_scale 0), then `overrides` (top-level keys)."""
+    (absolute), simulated answers instant (time_scale 0), the Judge off, then `overrides`
+    (top-level keys)."""
 
     def make(state_dir: Path, **overrides: Any) -> dict[str, Any]:
         args = copy.deepcopy(service_config["applications"][0]["args"])
         args["state_path"] = str(Path(state_dir).resolve() / "paretoserve.db")
         args["providers"]["simulated"]["options"]["time_scale"] = 0
+        # The Judge posts feedback of its own; tests that count feedback turn it on themselves.
+        args["judge"] = {**args.get("judge", {}), "enabled": False}
         args.update(overrides)
         return args
 
