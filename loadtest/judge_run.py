@@ -37,27 +37,41 @@ def app_args(workdir: Path, data: Path, sample_rate: float, grace_s: float, time
     return args
 
 
-def _models(state: dict) -> dict[str, dict[str, Any]]:
+PROBES = 20  # prompts whose estimated quality per model is read before and after
+
+
+async def _models(driver: LiveDriver, probes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model: updates and pulls so far, and the mean estimated quality over the probes
+    (`/admin/explain`, the router's own estimate for each prompt)."""
+    state = await driver.admin("GET", "/admin/state")
+    explained = [await driver.admin("POST", "/admin/explain", {"prompt": p}) for p in probes]
     return {
-        m: {"updates": v["updates"], "pulls": v["pulls"], "quality": v["estimated_quality"]}
+        m: {
+            "updates": v["updates"],
+            "pulls": v["pulls"],
+            "probe_quality": float(np.mean([e[m]["quality"] for e in explained])),
+        }
         for m, v in state["models"].items()
     }
 
 
 async def _drive(base_url: str, admin_key: str, prompts: list[str], n: int, concurrency: int):
     driver = LiveDriver(base_url, admin_key, concurrency=concurrency, post_feedback=False)
+    probes = prompts[-PROBES:]
     try:
-        before = await driver.admin("GET", "/admin/state")
+        before = await _models(driver, probes)
+        spend_before = (await driver.admin("GET", "/admin/state"))["total_spend_usd"]
         start = time.perf_counter()
         answers = await driver.run_block([prompts[i % len(prompts)] for i in range(n)], "judge")
         elapsed = time.perf_counter() - start
         judge = await driver.drain_judge()
-        after = await driver.admin("GET", "/admin/state")
+        after = await _models(driver, probes)
+        spend_after = (await driver.admin("GET", "/admin/state"))["total_spend_usd"]
     finally:
         await driver.aclose()
     ok = [a for a in answers if a.status == 200]
-    routed_updates = sum(m["updates"] for m in after["models"].values()) - sum(
-        m["updates"] for m in before["models"].values()
+    routed_updates = sum(m["updates"] for m in after.values()) - sum(
+        m["updates"] for m in before.values()
     )
     return {
         "requests": {"sent": len(answers), "answered": len(ok), "seconds": elapsed},
@@ -67,9 +81,9 @@ async def _drive(base_url: str, admin_key: str, prompts: list[str], n: int, conc
         "router_updates_added": routed_updates,
         "applied_once": routed_updates == judge["applied"],
         "spend_within_cap": judge["spend_usd"] <= judge["daily_cap_usd"],
-        "models_before": _models(before),
-        "models_after": _models(after),
-        "routing_spend_usd": after["total_spend_usd"] - before["total_spend_usd"],
+        "models_before": before,
+        "models_after": after,
+        "routing_spend_usd": spend_after - spend_before,
         "mean_recorded_reward": float(
             np.mean([a.reward for a in ok if a.reward is not None] or [np.nan])
         ),

@@ -239,8 +239,8 @@ def judge(args: argparse.Namespace) -> int:
     for m, before in report["models_before"].items():
         after = report["models_after"][m]
         print(
-            f"  {m}: updates {before['updates']} -> {after['updates']}, estimated quality "
-            f"{before['quality']} -> {after['quality']}"
+            f"  {m}: updates {before['updates']} -> {after['updates']}, mean estimated quality "
+            f"on the probe prompts {before['probe_quality']:.4f} -> {after['probe_quality']:.4f}"
         )
     write_json(args.json, report)
     good = report["applied_once"] and report["spend_within_cap"] and req["answered"] == req["sent"]

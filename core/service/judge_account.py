@@ -42,7 +42,8 @@ class JudgeAccount:
         self.spent += cost_usd
 
     def release(self, bound_usd: float) -> None:
-        self.reserved = max(0.0, self.reserved - bound_usd)
+        left = self.reserved - bound_usd
+        self.reserved = left if left > 1e-12 else 0.0  # no float residue once nothing is held
 
     def figures(self, now: float) -> dict[str, Any]:
         self._roll(now)
