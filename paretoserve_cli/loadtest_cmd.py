@@ -156,7 +156,7 @@ def replay(args: argparse.Namespace) -> int:
     report.update(
         seed=args.seed,
         concurrency=args.concurrency,
-        feedback=args.feedback,
+        feedback_source=args.feedback,
         judge_rate=args.judge_rate if args.feedback == "judge" else None,
         feedback_delay_ms=[0.0, args.feedback_delay_ms],
         inputs={
