@@ -124,7 +124,7 @@ class SimulatorConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="spread of the simulated judge's criterion scores around the judged "
-        "answer's reward (on the 0-1 scale)",
+        "answer's reward (on the 0-1 scale; narrower near 0 and 1, so scores stay unbiased)",
     )
     time_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="0 = instant")
     max_completion_tokens: int = Field(4096, ge=1, description="cap on drawn completions")
@@ -373,7 +373,7 @@ class Simulator:
         """A simulated judge's answer to a rubric request (core/service/judge_rubric.py): each
         criterion is the judged answer's reward (recorded, or drawn from the answering model's
         quality, regressions included: the judged request's own plan) plus seeded noise, on
-        the rubric's 0-10 scale."""
+        the rubric's 0-10 scale; on average exactly the reward (an unbiased judge)."""
         judged = req.judged
         assert judged is not None
         reward = self.plan(judged, judged.spec).recorded_reward or 0.0
@@ -381,7 +381,11 @@ class Simulator:
             f"{self.config.seed}\0judge\0{spec.id}\0{judged.request_id}".encode()
         ).digest()
         noise = np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(3)
-        scores = np.clip(10.0 * (reward + self.config.judge_noise_sd * noise), 0.0, 10.0)
+        # The spread narrows towards 0 and 1, so that clipping to the scale cannot bias the
+        # score: a recorded 1.0 is scored 10 (clipped noise would average it down to ~0.99,
+        # and the models with the most perfect answers would look worse than they are).
+        sd = self.config.judge_noise_sd * min(1.0, 2.0 * min(reward, 1.0 - reward))
+        scores = np.clip(10.0 * (reward + sd * noise), 0.0, 10.0)
         content = json.dumps({c: round(float(v), 3) for c, v in zip(RUBRIC, scores, strict=True)})
         completion = estimate_tokens(len(content))
         prof, ts = self.profile(spec), self.config.time_scale

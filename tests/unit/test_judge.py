@@ -145,6 +145,10 @@ def test_the_simulated_judge_scores_near_the_answering_models_reward() -> None:
         ]
         assert abs(sum(rewards) / len(rewards) - quality) < 0.01
         assert max(abs(r - quality) for r in rewards) < 0.1  # small noise
+    for exact in (0.0, 1.0):  # no noise at the ends of the scale: clipping would bias it
+        spec = ANSWERER.model_copy(update={"simulation": SimBehaviour(reward_value=exact)})
+        req = judge_request(exchange("r", spec=spec), JUDGE)
+        assert reward_of(sim.plan(req, JUDGE).content) == exact
 
 
 # ---- the account ------------------------------------------------------------------------------
