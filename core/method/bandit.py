@@ -232,6 +232,19 @@ class LinUCB:
         self.last_update[slot] = t
         self.updates[slot] += 1
 
+    def predict(self, slot: int, x: np.ndarray) -> float:
+        """The arm's estimated reward theta^T x."""
+        return float(self.theta[slot].dot(x))
+
+    def shrink(self, slot: int, keep: float) -> None:
+        """Keep only a share `keep` of an arm's evidence (A and b scaled alike). The ridge shrinks
+        with it and is re-added whole at the arm's next update (see update), which pulls the
+        estimate towards 0: the arm relearns from its new rewards, as a new arm would."""
+        Ab, A_inv, _, _ = self._arm_views(slot)
+        Ab *= keep
+        A_inv /= keep
+        self.ridge_floor[slot] *= keep
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAY_FIELDS}
 

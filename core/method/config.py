@@ -40,6 +40,22 @@ class BanditConfig(_Frozen):
     refresh_every: int = Field(
         2000, ge=1, description="recompute A^-1 exactly every N rank-1 updates of an arm"
     )
+    # A drop in an arm's quality (core/method/shift.py): a one-sided CUSUM of its residuals.
+    shift_threshold: float = Field(
+        2.0, ge=0.0, description="CUSUM level that signals a drop; 0 = no detection"
+    )
+    shift_drift: float = Field(
+        0.05, ge=0.0, description="residual (predicted - reward) tolerated per update"
+    )
+    shift_clip: float = Field(
+        0.3, gt=0.0, description="residuals are clipped to +-this (one bad answer is no drop)"
+    )
+    shift_keep: float = Field(
+        0.005,
+        gt=0.0,
+        le=1.0,
+        description="on a signal the arm keeps this share of its evidence (A, b scaled)",
+    )
 
 
 class PacerMode(str, Enum):
@@ -74,6 +90,20 @@ class PacerConfig(_Frozen):
     feedforward_every: int = Field(32, ge=1, description="routes between solves")
     usage_ema: float = Field(
         0.98, ge=0.0, lt=1.0, description="per-arm EMA of realised cost / list price"
+    )
+    bank_memory: int = Field(
+        500,
+        ge=0,
+        description="requests the budget's running balance remembers (a discount of "
+        "1 - 1/memory per charge); an auto-routed pick must fit it (core/method/pacer.py); "
+        "0 = off",
+    )
+    bank_slack: float = Field(
+        0.002,
+        ge=0.0,
+        le=1.0,
+        description="how far the balance may go below zero, as a share of the budget per "
+        "remembered request: spend over the memory stays within (1 + slack) x budget",
     )
 
 

@@ -1,4 +1,13 @@
-"""Online primal-dual budget pacer: a dual variable lambda that prices spend above budget."""
+"""Online primal-dual budget pacer: a dual variable lambda that prices spend above budget, and
+the budget's running balance that bounds what the next pick may cost.
+
+The dual steers spend towards the budget on average, but reacts only after the money is spent:
+one pick of a model costing many budgets, at a ceiling near the cheapest model's cost, moves the
+mean past the budget before the dual can answer. The balance is a discounted account of budget
+minus realised cost per charge (memory `bank_memory` requests); a pick whose expected cost is
+more than the budget plus the balance plus a small overdraft (`bank_slack` x budget x the
+remembered requests) is not made, so mean spend over the memory cannot pass (1 + slack) x
+budget by more than one pick's estimation error."""
 
 from __future__ import annotations
 
@@ -14,6 +23,8 @@ class PacerState:
     dual: float
     charges: int = 0
     total_spend: float = 0.0
+    bank: float = 0.0  # discounted sum of (budget - cost) over the charges since the budget was set
+    bank_n: float = 0.0  # discounted count of those charges
 
 
 class BudgetPacer:
@@ -34,6 +45,9 @@ class BudgetPacer:
         self._ema, self._step, self._lambda_max = config.ema, config.step, config.lambda_max
         self._hard = config.mode == PacerMode.HARD
         self._soft = config.mode == PacerMode.SOFT
+        memory = config.bank_memory
+        self._bank_keep = 1.0 - 1.0 / memory if memory else 0.0
+        self._bank_slack = config.bank_slack
 
     @property
     def budget(self) -> float:
@@ -50,6 +64,8 @@ class BudgetPacer:
     def set_budget(self, budget_usd: float) -> None:
         if not (math.isfinite(budget_usd) and budget_usd > 0):
             raise ValueError(f"budget_usd must be a positive finite number, got {budget_usd!r}")
+        if budget_usd != self._budget:  # savings at the old budget do not carry over
+            self.state.bank = self.state.bank_n = 0.0
         self.config = self.config.model_copy(update={"budget_usd": budget_usd})
 
     def charge(self, cost_usd: float, step_scale: float = 1.0) -> None:
@@ -66,6 +82,19 @@ class BudgetPacer:
         s.dual = 0.0 if dual < 0.0 else self._lambda_max if dual > self._lambda_max else dual
         s.charges += 1
         s.total_spend += cost_usd
+        keep = self._bank_keep
+        if keep:
+            s.bank = keep * s.bank + (self._budget - cost_usd)
+            s.bank_n = keep * s.bank_n + 1.0
+
+    def spend_limit(self) -> float | None:
+        """The most the next pick may be expected to cost: the budget, plus the running
+        balance, plus the overdraft; None when the balance is off (`bank_memory` 0)."""
+        keep = self._bank_keep
+        if not keep:
+            return None
+        s, budget = self.state, self._budget
+        return budget + keep * s.bank + self._bank_slack * budget * (1.0 + keep * s.bank_n)
 
     def soft_weight(self) -> float:
         """The dual's weight on c~ in the score (0 when the soft mode is off)."""

@@ -25,6 +25,7 @@ from core.method.ledger import Ledger
 from core.method.pacer import BudgetPacer, PacerState
 from core.method.priors import Priors, mean_preserving_load
 from core.method.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
+from core.method.shift import ShiftDetector
 from core.method.spend_resolver import FeedForwardDual
 
 _NEG_INF = np.array(-np.inf)  # a 0-d array operand: numpy converts a Python float on every call
@@ -98,6 +99,7 @@ class Router:
         # The feed-forward dual weighs the score unless hard mode keeps the score cost-free.
         self._nu_in_score = self._feedforward and config.pacer.mode != PacerMode.HARD
         self.bandit = LinUCB(config.bandit)
+        self.shifts = ShiftDetector(config.bandit)
         self.pacer = BudgetPacer(config.pacer)
         dim = config.bandit.dim
         self._ff = FeedForwardDual(
@@ -243,6 +245,9 @@ class Router:
                     for name in compress(self.arms.slot_models, map(gt, eligible, under)):
                         reasons[name] = why
                 mask, eligible = ceiling, under
+        limit = pacer.spend_limit()
+        if limit is not None:
+            mask, eligible = self._within_balance(limit, mask, eligible, reasons)
         # The cost penalty: the dual weight (0 in hard mode) times the signal, plus the static
         # cost weight's term (0 by default). The dual weight goes in as a 0-d array: numpy
         # converts a Python float operand on every call.
@@ -252,6 +257,26 @@ class Router:
         if self._cost_weight != 0.0:
             penalty = self._cost_weight * self.arms.cost_terms + penalty
         return mask, eligible, reasons, quality, bonus, penalty
+
+    def _within_balance(
+        self, limit: float, mask: np.ndarray, eligible: list[bool], reasons: dict[str, str]
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Leave out the arms whose expected cost is over the budget's running balance
+        (BudgetPacer.spend_limit); if that leaves none, the cheapest eligible arm only."""
+        expected = self.arms.expected_costs()
+        afford = expected <= limit
+        afford &= mask
+        if afford.tolist() == eligible:
+            return mask, eligible
+        if not afford.any():
+            cheapest = int(np.argmin(np.where(mask, expected, np.inf)))
+            afford = np.zeros_like(mask)
+            afford[cheapest] = True
+        under = afford.tolist()
+        why = f"expected cost over the budget's running balance (${limit:.3g})"
+        for name in compress(self.arms.slot_models, map(gt, eligible, under)):
+            reasons[name] = why
+        return afford, under
 
     def route(
         self,
@@ -554,7 +579,13 @@ class Router:
         entry = self.ledger.reward_due(request_id)
         if entry is None:
             return FeedbackStatus.DUPLICATE
-        self.bandit.update(entry.slot, entry.x, float(reward))
+        reward = float(reward)
+        shifts = self.shifts
+        if shifts.enabled:
+            residual = self.bandit.predict(entry.slot, entry.x) - reward
+        self.bandit.update(entry.slot, entry.x, reward)
+        if shifts.enabled and shifts.observe(entry.slot, residual):
+            self.bandit.shrink(entry.slot, self.config.bandit.shift_keep)
         self.ledger.rewarded(request_id, entry)
         return FeedbackStatus.APPLIED
 
@@ -627,6 +658,7 @@ class Router:
         ff_arrays, ff_meta = self._ff.to_state()
         arrays = {
             **self.bandit.arrays(),
+            **self.shifts.arrays(),
             **arm_arrays,
             "context_sum": self.context_sum,
             **ledger_arrays,
@@ -649,6 +681,7 @@ class Router:
         """The Router that to_state() described."""
         router = cls(RouterConfig.model_validate(meta["config"]))
         router.bandit.load_arrays(arrays, meta["t"])
+        router.shifts.load_arrays(arrays)
         router.pacer.state = PacerState(**meta["pacer"])
         router.pacer.set_budget(meta["budget_usd"])
         router.arms.load_state(arrays, meta)

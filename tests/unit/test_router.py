@@ -37,8 +37,13 @@ def _router(
     feedforward: bool = False,  # the integral dual alone; feed-forward: test_snapshot, below
     **kwargs,
 ) -> Router:
+    pacer_fields = {k: kwargs.pop(k) for k in ("bank_memory", "bank_slack") if k in kwargs}
     pacer = PacerConfig(
-        budget_usd=budget, mode=mode, cost_signal=cost_signal, feedforward=feedforward
+        budget_usd=budget,
+        mode=mode,
+        cost_signal=cost_signal,
+        feedforward=feedforward,
+        **pacer_fields,
     )
     cfg = RouterConfig(pacer=pacer, seed=seed, **kwargs)
     return Router(cfg, models=models)
@@ -333,7 +338,8 @@ def test_new_model_gets_exactly_20_forced_pulls() -> None:
 
 def test_no_forced_pulls_while_over_budget() -> None:
     rng = np.random.default_rng(9)
-    router = _router([LLAMA, MISTRAL], budget=1e-3)
+    # The spend EMA's rule alone; the running balance's is tested below.
+    router = _router([LLAMA, MISTRAL], budget=1e-3, bank_memory=0)
     for _ in range(3):
         d = router.route(_ctx(rng), model=MISTRAL.id)
         router.charge(d.request_id, 1e-2)
@@ -763,3 +769,59 @@ def test_feedforward_dual_is_resolved_every_route_while_its_window_fills() -> No
         x[0] = 3.0
         picks.append(router.route(x).model)
     assert picks.count(PRO.id) <= 2
+
+
+# ---- the budget's running balance and quality drops --------------------------------------------
+
+
+def test_a_pick_must_fit_the_running_balance_and_the_cheapest_is_left_when_none_does() -> None:
+    rng = np.random.default_rng(3)
+    # soft mode: no pacer ceiling, so only the balance can leave an arm out
+    router = _router([LLAMA, PRO], budget=1e-3, mode=PacerMode.SOFT, cost_signal="expected-cost")
+    _train(router, rng, 30, lambda m, x: 0.9 if m == PRO.id else 0.5, [LLAMA.id, PRO.id])
+    for model, cost in ((LLAMA.id, 1e-4), (PRO.id, 2e-2)):  # what each one costs
+        for _ in range(5):
+            router.charge(router.route(_ctx(rng), model=model).request_id, cost)
+    # Spend far over budget: nothing is affordable, so only the cheapest model is eligible
+    # although PRO scores higher (the dual alone would let it through now and then).
+    assert router.pacer.spend_limit() < router.arms.expected_costs().min()
+    explain = router.explain(_ctx(rng))
+    assert explain[PRO.id]["eligible"] is False
+    assert "running balance" in explain[PRO.id]["reason"]
+    assert {router.route(_ctx(rng)).model for _ in range(20)} == {LLAMA.id}
+    # Cheap answers save the balance up until one PRO pick fits again.
+    picks = []
+    for _ in range(400):
+        d = router.route(_ctx(rng))
+        router.charge(d.request_id, 1e-4 if d.model == LLAMA.id else 2e-2)
+        picks.append(d.model)
+    assert PRO.id in picks
+    spend = router.pacer.state.total_spend
+    assert spend / router.pacer.state.charges < 1e-3 * 1.01 + 2e-2 / 400  # within one pick
+
+
+def _drop_after(threshold: float, rounds: int = 40) -> list[float]:
+    """Train an arm to 0.9, then feed it 0.2: its estimate at the mean context per update."""
+    rng = np.random.default_rng(4)
+    bandit = BanditConfig(shift_threshold=threshold)
+    router = _router([MISTRAL], budget=1.0, bandit=bandit)
+    x = np.append(np.zeros(25), 1.0)
+    for _ in range(300):
+        d = router.route(_ctx(rng), model=MISTRAL.id)
+        router.charge(d.request_id, 0.0)
+        router.feedback(d.request_id, 0.9)
+    seen = []
+    for _ in range(rounds):
+        d = router.route(x, model=MISTRAL.id)
+        router.charge(d.request_id, 0.0)
+        router.feedback(d.request_id, 0.2)
+        seen.append(router.explain(x)[MISTRAL.id]["quality"])
+    return seen
+
+
+def test_a_drop_in_quality_is_detected_and_the_arm_relearns_from_its_new_rewards() -> None:
+    detected, forgetting_only = _drop_after(2.0), _drop_after(0.0)
+    # CUSUM: residuals of ~0.7 clipped to 0.3, minus a drift of 0.05: 2.0 is passed at the 9th.
+    assert detected[:8] == pytest.approx(forgetting_only[:8])
+    assert abs(detected[-1] - 0.2) < 0.05  # relearnt
+    assert forgetting_only[-1] > 0.6  # the paper's forgetting alone still sees ~0.9 quality

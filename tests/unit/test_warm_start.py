@@ -90,11 +90,13 @@ def test_default_router_starts_knowing() -> None:
     # val.jsonl's per-arm means (../shared/data/README.md): 0.789, 0.925, 0.935.
     assert quality == {"meta-llama": 0.788, "mistralai": 0.924, "google": 0.934}
     assert start.router.route(MEAN_CONTEXT).model == "mistralai/mistral-large-2512"
-    # The cold start the issue describes: every quality 0.0, the first prompt to gemini-pro.
+    # A cold start: every quality 0.0. The paper's router sent the first prompt to gemini-pro
+    # (7 budgets); the budget's running balance has nothing saved yet, so it goes to the
+    # cheapest model (core/method/pacer.py).
     cold = fresh_router(_settings(priors_path=None))
     assert cold.loaded == [] and not cold.refused
     assert {e["quality"] for e in cold.router.explain(MEAN_CONTEXT).values()} == {0.0}
-    assert cold.router.route(MEAN_CONTEXT).model == "google/gemini-2.5-pro"
+    assert cold.router.route(MEAN_CONTEXT).model == "meta-llama/llama-3.1-8b-instruct"
 
 
 def test_fresh_service_router_routes_as_the_warm_replay() -> None:
