@@ -21,11 +21,14 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "results"
 CLI = str(Path(sys.executable).parent / "paretoserve")
 TIGHT, MODERATE = 2.35e-4, 6.64e-4  # the paper's tight and moderate ceilings, $/request
-# The pacer variants compared: ours (the default), ours without feed-forward, the paper's.
+# The variants compared: ours (the default), the default before the running balance and the
+# drop detection (issue 15), ours without feed-forward, the paper's.
+_PAPER_ERA = ["--bank-memory", "0", "--shift-threshold", "0"]
 VARIANTS = {
     "default": ["--cost-signal", "expected-cost", "--feedforward"],
-    "integral-only": ["--cost-signal", "expected-cost", "--no-feedforward"],
-    "paper": ["--cost-signal", "list-price", "--no-feedforward"],
+    "before": ["--cost-signal", "expected-cost", "--feedforward", *_PAPER_ERA],
+    "integral-only": ["--cost-signal", "expected-cost", "--no-feedforward", *_PAPER_ERA],
+    "paper": ["--cost-signal", "list-price", "--no-feedforward", *_PAPER_ERA],
 }
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from core.encoding.features import load_projection
+from core.method.config import BanditConfig, PacerConfig
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
 from paretoserve_cli.contexts import ENCODERS
 from paretoserve_cli.replay_inputs import positive, priors_arg, resolve_inputs, resolve_priors
@@ -24,7 +25,12 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         seed_offset=args.seed_offset,
         pacer_mode=args.pacer_mode,
-        pacer={"cost_signal": args.cost_signal, "feedforward": args.feedforward},
+        pacer={
+            "cost_signal": args.cost_signal,
+            "feedforward": args.feedforward,
+            "bank_memory": args.bank_memory,
+        },
+        bandit=BanditConfig(shift_threshold=args.shift_threshold),
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
     report, runs = run_replay(spec, inputs.specs, data, warm, priors.load())
@@ -108,6 +114,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="expected-cost mode: re-solve the dual over recent contexts (default; see "
         "docs/results.md); --no-feedforward keeps only the integral dual",
+    )
+    p.add_argument(
+        "--bank-memory",
+        type=int,
+        default=PacerConfig.model_fields["bank_memory"].default,
+        help="requests the budget's running balance remembers (a pick must fit it; "
+        "core/method/pacer.py); 0 = off, as in the paper",
+    )
+    p.add_argument(
+        "--shift-threshold",
+        type=float,
+        default=BanditConfig.model_fields["shift_threshold"].default,
+        help="CUSUM level at which a drop in a model's quality cuts its evidence "
+        "(core/method/shift.py); 0 = off, as in the paper",
     )
     p.add_argument(
         "--newcomer-reward-scale",
