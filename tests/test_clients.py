@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from thread_server import ThreadServer
 
 from core.method.registry import ModelSpec, SpeedClass
 from core.replay.simulator import SimulatorConfig
@@ -264,29 +263,10 @@ def build_fake() -> tuple[FastAPI, list[dict[str, Any]]]:
     return app, seen
 
 
-class FakeServer:
+class FakeServer(ThreadServer):
     def __init__(self) -> None:
-        self.app, self.seen = build_fake()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))  # the OS picks a free port; no race with others
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("fake provider server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        app, self.seen = build_fake()
+        super().__init__(app)
 
     def last(self, path: str) -> dict[str, Any]:
         return [r for r in self.seen if r["path"] == path][-1]

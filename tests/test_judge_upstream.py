@@ -5,15 +5,12 @@ verdict, or a malformed, out-of-range or incomplete one. Only the good one becom
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
+from thread_server import ThreadServer
 
 from core.method.registry import ModelSpec
 from core.service.judge import Judge
@@ -69,24 +66,15 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320},
             }
 
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+        self.server = ThreadServer(app)
+        self.url = self.server.url + "/v1"
 
     def __enter__(self) -> FakeOpenAI:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "fake did not start"
-            time.sleep(0.01)
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self.server.__exit__(*exc)
 
 
 @pytest.fixture(scope="module")
