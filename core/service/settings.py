@@ -43,11 +43,17 @@ class ProviderSettings(_Strict):
 
 
 class RouterTuning(_Strict):
-    """The method's knobs; the defaults are the paper's except the pacer's cost signal."""
+    """The method's knobs; the defaults are the paper's except the pacer's cost signal, the
+    budget's running balance (`bank_memory`) and drop detection (`bandit.shift_threshold`)."""
 
     bandit: BanditConfig = BanditConfig()
     pacer_mode: PacerMode = PacerMode.ADAPTIVE
     cost_signal: CostSignal = CostSignal.EXPECTED_COST
+    bank_memory: int = Field(
+        PacerConfig.model_fields["bank_memory"].default,
+        ge=0,
+        description="requests the budget's running balance remembers; 0 = off (the paper's)",
+    )
     forced_exploration_pulls: int = Field(20, ge=0)
     seed: int = 0
 
@@ -55,7 +61,10 @@ class RouterTuning(_Strict):
         return RouterConfig(
             bandit=self.bandit,
             pacer=PacerConfig(
-                budget_usd=budget_usd, mode=self.pacer_mode, cost_signal=self.cost_signal
+                budget_usd=budget_usd,
+                mode=self.pacer_mode,
+                cost_signal=self.cost_signal,
+                bank_memory=self.bank_memory,
             ),
             forced_exploration_pulls=self.forced_exploration_pulls,
             seed=self.seed,
