@@ -38,6 +38,7 @@ from core.service.judge_rubric import (
     reward_of,
 )
 from core.service.ports import ProviderError, ProviderPort
+from core.service.protocol import ProviderRequest, ProviderResponse
 from core.service.settings import JudgeSettings
 
 
@@ -144,6 +145,9 @@ class Judge:
                 self._count("failed", "provider")
                 self.log.warning("judge call for %s failed: %s", rid, exc)
                 return
+            except BaseException:  # anything else (or cancellation): nothing stays reserved
+                self.account.release(bound)
+                raise
             cost = realised_cost_usd(
                 resp.usage.prompt_tokens,
                 resp.usage.completion_tokens,
@@ -170,7 +174,7 @@ class Judge:
         else:  # the client's feedback arrived while the judge was scoring: the client's wins
             self._count("skipped", "client_feedback")
 
-    async def _ask(self, req):
+    async def _ask(self, req: ProviderRequest) -> ProviderResponse:
         """The judge call, retried with doubling backoff while the failure is retryable."""
         s = self.settings
         for attempt in range(s.max_attempts):
