@@ -383,3 +383,41 @@ def test_a_charge_lands_although_the_request_is_cancelled_and_runs_outside_its_c
     asyncio.run(run())
     assert router.charges == [("r1", _cost("c", USAGE), "c")]
     assert router.charge_contexts == ["none"]  # not the request's context
+
+
+# ---------------------------------------------------------------- judging
+
+
+class OfferedToJudge:
+    """The judge port: records what the chat path hands over."""
+
+    def __init__(self) -> None:
+        self.exchanges: list = []
+
+    async def offer(self, exchange) -> None:
+        self.exchanges.append(exchange)
+
+
+def test_answered_auto_routed_requests_go_to_the_judge_plain_and_streamed() -> None:
+    from core.service.judge_sampling import JudgeSampler
+
+    judge = OfferedToJudge()
+    router, providers = LocalRouter(_core_router()), ScriptedProviders({})
+    chat = ChatService(
+        FixedEmbedder(), router, providers, _stream_error, judge=(judge, JudgeSampler(1.0))
+    )
+
+    async def run() -> None:
+        await chat.complete("r1", _body())
+        stream = await chat.open_stream("r2", _body(stream=True))
+        await _drain(stream)
+        await chat.complete("r3", _body(model="a"))  # named by the caller: nothing to judge
+        await asyncio.sleep(0)  # the offers run in tasks of their own
+
+    asyncio.run(run())
+    assert [(e.request_id, e.answer.strip()) for e in judge.exchanges] == [
+        ("r1", "Paris is the capital."),
+        ("r2", "Paris is the capital."),
+    ]
+    assert judge.exchanges[0].request.model_id == "c"  # the model that answered
+    assert PROMPT in judge.exchanges[0].request.prompt_text
