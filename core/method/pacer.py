@@ -7,7 +7,9 @@ mean past the budget before the dual can answer. The balance is a discounted acc
 minus realised cost per charge (memory `bank_memory` requests); a pick whose expected cost is
 more than the budget plus the balance plus a small overdraft (`bank_slack` x budget x the
 remembered requests) is not made, so mean spend over the memory cannot pass (1 + slack) x
-budget by more than one pick's estimation error."""
+budget by more than one pick's estimation error. A decision holds its expected cost in the
+balance until it is charged (or dropped), so that requests in flight together cannot spend the
+same savings."""
 
 from __future__ import annotations
 
@@ -68,9 +70,10 @@ class BudgetPacer:
             self.state.bank = self.state.bank_n = 0.0
         self.config = self.config.model_copy(update={"budget_usd": budget_usd})
 
-    def charge(self, cost_usd: float, step_scale: float = 1.0) -> None:
+    def charge(self, cost_usd: float, step_scale: float = 1.0, held_usd: float = 0.0) -> None:
         """Charge one request's realised cost: EMA of spend, then a projected dual step
-        (scaled by `step_scale` in (0, 1], see core.method.arms.ArmTable.dual_step_scale)."""
+        (scaled by `step_scale` in (0, 1], see core.method.arms.ArmTable.dual_step_scale);
+        the balance gets back what the decision held and pays the realised cost."""
         if not (math.isfinite(cost_usd) and cost_usd >= 0):
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         s = self.state
@@ -84,8 +87,22 @@ class BudgetPacer:
         s.total_spend += cost_usd
         keep = self._bank_keep
         if keep:
-            s.bank = keep * s.bank + (self._budget - cost_usd)
+            s.bank = keep * (s.bank + held_usd) + (self._budget - cost_usd)
             s.bank_n = keep * s.bank_n + 1.0
+
+    @property
+    def banking(self) -> bool:
+        return bool(self._bank_keep)
+
+    def hold(self, expected_usd: float) -> None:
+        """A decision in flight: its expected cost is held out of the balance until charged."""
+        if self._bank_keep:
+            self.state.bank -= expected_usd
+
+    def release(self, held_usd: float) -> None:
+        """A held decision ended without a charge (failed, dropped, expired)."""
+        if self._bank_keep:
+            self.state.bank += held_usd
 
     def spend_limit(self) -> float | None:
         """The most the next pick may be expected to cost: the budget, plus the running

@@ -342,6 +342,7 @@ class Router:
         if request_id is None:
             request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
         self.ledger.open(request_id, slot, x, t, forced)
+        self._hold(slot)
         # Positional: keyword arguments would cost ~0.4 us more per request.
         return Decision(
             request_id,
@@ -434,14 +435,14 @@ class Router:
             arms.give_back_forced(entry.slot)
             entry.forced = False
         if len(entry.failed) > self.cooldowns.config.max_fallbacks:
-            self.ledger.drop(request_id)
+            self._drop(request_id, entry.slot)
             return None
         mask, eligible, reasons = arms.eligible(limits)
         mask, eligible = self._skip(
             mask, eligible, reasons, self.cooldowns.cooling(now), now, entry.failed
         )
         if True not in eligible:
-            self.ledger.drop(request_id)
+            self._drop(request_id, entry.slot)
             return None
         mask, eligible, reasons, quality, bonus, penalty = self._assess(
             entry.x, mask, eligible, reasons
@@ -449,7 +450,7 @@ class Router:
         score = np.where(mask, quality + bonus - penalty, _NEG_INF)
         slot = int(np.argmax(score))  # the first best: no RNG draw, so routing stays seeded
         self.bandit.mark_pull(slot)
-        entry.slot = slot
+        self._rekey(entry, slot)
         return Decision(
             request_id,
             arms.slot_models[slot],
@@ -480,7 +481,7 @@ class Router:
         if entry is not None:
             if entry.slot == slot:
                 return "known"
-            entry.slot = slot
+            self._rekey(entry, slot)
             self.bandit.mark_pull(slot)  # as the lost fallback did
             return "rekeyed"
         x = self._check_context(x)
@@ -488,6 +489,7 @@ class Router:
         self.bandit.mark_pull(slot)
         self.context_sum += x
         self.ledger.restore(request_id, slot, x, self.bandit.t, forced)
+        self._hold(slot)
         return "adopted"
 
     def fail(
@@ -508,7 +510,7 @@ class Router:
         if entry is not None and not entry.charged:
             if entry.forced and self.arms.slot_models[entry.slot] == model:
                 self.arms.give_back_forced(entry.slot)
-            self.ledger.drop(request_id)
+            self._drop(request_id, entry.slot)
         return cd
 
     # ---- recovery -------------------------------------------------------------------------
@@ -536,6 +538,7 @@ class Router:
             self.arms.take_forced(slot)
         self.context_sum += x
         self.ledger.restore(request_id, slot, np.asarray(x, float), t, forced)
+        self._hold(slot)
         return True
 
     def advance_to(self, t: int) -> None:
@@ -545,7 +548,32 @@ class Router:
 
     def expire(self, request_ids: list[str]) -> int:
         """Forget pending contexts (their TTL ran out); returns how many were still pending."""
+        for rid in request_ids:
+            entry = self.ledger.get(rid)
+            if entry is not None and not entry.charged:
+                self.pacer.release(self._expected(entry.slot))
         return self.ledger.expire(request_ids)
+
+    # ---- what decisions in flight hold of the budget's running balance -------------------
+
+    def _expected(self, slot: int) -> float:
+        return self.arms.expected_costs().item(slot) if self.pacer.banking else 0.0
+
+    def _hold(self, slot: int) -> None:
+        if self.pacer.banking:
+            self.pacer.hold(self._expected(slot))
+
+    def _rekey(self, entry, slot: int) -> None:
+        """A pending, uncharged decision moves to another model (a fallback)."""
+        if self.pacer.banking:
+            self.pacer.release(self._expected(entry.slot))
+            self.pacer.hold(self._expected(slot))
+        entry.slot = slot
+
+    def _drop(self, request_id: str, slot: int) -> None:
+        """An uncharged decision ends without an answer."""
+        self.pacer.release(self._expected(slot))
+        self.ledger.drop(request_id)
 
     # ---- charges and feedback -------------------------------------------------------------
 
@@ -567,7 +595,7 @@ class Router:
         arms = self.arms
         if self.cooldowns.state:  # the model answered: its failure streak ends
             self.cooldowns.succeed(arms.slot_models[entry.slot])
-        self.pacer.charge(cost, arms.dual_step_scale(self.pacer.budget))
+        self.pacer.charge(cost, arms.dual_step_scale(self.pacer.budget), self._expected(entry.slot))
         arms.learn_usage(entry.slot, cost)
         self.ledger.charged(request_id, entry)
         return FeedbackStatus.APPLIED

@@ -157,7 +157,8 @@ def test_explain_reports_quality_bonus_and_cost_penalty_per_arm() -> None:
 
 def test_cost_penalty_steers_to_the_cheaper_arm_when_dual_is_positive() -> None:
     rng = np.random.default_rng(4)
-    router = _router([LLAMA, PRO], budget=1e-3, mode=PacerMode.SOFT)
+    # The dual's penalty alone (the running balance would also leave PRO out here).
+    router = _router([LLAMA, PRO], budget=1e-3, mode=PacerMode.SOFT, bank_memory=0)
     _train(router, rng, 60, lambda m, x: 0.7 if m == PRO.id else 0.6, [LLAMA.id, PRO.id])
     assert router.pacer.dual == 0.0
     assert {router.route(_ctx(rng)).model for _ in range(20)} == {PRO.id}
@@ -798,6 +799,26 @@ def test_a_pick_must_fit_the_running_balance_and_the_cheapest_is_left_when_none_
     assert PRO.id in picks
     spend = router.pacer.state.total_spend
     assert spend / router.pacer.state.charges < 1e-3 * 1.01 + 2e-2 / 400  # within one pick
+
+
+def test_decisions_in_flight_hold_their_expected_cost_until_charged_or_dropped() -> None:
+    router = _router([LLAMA, PRO], budget=1e-3, cost_signal="expected-cost")
+    for model, cost in ((LLAMA.id, 1e-4), (PRO.id, 2e-2)):
+        router.charge(router.route(np.append(np.zeros(25), 1.0), model=model).request_id, cost)
+    expected = router.arms.expected_costs()
+    bank = router.pacer.state.bank
+    x = np.append(np.zeros(25), 1.0)
+    a = router.route(x, model=PRO.id, request_id="a")
+    router.route(x, model=LLAMA.id, request_id="b")
+    held = expected[router.arms.slots[PRO.id]] + expected[router.arms.slots[LLAMA.id]]
+    assert router.pacer.state.bank == pytest.approx(bank - held)
+    router.fail("b", LLAMA.id, now=0.0, cool=False)  # dropped: its hold comes back
+    assert router.pacer.state.bank == pytest.approx(bank - expected[router.arms.slots[PRO.id]])
+    keep = 1.0 - 1.0 / router.config.pacer.bank_memory
+    before = router.pacer.state.bank
+    pro_expected = router.arms.expected_costs()[router.arms.slots[PRO.id]]
+    router.charge(a.request_id, 5e-3)  # charged: the hold comes back, the real cost is paid
+    assert router.pacer.state.bank == pytest.approx(keep * (before + pro_expected) + 1e-3 - 5e-3)
 
 
 def _drop_after(threshold: float, rounds: int = 40) -> list[float]:
