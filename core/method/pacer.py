@@ -9,7 +9,8 @@ more than the budget plus the balance plus a small overdraft (`bank_slack` x bud
 remembered requests) is not made, so mean spend over the memory cannot pass (1 + slack) x
 budget by more than one pick's estimation error. A decision holds its expected cost in the
 balance until it is charged (or dropped), so that requests in flight together cannot spend the
-same savings."""
+same savings: from its decision to its charge a request counts as the budget it brings less
+its expected cost, then as the budget less its realised cost."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class BudgetPacer:
         return bool(self._bank_keep)
 
     def hold(self, expected_usd: float) -> None:
-        """A decision in flight: its expected cost is held out of the balance until charged."""
+        """A decision in flight: it holds `expected_usd` (its expected cost less the budget it
+        brings; negative for a request cheaper than the budget) until charged."""
         if self._bank_keep:
             self.state.bank -= expected_usd
 

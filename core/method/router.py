@@ -557,7 +557,11 @@ class Router:
     # ---- what decisions in flight hold of the budget's running balance -------------------
 
     def _expected(self, slot: int) -> float:
-        return self.arms.expected_costs().item(slot) if self.pacer.banking else 0.0
+        """What a decision on `slot` holds of the balance until charged: its expected cost less
+        the budget the request brings (a request cheaper than the budget adds to it)."""
+        if not self.pacer.banking:
+            return 0.0
+        return self.arms.expected_costs().item(slot) - self.pacer.budget
 
     def _hold(self, slot: int) -> None:
         if self.pacer.banking:
