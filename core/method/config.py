@@ -98,6 +98,13 @@ class PacerConfig(_Frozen):
         "1 - 1/memory per charge); an auto-routed pick must fit it (core/method/pacer.py); "
         "0 = off",
     )
+    bank_debt_spread: int = Field(
+        100,
+        ge=0,
+        description="a debt (negative balance) lowers the spend limit by debt / this many "
+        "requests, so it is paid back over about as many requests instead of by sending "
+        "everything to the cheapest model until it is cleared; 0 = at once",
+    )
     bank_slack: float = Field(
         0.002,
         ge=0.0,

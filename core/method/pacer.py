@@ -7,10 +7,12 @@ mean past the budget before the dual can answer. The balance is a discounted acc
 minus realised cost per charge (memory `bank_memory` requests); a pick whose expected cost is
 more than the budget plus the balance plus a small overdraft (`bank_slack` x budget x the
 remembered requests) is not made, so mean spend over the memory cannot pass (1 + slack) x
-budget by more than one pick's estimation error. A decision holds its expected cost in the
-balance until it is charged (or dropped), so that requests in flight together cannot spend the
-same savings: from its decision to its charge a request counts as the budget it brings less
-its expected cost, then as the budget less its realised cost."""
+budget by more than one pick's estimation error. A debt (a negative balance: picks that cost
+more than expected) lowers the limit by debt / `bank_debt_spread`, so it is paid back over
+about that many requests with the models that fit, not by the cheapest model alone. A request
+in flight counts as the budget it brings less its expected cost until it is charged (then as
+the budget less its realised cost) or dropped, so concurrent requests cannot spend the same
+savings."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class BudgetPacer:
         memory = config.bank_memory
         self._bank_keep = 1.0 - 1.0 / memory if memory else 0.0
         self._bank_slack = config.bank_slack
+        self._debt_spread = config.bank_debt_spread
 
     @property
     def budget(self) -> float:
@@ -113,7 +116,10 @@ class BudgetPacer:
         if not keep:
             return None
         s, budget = self.state, self._budget
-        return budget + keep * s.bank + self._bank_slack * budget * (1.0 + keep * s.bank_n)
+        bank = keep * s.bank
+        if bank < 0.0 and self._debt_spread:
+            bank /= self._debt_spread
+        return budget + bank + self._bank_slack * budget * (1.0 + keep * s.bank_n)
 
     def soft_weight(self) -> float:
         """The dual's weight on c~ in the score (0 when the soft mode is off)."""

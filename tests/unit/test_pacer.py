@@ -189,7 +189,8 @@ def test_replacing_the_config_updates_what_charge_reads() -> None:
 def test_the_balance_remembers_budget_minus_cost_and_bounds_the_next_pick() -> None:
     # memory 4: each charge keeps 3/4 of the balance; the limit is budget + 3/4 balance + the
     # overdraft (slack x budget x (1 + 3/4 of the remembered charges)).
-    pacer = BudgetPacer(PacerConfig(budget_usd=1.0, bank_memory=4, bank_slack=0.1))
+    cfg = PacerConfig(budget_usd=1.0, bank_memory=4, bank_slack=0.1, bank_debt_spread=0)
+    pacer = BudgetPacer(cfg)
     assert pacer.spend_limit() == pytest.approx(1.0 + 0.1)  # nothing saved yet
     pacer.charge(0.5)
     assert (pacer.state.bank, pacer.state.bank_n) == (0.5, 1.0)
@@ -197,6 +198,11 @@ def test_the_balance_remembers_budget_minus_cost_and_bounds_the_next_pick() -> N
     assert pacer.state.bank == pytest.approx(0.75 * 0.5 - 1.0)
     assert pacer.state.bank_n == pytest.approx(1.75)
     assert pacer.spend_limit() == pytest.approx(1.0 + 0.75 * -0.625 + 0.1 * (1.0 + 0.75 * 1.75))
+    spread = BudgetPacer(cfg.model_copy(update={"bank_debt_spread": 5}), pacer.state)
+    # a debt lowers the limit by a fifth of itself: paid back over about five requests
+    assert spread.spend_limit() == pytest.approx(
+        1.0 + 0.75 * -0.625 / 5 + 0.1 * (1.0 + 0.75 * 1.75)
+    )
     pacer.set_budget(1.0)  # the same budget: the balance stands
     assert pacer.state.bank == pytest.approx(-0.625)
     pacer.set_budget(2.0)  # a new budget: savings (or debts) at the old one do not carry over

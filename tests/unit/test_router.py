@@ -37,7 +37,8 @@ def _router(
     feedforward: bool = False,  # the integral dual alone; feed-forward: test_snapshot, below
     **kwargs,
 ) -> Router:
-    pacer_fields = {k: kwargs.pop(k) for k in ("bank_memory", "bank_slack") if k in kwargs}
+    names = ("bank_memory", "bank_slack", "bank_debt_spread")
+    pacer_fields = {k: kwargs.pop(k) for k in names if k in kwargs}
     pacer = PacerConfig(
         budget_usd=budget,
         mode=mode,
@@ -778,7 +779,13 @@ def test_feedforward_dual_is_resolved_every_route_while_its_window_fills() -> No
 def test_a_pick_must_fit_the_running_balance_and_the_cheapest_is_left_when_none_does() -> None:
     rng = np.random.default_rng(3)
     # soft mode: no pacer ceiling, so only the balance can leave an arm out
-    router = _router([LLAMA, PRO], budget=1e-3, mode=PacerMode.SOFT, cost_signal="expected-cost")
+    router = _router(
+        [LLAMA, PRO],
+        budget=1e-3,
+        mode=PacerMode.SOFT,
+        cost_signal="expected-cost",
+        bank_debt_spread=0,  # a debt is paid back at once
+    )
     _train(router, rng, 30, lambda m, x: 0.9 if m == PRO.id else 0.5, [LLAMA.id, PRO.id])
     for model, cost in ((LLAMA.id, 1e-4), (PRO.id, 2e-2)):  # what each one costs
         for _ in range(5):
