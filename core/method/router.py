@@ -551,12 +551,12 @@ class Router:
         for rid in request_ids:
             entry = self.ledger.get(rid)
             if entry is not None and not entry.charged:
-                self.pacer.release(self._expected(entry.slot))
+                self.pacer.release(self._held(entry.slot))
         return self.ledger.expire(request_ids)
 
     # ---- what decisions in flight hold of the budget's running balance -------------------
 
-    def _expected(self, slot: int) -> float:
+    def _held(self, slot: int) -> float:
         """What a decision on `slot` holds of the balance until charged: its expected cost less
         the budget the request brings (a request cheaper than the budget adds to it)."""
         if not self.pacer.banking:
@@ -565,18 +565,18 @@ class Router:
 
     def _hold(self, slot: int) -> None:
         if self.pacer.banking:
-            self.pacer.hold(self._expected(slot))
+            self.pacer.hold(self._held(slot))
 
     def _rekey(self, entry, slot: int) -> None:
         """A pending, uncharged decision moves to another model (a fallback)."""
         if self.pacer.banking:
-            self.pacer.release(self._expected(entry.slot))
-            self.pacer.hold(self._expected(slot))
+            self.pacer.release(self._held(entry.slot))
+            self.pacer.hold(self._held(slot))
         entry.slot = slot
 
     def _drop(self, request_id: str, slot: int) -> None:
         """An uncharged decision ends without an answer."""
-        self.pacer.release(self._expected(slot))
+        self.pacer.release(self._held(slot))
         self.ledger.drop(request_id)
 
     # ---- charges and feedback -------------------------------------------------------------
@@ -599,7 +599,7 @@ class Router:
         arms = self.arms
         if self.cooldowns.state:  # the model answered: its failure streak ends
             self.cooldowns.succeed(arms.slot_models[entry.slot])
-        self.pacer.charge(cost, arms.dual_step_scale(self.pacer.budget), self._expected(entry.slot))
+        self.pacer.charge(cost, arms.dual_step_scale(self.pacer.budget), self._held(entry.slot))
         arms.learn_usage(entry.slot, cost)
         self.ledger.charged(request_id, entry)
         return FeedbackStatus.APPLIED
