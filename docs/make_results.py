@@ -34,7 +34,8 @@ VARIANTS = {
 
 def replay(name: str, *args: str) -> dict:
     cmd = [CLI, "replay", *args, "--json", str(OUT / f"{name}.json")]
-    print("$", shlex.join(cmd).replace(str(ROOT) + "/", ""), file=sys.stderr, flush=True)
+    shown = shlex.join(cmd).replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+    print("$", shown, file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((OUT / f"{name}.json").read_text())
 
