@@ -192,6 +192,10 @@ class ArmTable:
         charges yet borrows the mean usage of the others, so a re-price applies at once)."""
         return self._arm_view().expected.copy()
 
+    def expected_cost(self, slot: int) -> float:
+        """One arm's expected cost (as expected_costs(), without copying the array)."""
+        return self._arm_view().expected.item(slot)
+
     def cost_signal(self, budget: float) -> tuple[np.ndarray, np.ndarray, float | None]:
         """(what the dual multiplies in the score, what the hard ceiling compares, the max of
         the latter over the active arms or None when none is active). The arrays belong to the

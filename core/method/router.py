@@ -561,7 +561,7 @@ class Router:
         the budget the request brings (a request cheaper than the budget adds to it)."""
         if not self.pacer.banking:
             return 0.0
-        return self.arms.expected_costs().item(slot) - self.pacer.budget
+        return self.arms.expected_cost(slot) - self.pacer.budget
 
     def _hold(self, slot: int) -> None:
         if self.pacer.banking:
