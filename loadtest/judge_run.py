@@ -40,12 +40,12 @@ def app_args(workdir: Path, data: Path, sample_rate: float, grace_s: float, time
 PROBES = 20  # prompts whose estimated quality per model is read before and after
 
 
-async def _models(driver: LiveDriver, probes: list[str]) -> dict[str, dict[str, Any]]:
+async def _models(driver: LiveDriver, probes: list[str]) -> tuple[dict[str, Any], float]:
     """Per model: updates and pulls so far, and the mean estimated quality over the probes
-    (`/admin/explain`, the router's own estimate for each prompt)."""
+    (`/admin/explain`, the router's own estimate for each prompt); and the routing spend."""
     state = await driver.admin("GET", "/admin/state")
     explained = [await driver.admin("POST", "/admin/explain", {"prompt": p}) for p in probes]
-    return {
+    models = {
         m: {
             "updates": v["updates"],
             "pulls": v["pulls"],
@@ -53,20 +53,19 @@ async def _models(driver: LiveDriver, probes: list[str]) -> dict[str, dict[str, 
         }
         for m, v in state["models"].items()
     }
+    return models, state["total_spend_usd"]
 
 
 async def _drive(base_url: str, admin_key: str, prompts: list[str], n: int, concurrency: int):
     driver = LiveDriver(base_url, admin_key, concurrency=concurrency, post_feedback=False)
     probes = prompts[-PROBES:]
     try:
-        before = await _models(driver, probes)
-        spend_before = (await driver.admin("GET", "/admin/state"))["total_spend_usd"]
+        before, spend_before = await _models(driver, probes)
         start = time.perf_counter()
         answers = await driver.run_block([prompts[i % len(prompts)] for i in range(n)], "judge")
         elapsed = time.perf_counter() - start
         judge = await driver.drain_judge()
-        after = await _models(driver, probes)
-        spend_after = (await driver.admin("GET", "/admin/state"))["total_spend_usd"]
+        after, spend_after = await _models(driver, probes)
     finally:
         await driver.aclose()
     ok = [a for a in answers if a.status == 200]
