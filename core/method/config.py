@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.method.tenants import TenantSettings
+
 # Range of a budget (US$ per request) that an admin (PUT /admin/budget) or the service config
 # may set. Much below the floor the pacer's cost / budget ratios overflow; US$ 100 is far above
 # any realistic request (100k output tokens at US$ 600/M, a top list price, cost US$ 60), so a
@@ -127,4 +129,5 @@ class RouterConfig(_Frozen):
     cost_scale: CostScaleConfig = CostScaleConfig()
     forced_exploration_pulls: int = Field(20, ge=0, description="pulls given to a new arm")
     max_pending: int = Field(100_000, ge=1, description="routed requests awaiting feedback")
+    tenants: TenantSettings = TenantSettings()
     seed: int = 0

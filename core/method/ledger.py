@@ -21,6 +21,7 @@ class Pending:
     charged: bool = False
     rewarded: bool = False
     failed: tuple[str, ...] = ()  # models that failed this request (fallback); not persisted
+    tenant: str | None = None  # who pays (core/method/tenants.py); None: the service budget
 
 
 class Ledger:
@@ -67,16 +68,34 @@ class Ledger:
 
     # ---- opening and closing decisions ----------------------------------------------------
 
-    def open(self, request_id: str, slot: int, x: np.ndarray, t: int, forced: bool) -> None:
+    def open(
+        self,
+        request_id: str,
+        slot: int,
+        x: np.ndarray,
+        t: int,
+        forced: bool,
+        tenant: str | None = None,
+    ) -> Pending:
         """A new decision; past `max_pending` the oldest pending one is forgotten."""
         pending = self._pending
-        pending[request_id] = Pending(slot, x, t, forced)
+        entry = pending[request_id] = Pending(slot, x, t, forced, tenant=tenant)
         if len(pending) > self._max:
             pending.popitem(last=False)
+        return entry
 
-    def restore(self, request_id: str, slot: int, x: np.ndarray, t: int, forced: bool) -> None:
+    def restore(
+        self,
+        request_id: str,
+        slot: int,
+        x: np.ndarray,
+        t: int,
+        forced: bool,
+        tenant: str | None = None,
+    ) -> Pending:
         """A decision made before (recovery, or one a restarted router lost): no cap applies."""
-        self._pending[request_id] = Pending(slot, x, t, forced)
+        entry = self._pending[request_id] = Pending(slot, x, t, forced, tenant=tenant)
+        return entry
 
     def drop(self, request_id: str) -> None:
         del self._pending[request_id]
@@ -135,6 +154,7 @@ class Ledger:
                     "forced": e.forced,
                     "charged": e.charged,
                     "rewarded": e.rewarded,
+                    **({"tenant": e.tenant} if e.tenant is not None else {}),
                 }
                 for rid, e in self._pending.items()
             ],
@@ -154,6 +174,7 @@ class Ledger:
                     t=p["t"],
                     forced=p["forced"],
                     charged=p["charged"],
+                    tenant=p.get("tenant"),
                     rewarded=p["rewarded"],
                 ),
             )

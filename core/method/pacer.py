@@ -74,6 +74,12 @@ class BudgetPacer:
             self.state.bank = self.state.bank_n = 0.0
         self.config = self.config.model_copy(update={"budget_usd": budget_usd})
 
+    def retarget(self, budget_usd: float) -> None:
+        """A new target that follows a period budget (core/method/tenants.py): unlike
+        set_budget, the running balance carries over, as the target drifts a little at a time."""
+        if budget_usd != self._budget:
+            self.config = self.config.model_copy(update={"budget_usd": budget_usd})
+
     def charge(self, cost_usd: float, step_scale: float = 1.0, held_usd: float = 0.0) -> None:
         """Charge one request's realised cost: EMA of spend, then a projected dual step
         (scaled by `step_scale` in (0, 1], see core.method.arms.ArmTable.dual_step_scale);

@@ -21,15 +21,23 @@ from core.method.errors import (
     NoEligibleModelError,
 )
 from core.method.faults import Cooldown, CooldownConfig, Cooldowns
-from core.method.ledger import Ledger
+from core.method.ledger import Ledger, Pending
 from core.method.pacer import BudgetPacer, PacerState
 from core.method.priors import Priors, mean_preserving_load
 from core.method.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
 from core.method.shift import ShiftDetector
 from core.method.spend_resolver import FeedForwardDual
+from core.method.tenants import (
+    Tenant,
+    TenantBook,
+    TenantBudgetExhaustedError,
+    TenantSpec,
+    cost_bound,
+)
 
 _NEG_INF = np.array(-np.inf)  # a 0-d array operand: numpy converts a Python float on every call
 _F64 = np.dtype(np.float64)
+_TENANT_BUFFER = "tenant_resolver_buffer."  # + tenant id: a tenant's feed-forward contexts
 
 
 def _is_number(v: object) -> bool:
@@ -61,6 +69,9 @@ class Decision:
     penalty: np.ndarray
     eligible: np.ndarray
     reasons: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None
+    # A capped tenant's request: the output limit its reservation covers, to send upstream.
+    max_tokens: int | None = None
 
     def explain(self) -> dict[str, dict]:
         """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
@@ -75,6 +86,15 @@ class Decision:
             }
             for i, m in enumerate(self.models)
         }
+
+
+@dataclass(slots=True)
+class Pacing:
+    """One budget's pacing: the integral pacer and its feed-forward dual. The service has
+    one; a tenant with a target of its own has another."""
+
+    pacer: BudgetPacer
+    ff: FeedForwardDual
 
 
 class Router:
@@ -102,10 +122,11 @@ class Router:
         self.shifts = ShiftDetector(config.bandit)
         self.pacer = BudgetPacer(config.pacer)
         dim = config.bandit.dim
-        self._ff = FeedForwardDual(
-            dim, config.pacer.feedforward_window, config.pacer.feedforward_every
-        )
-        self.arms = ArmTable(config, on_change=self._ff.resolve_soon)
+        self._ff = self._new_ff()
+        self._service = Pacing(self.pacer, self._ff)
+        self.tenants = TenantBook(config.tenants)
+        self._tenant_pacing: dict[str, Pacing] = {}
+        self.arms = ArmTable(config, on_change=self._resolve_soon)
         self.ledger = Ledger(config.max_pending)
         self.rng = np.random.default_rng(config.seed)
         self.context_sum = np.zeros(dim)
@@ -117,6 +138,16 @@ class Router:
     @property
     def config(self) -> RouterConfig:
         return self._config
+
+    def _new_ff(self) -> FeedForwardDual:
+        p = self._config.pacer
+        return FeedForwardDual(self._config.bandit.dim, p.feedforward_window, p.feedforward_every)
+
+    def _resolve_soon(self) -> None:
+        """Costs or arms changed: every feed-forward dual re-solves at its next route."""
+        self._ff.resolve_soon()
+        for pacing in self._tenant_pacing.values():
+            pacing.ff.resolve_soon()
 
     @property
     def t(self) -> int:
@@ -171,6 +202,117 @@ class Router:
         self.pacer.set_budget(usd_per_request)
         self._ff.resolve_soon()
 
+    # ---- tenants (core/method/tenants.py): who pays, paced and capped apiece -----------------
+
+    def add_tenant(self, spec: TenantSpec, now: float) -> dict:
+        self._pace(self.tenants.add(spec, now), now)
+        return self.tenant_report(spec.id, now)
+
+    def update_tenant(self, spec: TenantSpec, now: float) -> dict:
+        tenant = self.tenants.get(spec.id)
+        tenant.update(spec, now)
+        self._pace(tenant, now)
+        return self.tenant_report(spec.id, now)
+
+    def remove_tenant(self, tenant_id: str) -> None:
+        """Requests of the tenant in flight are still charged (to the service's pacer)."""
+        self.tenants.remove(tenant_id)
+        pacing = self._tenant_pacing.pop(tenant_id, None)
+        if pacing is not None:  # its charges stay in the service's totals (Router.state)
+            self.pacer.state.charges += pacing.pacer.state.charges
+            self.pacer.state.total_spend += pacing.pacer.state.total_spend
+
+    def tenant_report(self, tenant_id: str, now: float) -> dict:
+        tenant = self.tenants.get(tenant_id)
+        tenant.roll(now)
+        pacing = self._tenant_pacing.get(tenant_id)
+        if pacing is None:
+            return tenant.report(now, None, None)
+        return tenant.report(now, pacing.pacer.dual, pacing.pacer.budget)
+
+    def tenant_reports(self, now: float) -> list[dict]:
+        return [self.tenant_report(t.id, now) for t in self.tenants]
+
+    def add_tenant_key(self, tenant_id: str, digest: str, key_id: str, now: float) -> None:
+        self.tenants.add_key(tenant_id, digest, key_id, now)
+
+    def revoke_tenant_key(self, tenant_id: str, key_id: str) -> bool:
+        return self.tenants.revoke_key(tenant_id, key_id)
+
+    def tenant_of_key(self, digest: str) -> str | None:
+        return self.tenants.of_key(digest)
+
+    def _pace(self, tenant: Tenant, now: float) -> Pacing:
+        """The tenant's pacing at its current target (the service's if it has none)."""
+        if not tenant.paced:
+            self._tenant_pacing.pop(tenant.id, None)
+            return self._service
+        target = tenant.target(now)
+        pacing = self._tenant_pacing.get(tenant.id)
+        if pacing is None:
+            pacer = BudgetPacer(self._config.pacer.model_copy(update={"budget_usd": target}))
+            pacing = self._tenant_pacing[tenant.id] = Pacing(pacer, self._new_ff())
+        elif abs(target - pacing.pacer.budget) > 0.005 * pacing.pacer.budget:
+            # Re-targeted on a move of over 0.5% only: each costs a config copy and a re-solve.
+            pacing.pacer.retarget(target)
+            pacing.ff.resolve_soon()
+        return pacing
+
+    def _pacing_of(self, tenant: str | None) -> Pacing | None:
+        """The pacing a pending decision of `tenant` holds on; None: its tenant was removed."""
+        if tenant is None:
+            return self._service
+        if tenant not in self.tenants:
+            return None
+        return self._tenant_pacing.get(tenant, self._service)
+
+    def _within_cap(
+        self,
+        tenant: Tenant,
+        limits: RouteLimits | None,
+        mask: np.ndarray,
+        eligible: list[bool],
+        reasons: dict[str, str],
+        now: float,
+    ) -> tuple[np.ndarray, list[bool], dict[int, tuple[float, int]]]:
+        """A capped tenant: the eligible models whose cost bound fits what is left of its
+        budget, each with (bound, output limit); an output limit is lowered to fit, down to
+        the settings' minimum. Raises TenantBudgetExhaustedError when none fits."""
+        settings = self.tenants.settings
+        room = tenant.remaining()
+        prompt = ((limits.prompt_tokens if limits else None) or 0) * settings.prompt_token_margin
+        wanted = limits.output_tokens if limits else None
+        specs = self.registry.specs
+        fits: dict[int, tuple[float, int]] = {}
+        cheapest = math.inf
+        out_mask = mask.copy()
+        for i in compress(range(len(eligible)), eligible):
+            m = self.arms.slot_models[i]
+            spec = specs[m]
+            out = wanted or spec.max_output_tokens or settings.default_output_tokens
+            if spec.max_output_tokens is not None:
+                out = min(out, spec.max_output_tokens)
+            floor = min(settings.min_output_tokens, out)
+            prompt_usd = cost_bound(prompt, 0, spec.input_per_m, 0.0)
+            per_token = spec.output_per_m / 1e6
+            cheapest = min(cheapest, prompt_usd + floor * per_token)
+            if prompt_usd + out * per_token > room:
+                out = int((room - prompt_usd) / per_token) if room > prompt_usd else 0
+            if out < floor:
+                out_mask[i] = False
+                reasons[m] = (
+                    f"its cost bound is over the ${max(room, 0.0):.4g} left of tenant "
+                    f"{tenant.id!r}'s budget"
+                )
+                continue
+            fits[i] = (prompt_usd + out * per_token, out)
+        if not fits:
+            tenant.account.refused += 1
+            raise TenantBudgetExhaustedError(
+                tenant.id, max(room, 0.0), cheapest, tenant.account.period_end
+            )
+        return out_mask, out_mask.tolist(), fits
+
     def configure_cooldowns(self, config: CooldownConfig) -> None:
         """New cool-down rules, starting with no model cooling (cool-downs are transient and not
         in snapshots, so a restored Router gets the service's rules here)."""
@@ -224,12 +366,17 @@ class Router:
         return x
 
     def _assess(
-        self, x: np.ndarray, mask: np.ndarray, eligible: list[bool], reasons: dict[str, str]
+        self,
+        x: np.ndarray,
+        mask: np.ndarray,
+        eligible: list[bool],
+        reasons: dict[str, str],
+        pacing: Pacing,
     ) -> tuple[np.ndarray, list[bool], dict[str, str], np.ndarray, np.ndarray, np.ndarray]:
         """The pacer's ceiling on top of the caller's eligibility (ArmTable.eligible), and the
         score terms at time t: (mask, mask as a list, reasons, quality, bonus, penalty)."""
         quality, bonus = self.bandit.estimates(x)
-        pacer = self.pacer
+        pacer = pacing.pacer
         signal, ceiling_costs, dearest = self.arms.cost_signal(pacer.budget)
         # None in soft mode, at lambda <= 0 (the ceiling admits every arm), or with no arm active.
         cap = None if dearest is None else pacer.ceiling(dearest)
@@ -252,7 +399,7 @@ class Router:
         # cost weight's term (0 by default). The dual weight goes in as a 0-d array: numpy
         # converts a Python float operand on every call.
         weight = self._dual_operand
-        weight[()] = self._ff.nu if self._nu_in_score else pacer.soft_weight()
+        weight[()] = pacing.ff.nu if self._nu_in_score else pacer.soft_weight()
         penalty = weight * signal
         if self._cost_weight != 0.0:
             penalty = self._cost_weight * self.arms.cost_terms + penalty
@@ -285,15 +432,26 @@ class Router:
         model: str | None = None,
         request_id: str | None = None,
         now: float | None = None,
+        tenant: str | None = None,
     ) -> Decision:
         """Pick a model for context x (or record an explicit `model`, bypassing the bandit but
         not the caller's own limits). `request_id` names the decision (default: random); a
         name already in use is refused. With `now` (unix seconds), auto-routing skips models
-        cooling down after failures, unless that would leave none."""
+        cooling down after failures, unless that would leave none. A `tenant`'s request (it
+        needs `now`) is paced at the tenant's target and, if capped, reserves its cost bound
+        (core/method/tenants.py)."""
         x = self._check_context(x)
         arms = self.arms
         if request_id is not None and self.ledger.in_use(request_id):
             raise DuplicateRequestIdError(request_id)
+        payer = None
+        pacing = self._service
+        if tenant is not None:
+            if now is None:
+                raise ValueError("a tenant's request needs the time (now)")
+            payer = self.tenants.get(tenant)
+            payer.arrived(now)
+            pacing = self._pace(payer, now)
         if model is not None and not (model in arms.slots and arms.active[arms.slots[model]]):
             why = "removed" if model in arms.slots else "not registered"
             raise NoEligibleModelError({model: why})
@@ -304,11 +462,29 @@ class Router:
             raise NoEligibleModelError(reasons)
         if model is not None and not eligible[arms.slots[model]]:
             raise NoEligibleModelError({model: reasons[model]})
+        fits = None
+        if payer is not None and payer.capped:
+            before = eligible
+            mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons, now)
+            after_cap = eligible
+            if model is not None and not eligible[arms.slots[model]]:
+                payer.account.refused += 1
+                raise TenantBudgetExhaustedError(
+                    tenant, max(payer.remaining(), 0.0), 0.0, payer.account.period_end
+                )
         self.bandit.t += 1
         t = self.bandit.t
+        pacer = pacing.pacer
         if self._feedforward:
-            self._ff.step(x, self.bandit.theta, arms.active, self._signal, self.pacer.dual)
-        mask, eligible, reasons, quality, bonus, penalty = self._assess(x, mask, eligible, reasons)
+            signal = (
+                self._signal
+                if pacing is self._service
+                else lambda: arms.cost_signal(pacer.budget)[0]
+            )
+            pacing.ff.step(x, self.bandit.theta, arms.active, signal, pacer.dual)
+        mask, eligible, reasons, quality, bonus, penalty = self._assess(
+            x, mask, eligible, reasons, pacing
+        )
         forced = False
         if model is not None:
             slot = arms.slots[model]
@@ -318,7 +494,7 @@ class Router:
             # keeps its pulls, and this check runs, for as long as the ceiling holds.
             explore = None
             pulls = arms.forced_left.tolist()
-            if any(pulls) and not self.pacer.over_budget:
+            if any(pulls) and not pacer.over_budget:
                 for i in compress(range(len(pulls)), pulls):
                     if pulls[i] > 0 and eligible[i]:
                         explore = i
@@ -341,14 +517,20 @@ class Router:
         self.context_sum += x
         if request_id is None:
             request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
-        self.ledger.open(request_id, slot, x, t, forced)
-        self._hold(slot)
+        entry = self.ledger.open(request_id, slot, x, t, forced, tenant)
+        self._hold(entry)
+        max_tokens = None
+        if fits is not None:
+            bound, max_tokens = fits[slot]
+            payer.reserve(request_id, bound)
+            if model is None and self._degraded(slot, before, after_cap, quality, bonus, penalty):
+                payer.account.degraded += 1
         # Positional: keyword arguments would cost ~0.4 us more per request.
         return Decision(
             request_id,
             arms.slot_models[slot],  # model
             t,
-            self.pacer.dual,
+            pacer.dual,
             forced,
             model is not None,  # direct
             arms.model_names(),
@@ -357,6 +539,24 @@ class Router:
             penalty,
             mask,  # eligible
             reasons,
+            tenant,
+            max_tokens,
+        )
+
+    @staticmethod
+    def _degraded(
+        slot: int,
+        before_cap: list[bool],
+        after_cap: list[bool],
+        quality: np.ndarray,
+        bonus: np.ndarray,
+        penalty: np.ndarray,
+    ) -> bool:
+        """The tenant's cap left out a model that scored above the one chosen."""
+        score = quality + bonus - penalty
+        return any(
+            b and not a and score[i] > score[slot]
+            for i, (b, a) in enumerate(zip(before_cap, after_cap, strict=True))
         )
 
     def resume(self, request_id: str, direct: bool) -> Decision | None:
@@ -435,27 +635,41 @@ class Router:
             arms.give_back_forced(entry.slot)
             entry.forced = False
         if len(entry.failed) > self.cooldowns.config.max_fallbacks:
-            self._drop(request_id, entry.slot)
+            self._drop(request_id, entry)
             return None
         mask, eligible, reasons = arms.eligible(limits)
         mask, eligible = self._skip(
             mask, eligible, reasons, self.cooldowns.cooling(now), now, entry.failed
         )
         if True not in eligible:
-            self._drop(request_id, entry.slot)
+            self._drop(request_id, entry)
             return None
+        pacing = self._pacing_of(entry.tenant) or self._service
+        payer = self.tenants.find(entry.tenant) if entry.tenant is not None else None
+        fits = None
+        if payer is not None and payer.capped:
+            payer.release(request_id)  # the failed model's bound; the new one's is reserved
+            try:
+                mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons, now)
+            except TenantBudgetExhaustedError:
+                self._drop(request_id, entry)
+                return None
         mask, eligible, reasons, quality, bonus, penalty = self._assess(
-            entry.x, mask, eligible, reasons
+            entry.x, mask, eligible, reasons, pacing
         )
         score = np.where(mask, quality + bonus - penalty, _NEG_INF)
         slot = int(np.argmax(score))  # the first best: no RNG draw, so routing stays seeded
         self.bandit.mark_pull(slot)
         self._rekey(entry, slot)
+        max_tokens = None
+        if fits is not None:
+            held, max_tokens = fits[slot]
+            payer.reserve(request_id, held)
         return Decision(
             request_id,
             arms.slot_models[slot],
             entry.t,
-            self.pacer.dual,
+            pacing.pacer.dual,
             False,  # forced
             False,  # direct
             arms.model_names(),
@@ -464,9 +678,18 @@ class Router:
             penalty,
             mask,
             reasons,
+            entry.tenant,
+            max_tokens,
         )
 
-    def answered_by(self, request_id: str, model: str, x: np.ndarray, forced: bool) -> str:
+    def answered_by(
+        self,
+        request_id: str,
+        model: str,
+        x: np.ndarray,
+        forced: bool,
+        tenant: str | None = None,
+    ) -> str:
         """Make sure the pending decision of an answered request names `model`, the one that
         answered, before it is charged. A Router that restarted may have lost the decision
         (made after its last flush) or a fallback's re-key; the caller, who holds the context,
@@ -488,8 +711,8 @@ class Router:
         self.bandit.t += 1
         self.bandit.mark_pull(slot)
         self.context_sum += x
-        self.ledger.restore(request_id, slot, x, self.bandit.t, forced)
-        self._hold(slot)
+        tenant = tenant if tenant is not None and tenant in self.tenants else None
+        self._hold(self.ledger.restore(request_id, slot, x, self.bandit.t, forced, tenant))
         return "adopted"
 
     def fail(
@@ -510,7 +733,7 @@ class Router:
         if entry is not None and not entry.charged:
             if entry.forced and self.arms.slot_models[entry.slot] == model:
                 self.arms.give_back_forced(entry.slot)
-            self._drop(request_id, entry.slot)
+            self._drop(request_id, entry)
         return cd
 
     # ---- recovery -------------------------------------------------------------------------
@@ -524,11 +747,19 @@ class Router:
         return self.ledger.ids()
 
     def replay_decision(
-        self, request_id: str, model: str, x: np.ndarray, t: int, forced: bool
+        self,
+        request_id: str,
+        model: str,
+        x: np.ndarray,
+        t: int,
+        forced: bool,
+        tenant: str | None = None,
+        reserved_usd: float = 0.0,
     ) -> bool:
-        """Re-apply a recorded decision during recovery: time, pull, forced pull and pending
-        entry move as route() moved them (the choice itself is not re-made). False, and
-        nothing changes, when the decision is pending already or its model has no arm."""
+        """Re-apply a recorded decision during recovery: time, pull, forced pull, pending
+        entry and a capped tenant's reservation move as route() moved them (the choice itself
+        is not re-made). False, and nothing changes, when the decision is pending already or
+        its model has no arm."""
         if request_id in self.ledger or model not in self.arms.slots:
             return False
         slot = self.arms.slots[model]
@@ -537,8 +768,13 @@ class Router:
         if forced:
             self.arms.take_forced(slot)
         self.context_sum += x
-        self.ledger.restore(request_id, slot, np.asarray(x, float), t, forced)
-        self._hold(slot)
+        payer = self.tenants.find(tenant) if tenant is not None else None
+        entry = self.ledger.restore(
+            request_id, slot, np.asarray(x, float), t, forced, None if payer is None else tenant
+        )
+        self._hold(entry)
+        if payer is not None:
+            payer.reserve(request_id, reserved_usd)
         return True
 
     def advance_to(self, t: int) -> None:
@@ -551,32 +787,42 @@ class Router:
         for rid in request_ids:
             entry = self.ledger.get(rid)
             if entry is not None and not entry.charged:
-                self.pacer.release(self._held(entry.slot))
+                self._release(rid, entry)
         return self.ledger.expire(request_ids)
 
     # ---- what decisions in flight hold of the budget's running balance -------------------
 
-    def _held(self, slot: int) -> float:
+    def _held(self, pacer: BudgetPacer | None, slot: int) -> float:
         """What a decision on `slot` holds of the balance until charged: its expected cost less
         the budget the request brings (a request cheaper than the budget adds to it)."""
-        if not self.pacer.banking:
+        if pacer is None or not pacer.banking:
             return 0.0
-        return self.arms.expected_cost(slot) - self.pacer.budget
+        return self.arms.expected_cost(slot) - pacer.budget
 
-    def _hold(self, slot: int) -> None:
-        if self.pacer.banking:
-            self.pacer.hold(self._held(slot))
+    def _hold(self, entry: Pending) -> None:
+        pacing = self._pacing_of(entry.tenant)
+        if pacing is not None and pacing.pacer.banking:
+            pacing.pacer.hold(self._held(pacing.pacer, entry.slot))
 
-    def _rekey(self, entry, slot: int) -> None:
+    def _rekey(self, entry: Pending, slot: int) -> None:
         """A pending, uncharged decision moves to another model (a fallback)."""
-        if self.pacer.banking:
-            self.pacer.release(self._held(entry.slot))
-            self.pacer.hold(self._held(slot))
+        pacing = self._pacing_of(entry.tenant)
+        if pacing is not None and pacing.pacer.banking:
+            pacing.pacer.release(self._held(pacing.pacer, entry.slot))
+            pacing.pacer.hold(self._held(pacing.pacer, slot))
         entry.slot = slot
 
-    def _drop(self, request_id: str, slot: int) -> None:
+    def _release(self, request_id: str, entry: Pending) -> None:
+        """What an uncharged decision held (balance; a capped tenant's reservation) goes back."""
+        pacing = self._pacing_of(entry.tenant)
+        if pacing is not None:
+            pacing.pacer.release(self._held(pacing.pacer, entry.slot))
+            if entry.tenant is not None:
+                self.tenants.get(entry.tenant).release(request_id)
+
+    def _drop(self, request_id: str, entry: Pending) -> None:
         """An uncharged decision ends without an answer."""
-        self.pacer.release(self._held(slot))
+        self._release(request_id, entry)
         self.ledger.drop(request_id)
 
     # ---- charges and feedback -------------------------------------------------------------
@@ -588,8 +834,9 @@ class Router:
             return self.ledger.charge_due(request_id) is not None
         return self.ledger.reward_due(request_id) is not None
 
-    def charge(self, request_id: str, cost_usd: float) -> FeedbackStatus:
-        """Charge the realised cost of a routed request to the pacer (once per request)."""
+    def charge(self, request_id: str, cost_usd: float, now: float | None = None) -> FeedbackStatus:
+        """Charge the realised cost of a routed request to its pacer and, for a tenant's, to
+        the tenant's period spend (in the period holding `now`), once per request."""
         if not (_is_number(cost_usd) and math.isfinite(cost_usd) and cost_usd >= 0):
             raise InvalidFeedbackError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         entry = self.ledger.charge_due(request_id)
@@ -599,7 +846,13 @@ class Router:
         arms = self.arms
         if self.cooldowns.state:  # the model answered: its failure streak ends
             self.cooldowns.succeed(arms.slot_models[entry.slot])
-        self.pacer.charge(cost, arms.dual_step_scale(self.pacer.budget), self._held(entry.slot))
+        pacing = self._pacing_of(entry.tenant)
+        pacer = self.pacer if pacing is None else pacing.pacer
+        held = self._held(None if pacing is None else pacer, entry.slot)
+        pacer.charge(cost, arms.dual_step_scale(pacer.budget), held)
+        if pacing is not None and entry.tenant is not None:
+            payer = self.tenants.get(entry.tenant)
+            payer.settle(request_id, cost, payer.account.period_start if now is None else now)
         arms.learn_usage(entry.slot, cost)
         self.ledger.charged(request_id, entry)
         return FeedbackStatus.APPLIED
@@ -631,7 +884,9 @@ class Router:
             mask, eligible = self._skip(mask, eligible, reasons, self.cooldowns.cooling(now), now)
         self.bandit.t += 1  # route() scores at t + 1; undone below, nothing else changes
         try:
-            mask, _, reasons, quality, bonus, penalty = self._assess(x, mask, eligible, reasons)
+            mask, _, reasons, quality, bonus, penalty = self._assess(
+                x, mask, eligible, reasons, self._service
+            )
         finally:
             self.bandit.t -= 1
         return Decision(
@@ -654,6 +909,7 @@ class Router:
     def state(self, now: float | None = None) -> dict:
         """With `now`, `cooldowns` says how long each failing model still cools down."""
         s = self.pacer.state
+        tenant_pacing = self._tenant_pacing.values()
         mean_x = self.context_sum / max(self.t, 1)
         expected = self.expected_costs()
         arms = self.arms
@@ -663,8 +919,11 @@ class Router:
             "dual": s.dual,
             "feedforward_dual": self._ff.nu if self._feedforward else None,
             "spend_ema_usd": s.cost_ema,
-            "charges": s.charges,
-            "total_spend_usd": s.total_spend,
+            # Every pacer's: the service's and each tenant's.
+            "charges": s.charges + sum(p.pacer.state.charges for p in tenant_pacing),
+            "total_spend_usd": s.total_spend
+            + math.fsum(p.pacer.state.total_spend for p in tenant_pacing),
+            "tenants": len(self.tenants),
             "registry_version": self.registry.version,
             "pending": len(self.ledger),
             "cooldowns": self.cooldowns.to_json(now),
@@ -696,6 +955,15 @@ class Router:
             **ledger_arrays,
             **ff_arrays,
         }
+        tenant_pacing = {}
+        for tenant_id, pacing in self._tenant_pacing.items():
+            buffers, resolver = pacing.ff.to_state()
+            arrays[_TENANT_BUFFER + tenant_id] = buffers["resolver_buffer"]
+            tenant_pacing[tenant_id] = {
+                "pacer": vars(pacing.pacer.state),
+                "budget_usd": pacing.pacer.budget,
+                **resolver,
+            }
         meta = {
             "config": self.config.model_dump(mode="json"),
             "t": self.t,
@@ -705,6 +973,8 @@ class Router:
             "rng": self.rng.bit_generator.state,
             **ledger_meta,
             **ff_meta,
+            "tenants": self.tenants.to_json(),
+            "tenant_pacing": tenant_pacing,
         }
         return arrays, meta
 
@@ -721,6 +991,15 @@ class Router:
         router._ff.load_state(arrays, meta)
         router.rng.bit_generator.state = meta["rng"]
         router.ledger.load_state(arrays, meta)
+        router.tenants.load_json(meta.get("tenants", []))
+        for tenant_id, p in meta.get("tenant_pacing", {}).items():
+            pacer = BudgetPacer(
+                router.config.pacer.model_copy(update={"budget_usd": p["budget_usd"]}),
+                PacerState(**p["pacer"]),
+            )
+            ff = router._new_ff()
+            ff.load_state({"resolver_buffer": arrays[_TENANT_BUFFER + tenant_id]}, p)
+            router._tenant_pacing[tenant_id] = Pacing(pacer, ff)
         return router
 
 
