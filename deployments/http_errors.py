@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from core.method.errors import (
     UnknownRequestError,
 )
 from core.method.registry import RegistryError, UnknownModelError, UnknownProviderError
+from core.method.tenants import TenantBudgetExhaustedError, UnknownTenantError
 from core.service.anthropic_protocol import anthropic_error
 from core.service.protocol import ChatCompletionRequest, ErrorBody, chat_refusal, error_body
 from core.state.store import StaleVersionError
@@ -83,6 +85,17 @@ def to_http(exc: BaseException) -> HTTPError:
             "model",
             code="model_not_found" if unknown else "no_eligible_model",
         )
+    if isinstance(exc, TenantBudgetExhaustedError):
+        wait = max(0, math.ceil(exc.reset_at - time.time()))
+        return HTTPError(
+            429,
+            str(exc),
+            type="rate_limit_error",
+            code="tenant_budget_exhausted",
+            headers={"retry-after": str(wait)},
+        )
+    if isinstance(exc, UnknownTenantError):
+        return HTTPError(404, str(exc), "tenant", type="not_found_error", code="tenant_not_found")
     if isinstance(exc, StaleVersionError):
         return HTTPError(409, str(exc), code="conflict")
     if isinstance(exc, UnknownModelError):

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.method.tenants import TenantSpec
 from core.service.anthropic_protocol import MessagesRequest, messages_refusal
 from core.service.anthropic_translate import AnthropicStreamFormat, to_chat_request, to_message
 from core.service.capabilities import explain_limits
@@ -44,8 +45,10 @@ from core.service.protocol import (
     FeedbackRequest,
     FeedbackResponse,
     RepriceRequest,
+    TenantPatch,
     chat_refusal,
 )
+from core.service.tenant_keys import TenantKeys
 from deployments.http_errors import HTTPError, error_response, to_http
 from deployments.ports import ServeEmbedder, ServeJudge, ServeProviders, ServeRouter, timed
 
@@ -127,14 +130,28 @@ async def _authenticate(request: Request, call_next):
         if not _matches(_bearer(request), [state.admin_key]):
             message = "missing or invalid admin key"
             return error_response(HTTPError(401, message, type="authentication_error"))
-    elif path in _CLIENT_PATHS and state.api_keys:
+    elif path in _CLIENT_PATHS:
         key = _bearer(request)
         if path == MESSAGES_PATH and not key:
             key = request.headers.get("x-api-key", "").strip()
-        if not _matches(key, state.api_keys):
+        if TenantKeys.is_tenant_key(key):  # a tenant's key: paced and charged for the tenant
+            try:
+                tenant = await state.tenant_keys.tenant(key)
+            except Exception as exc:
+                return _respond(request, to_http(exc))
+            if tenant is None:
+                message = "unknown or revoked tenant key"
+                return _respond(request, HTTPError(401, message, type="authentication_error"))
+            request.state.tenant = tenant
+        elif state.api_keys and not _matches(key, state.api_keys):
             message = "missing or invalid API key"
             return _respond(request, HTTPError(401, message, type="authentication_error"))
     return await call_next(request)
+
+
+def _tenant(request: Request) -> str | None:
+    """The tenant whose key authenticated the request (None: no tenant key)."""
+    return getattr(request.state, "tenant", None)
 
 
 def _request_id(request: Request) -> str:
@@ -188,6 +205,7 @@ class Ingress:
         app.state.api_keys = [
             k.strip() for k in os.environ.get(api_keys_env, "").split(",") if k.strip()
         ]
+        app.state.tenant_keys = TenantKeys(lambda digest: router.tenant_of_key.remote(digest))
         self._m_requests = Counter(
             "paretoserve_requests",
             "chat requests by answering model",
@@ -250,10 +268,10 @@ class Ingress:
         rid = _request_id(request)
         self._check_prompt(body)
         if body.stream:
-            stream = await self._mapped(self.chats.open_stream(rid, body))
+            stream = await self._mapped(self.chats.open_stream(rid, body, _tenant(request)))
             self._count(stream.decision, True)
             return _ClosingStreamingResponse(stream.events(), media_type="text/event-stream")
-        answer = await self._mapped(self.chats.complete(rid, body))
+        answer = await self._mapped(self.chats.complete(rid, body, _tenant(request)))
         decision, cost = answer.decision, answer.cost_usd
         self._count(decision, False)
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
@@ -275,7 +293,7 @@ class Ingress:
             raise to_http(exc) from None
         self._check_prompt(chat)
         if body.stream:
-            stream = await self._mapped(self.chats.open_stream(rid, chat))
+            stream = await self._mapped(self.chats.open_stream(rid, chat, _tenant(request)))
             self._count(stream.decision, True)
             fmt = AnthropicStreamFormat(
                 rid,
@@ -284,7 +302,7 @@ class Ingress:
                 stream_error=lambda exc: to_http(exc).anthropic_body(),
             )
             return _ClosingStreamingResponse(stream.events(fmt), media_type="text/event-stream")
-        answer = await self._mapped(self.chats.complete(rid, chat))
+        answer = await self._mapped(self.chats.complete(rid, chat, _tenant(request)))
         decision, cost = answer.decision, answer.cost_usd
         self._count(decision, False)
         self._m_hop.observe((time.perf_counter() - start) * 1000, tags={"hop": "total"})
@@ -371,6 +389,43 @@ class Ingress:
         """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
         x = await self._call("embed", self.embedder.embed.remote(body.prompt))
         return await self._call("router", self.router.explain.remote(x, explain_limits(body)))
+
+    # ---- tenants (admin) ----------------------------------------------------------------
+
+    @app.post("/admin/tenants", status_code=201)
+    async def admin_add_tenant(self, body: TenantSpec) -> dict:
+        return await self._call("router", self.router.add_tenant.remote(body.model_dump()))
+
+    @app.get("/admin/tenants")
+    async def admin_tenants(self) -> list[dict]:
+        return await self._call("router", self.router.tenants.remote())
+
+    @app.get("/admin/tenants/{tenant_id}")
+    async def admin_tenant(self, tenant_id: str) -> dict:
+        return await self._call("router", self.router.tenant.remote(tenant_id))
+
+    @app.patch("/admin/tenants/{tenant_id}")
+    async def admin_patch_tenant(self, tenant_id: str, body: TenantPatch) -> dict:
+        changes = body.model_dump(exclude_unset=True)
+        return await self._call("router", self.router.update_tenant.remote(tenant_id, changes))
+
+    @app.delete("/admin/tenants/{tenant_id}")
+    async def admin_remove_tenant(self, tenant_id: str) -> dict:
+        return await self._call("router", self.router.remove_tenant.remote(tenant_id))
+
+    @app.post("/admin/tenants/{tenant_id}/keys", status_code=201)
+    async def admin_tenant_key(self, tenant_id: str) -> dict:
+        """A new API key of the tenant; shown only in this answer."""
+        return await self._call("router", self.router.create_tenant_key.remote(tenant_id))
+
+    @app.delete("/admin/tenants/{tenant_id}/keys/{key_id}")
+    async def admin_revoke_key(self, tenant_id: str, key_id: str) -> dict:
+        revoked = await self._call(
+            "router", self.router.revoke_tenant_key.remote(tenant_id, key_id)
+        )
+        if not revoked:
+            raise HTTPError(404, f"tenant {tenant_id!r} has no key {key_id!r}", "key_id")
+        return {"tenant": tenant_id, "key_id": key_id, "revoked": True}
 
     @app.put("/admin/budget")
     async def admin_budget(self, body: BudgetRequest) -> dict:

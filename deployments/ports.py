@@ -49,7 +49,12 @@ class ServeRouter:
         self.handle, self.observe, self.on_retry = handle, observe, on_retry
 
     async def route(
-        self, x: list[float], limits: dict | None, model: str | None, request_id: str
+        self,
+        x: list[float],
+        limits: dict | None,
+        model: str | None,
+        request_id: str,
+        tenant: str | None = None,
     ) -> RouteDecision:
         """Route; if the Router died mid-call, pick up the decision if it survived, else route
         again under the same request id."""
@@ -62,7 +67,7 @@ class ServeRouter:
                 if d is not None:
                     return d
             first = False
-            return await self.handle.route.remote(x, limits, model, request_id)
+            return await self.handle.route.remote(x, limits, model, request_id, tenant)
 
         return await timed(self.observe, "route", retrying(once, self.on_retry))
 
@@ -89,10 +94,18 @@ class ServeRouter:
         return await timed(self.observe, "fallback", call)
 
     async def charge(
-        self, request_id: str, cost_usd: float, model: str, x: list[float], forced: bool
+        self,
+        request_id: str,
+        cost_usd: float,
+        model: str,
+        x: list[float],
+        forced: bool,
+        tenant: str | None = None,
     ) -> str:
         call = self.handle.charge.remote
-        charged = retrying(lambda: call(request_id, cost_usd, model, x, forced), self.on_retry)
+        charged = retrying(
+            lambda: call(request_id, cost_usd, model, x, forced, tenant), self.on_retry
+        )
         return await timed(self.observe, "charge", charged)
 
 

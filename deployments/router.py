@@ -11,6 +11,7 @@ exactly once.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import numpy as np
@@ -19,10 +20,12 @@ from ray.serve.metrics import Counter, Gauge
 
 from core.method.registry import ModelSpec
 from core.method.router import FeedbackStatus, RouteLimits, Router
+from core.method.tenants import TenantBudgetExhaustedError, TenantSpec, key_digest
 from core.service.decision import RouteDecision
 from core.service.settings import RouterSettings
 from core.service.warm_start import fresh_router
 from core.state.durable import DurableRouter
+from core.state.open_store import open_store
 from core.state.reconcile import reconcile
 from core.state.store import StateStore
 
@@ -42,7 +45,7 @@ def registry_table(store: StateStore, default: list[ModelSpec]) -> tuple[list[Mo
 class RouterDeployment:
     def __init__(self, settings: RouterSettings | dict) -> None:
         self.settings = RouterSettings.model_validate(settings)
-        self.store = StateStore(self.settings.state_path)
+        self.store = open_store(self.settings.state_path)
         table, _ = registry_table(self.store, self.settings.models)
         self.durable, self.recovery = DurableRouter.open(
             self.store, lambda: self._fresh_router(table), self.settings.durability, time.time()
@@ -51,6 +54,10 @@ class RouterDeployment:
         self.durable.router.configure_cooldowns(self.settings.faults)
         changed = reconcile(self.durable.router, table)  # registry changes made while down
         log.info("router ready: %s; registry reconciled: %s", self.recovery, changed or "none")
+        router, now = self.durable.router, time.time()
+        for spec in self.settings.tenants:  # the configured ones, unless they exist already
+            if spec.id not in router.tenants:
+                router.add_tenant(spec, now)
         self._m_decisions = Counter(
             "paretoserve_decisions", "routing decisions", tag_keys=("model", "routed")
         )
@@ -71,6 +78,29 @@ class RouterDeployment:
             "models cooled down after a provider failure",
             tag_keys=("model", "status"),
         )
+        tenant = ("tenant",)
+        self._m_tenant_spend = Gauge(
+            "paretoserve_tenant_spend_usd", "spend this period", tag_keys=tenant
+        )
+        self._m_tenant_remaining = Gauge(
+            "paretoserve_tenant_remaining_usd",
+            "budget left this period, after reservations",
+            tag_keys=tenant,
+        )
+        self._m_tenant_dual = Gauge("paretoserve_tenant_dual", "the tenant's dual", tag_keys=tenant)
+        self._m_tenant_requests = Counter(
+            "paretoserve_tenant_requests", "requests routed", tag_keys=tenant
+        )
+        self._m_tenant_degraded = Counter(
+            "paretoserve_tenant_degraded",
+            "requests sent to a cheaper model because the cap left out a better one",
+            tag_keys=tenant,
+        )
+        self._m_tenant_refused = Counter(
+            "paretoserve_tenant_refused", "requests refused: nothing fits the cap", tag_keys=tenant
+        )
+        for t in self.durable.router.tenants:
+            self._publish_tenant(t.id)
 
     def _fresh_router(self, table: list[ModelSpec]) -> Router:
         # No snapshot yet: the configured tuning and table, warm-started as priors_path says
@@ -87,16 +117,36 @@ class RouterDeployment:
         limits: dict | None = None,
         model: str | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> RouteDecision:
         self._start_writer()
-        d = self.durable.route(
-            np.asarray(x, dtype=np.float64),
-            RouteLimits.model_validate(limits) if limits else None,
-            model,
-            time.time(),
-            request_id,
-        )
+        degraded = 0
+        if tenant is not None:
+            degraded = self.durable.router.tenants.get(tenant).account.degraded
+        try:
+            d = self.durable.route(
+                np.asarray(x, dtype=np.float64),
+                RouteLimits.model_validate(limits) if limits else None,
+                model,
+                time.time(),
+                request_id,
+                tenant,
+            )
+        except TenantBudgetExhaustedError:
+            self._m_tenant_refused.inc(tags={"tenant": tenant})
+            self._publish_tenant(tenant)
+            raise
         self._m_decisions.inc(tags={"model": d.model, "routed": str(not d.direct).lower()})
+        if tenant is not None:
+            tags = {"tenant": tenant}
+            self._m_tenant_requests.inc(tags=tags)
+            if self.durable.router.tenants.get(tenant).account.degraded > degraded:
+                self._m_tenant_degraded.inc(tags=tags)
+            self._publish_tenant(tenant)
+        if d.reserved_usd:
+            # A reservation must outlive a crash before the request goes out: a restarted
+            # Router that lost it would let other requests spend the same money.
+            await self.durable.recorded()
         return self._decision(d)
 
     def _decision(self, d) -> RouteDecision:
@@ -158,6 +208,7 @@ class RouterDeployment:
         model: str = "",
         x: list[float] | None = None,
         forced: bool = False,
+        tenant: str | None = None,
     ) -> str:
         """Charge an answered request, write-ahead (core.state.durable.DurableRouter.charge).
         With its context `x`, a decision this replica does not know (made by a predecessor that
@@ -170,10 +221,13 @@ class RouterDeployment:
             model,
             None if x is None else np.asarray(x, dtype=np.float64),
             forced,
+            tenant,
         )
         if status == FeedbackStatus.APPLIED:
             self._m_spend.inc(cost_usd, tags={"model": model or "unknown"})
         self._publish_pacer()
+        if tenant is not None and tenant in self.durable.router.tenants:
+            self._publish_tenant(tenant)
         return status.value
 
     async def feedback(self, request_id: str, reward: float) -> str:
@@ -199,6 +253,53 @@ class RouterDeployment:
         self._publish_pacer()
         return await self.state()
 
+    # ---- tenants (core/method/tenants.py), changed by the admin API ---------------------
+
+    async def add_tenant(self, spec: dict) -> dict:
+        report = self.durable.router.add_tenant(TenantSpec.model_validate(spec), time.time())
+        await self.durable.snapshot_now()
+        self._publish_tenant(report["id"])
+        return report
+
+    async def update_tenant(self, tenant_id: str, changes: dict) -> dict:
+        """Changes some of a tenant's settings (the others stay)."""
+        router = self.durable.router
+        current = router.tenants.get(tenant_id).spec.model_dump()
+        spec = TenantSpec.model_validate({**current, **changes, "id": tenant_id})
+        report = router.update_tenant(spec, time.time())
+        await self.durable.snapshot_now()
+        self._publish_tenant(tenant_id)
+        return report
+
+    async def remove_tenant(self, tenant_id: str) -> dict:
+        self.durable.router.remove_tenant(tenant_id)
+        await self.durable.snapshot_now()
+        return {"id": tenant_id, "deleted": True}
+
+    async def tenant(self, tenant_id: str) -> dict:
+        return self.durable.router.tenant_report(tenant_id, time.time())
+
+    async def tenants(self) -> list[dict]:
+        return self.durable.router.tenant_reports(time.time())
+
+    async def create_tenant_key(self, tenant_id: str) -> dict:
+        """A new API key of the tenant: returned once, kept only as its SHA-256."""
+        api_key = "pst-" + secrets.token_urlsafe(32)
+        key_id = "key-" + secrets.token_hex(6)
+        now = time.time()
+        self.durable.router.add_tenant_key(tenant_id, key_digest(api_key), key_id, now)
+        await self.durable.snapshot_now()
+        return {"tenant": tenant_id, "key_id": key_id, "api_key": api_key, "created_at": now}
+
+    async def revoke_tenant_key(self, tenant_id: str, key_id: str) -> bool:
+        revoked = self.durable.router.revoke_tenant_key(tenant_id, key_id)
+        if revoked:
+            await self.durable.snapshot_now()
+        return revoked
+
+    async def tenant_of_key(self, digest: str) -> str | None:
+        return self.durable.router.tenant_of_key(digest)
+
     async def state(self) -> dict:
         return {
             **self.durable.router.state(time.time()),
@@ -210,6 +311,15 @@ class RouterDeployment:
 
     def _start_writer(self) -> None:
         self.durable.start_writer()
+
+    def _publish_tenant(self, tenant_id: str) -> None:
+        report = self.durable.router.tenant_report(tenant_id, time.time())
+        tags = {"tenant": tenant_id}
+        self._m_tenant_spend.set(report["spend_usd"], tags=tags)
+        if report["remaining_usd"] is not None:
+            self._m_tenant_remaining.set(report["remaining_usd"], tags=tags)
+        if report["dual"] is not None:
+            self._m_tenant_dual.set(report["dual"], tags=tags)
 
     def _publish_pacer(self) -> None:
         p = self.durable.router.pacer

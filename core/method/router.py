@@ -70,8 +70,10 @@ class Decision:
     eligible: np.ndarray
     reasons: dict[str, str] = field(default_factory=dict)
     tenant: str | None = None
-    # A capped tenant's request: the output limit its reservation covers, to send upstream.
+    # A capped tenant's request: the output limit its reservation covers, to send upstream,
+    # and the reservation (its cost bound, US$).
     max_tokens: int | None = None
+    reserved_usd: float = 0.0
 
     def explain(self) -> dict[str, dict]:
         """Per model: estimated quality, uncertainty bonus, cost penalty, score, eligibility."""
@@ -519,7 +521,7 @@ class Router:
             request_id = os.urandom(16).hex()  # 128 random bits; uuid4().hex costs 4x more
         entry = self.ledger.open(request_id, slot, x, t, forced, tenant)
         self._hold(entry)
-        max_tokens = None
+        max_tokens, bound = None, 0.0
         if fits is not None:
             bound, max_tokens = fits[slot]
             payer.reserve(request_id, bound)
@@ -541,6 +543,7 @@ class Router:
             reasons,
             tenant,
             max_tokens,
+            bound,
         )
 
     @staticmethod
@@ -661,10 +664,10 @@ class Router:
         slot = int(np.argmax(score))  # the first best: no RNG draw, so routing stays seeded
         self.bandit.mark_pull(slot)
         self._rekey(entry, slot)
-        max_tokens = None
+        max_tokens, bound = None, 0.0
         if fits is not None:
-            held, max_tokens = fits[slot]
-            payer.reserve(request_id, held)
+            bound, max_tokens = fits[slot]
+            payer.reserve(request_id, bound)
         return Decision(
             request_id,
             arms.slot_models[slot],
@@ -680,6 +683,7 @@ class Router:
             reasons,
             entry.tenant,
             max_tokens,
+            bound,
         )
 
     def answered_by(

@@ -33,7 +33,7 @@ from core.method.errors import RouterError
 
 TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_USD_PER_REQUEST = 1000.0
-MAX_BUDGET_USD = 1e9
+MAX_PERIOD_BUDGET_USD = 1e9
 
 
 class Period(str, Enum):
@@ -61,7 +61,7 @@ class TenantSpec(BaseModel):
         None, gt=0.0, le=MAX_USD_PER_REQUEST, description="target spend per request, US$"
     )
     budget_usd: float | None = Field(
-        None, gt=0.0, le=MAX_BUDGET_USD, description="budget per period, US$"
+        None, gt=0.0, le=MAX_PERIOD_BUDGET_USD, description="budget per period, US$"
     )
     period: Period = Period.DAY
     hard_cap: bool = Field(False, description="spend in a period never exceeds budget_usd")

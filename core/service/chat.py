@@ -69,6 +69,13 @@ def cost_usd(spec: ModelSpec, usage: Usage) -> float:
     )
 
 
+def capped(req: ProviderRequest, decision: RouteDecision) -> ProviderRequest:
+    """The request with the output limit a capped tenant's reservation covers, if any."""
+    if decision.max_tokens is None or req.max_tokens == decision.max_tokens:
+        return req
+    return req.model_copy(update={"max_tokens": decision.max_tokens})
+
+
 def streamed_text(chunk: ProviderChunk) -> str:
     """What a chunk adds to the answer, for estimates: its text and tool-call pieces."""
     calls = chunk.tool_calls or []
@@ -148,9 +155,12 @@ class ChatService:
 
     # ---- the steps ------------------------------------------------------------------------
 
-    async def complete(self, request_id: str, body: ChatCompletionRequest) -> Answer:
-        """Decide, call the provider (falling back), charge, and build the response."""
-        a = await self._decide(request_id, body)
+    async def complete(
+        self, request_id: str, body: ChatCompletionRequest, tenant: str | None = None
+    ) -> Answer:
+        """Decide, call the provider (falling back), charge, and build the response. A
+        `tenant`'s request is paced, capped and charged for that tenant."""
+        a = await self._decide(request_id, body, tenant)
         resp = await self._with_fallback(a, self.providers.complete)
         cost = cost_usd(a.decision.spec, resp.usage)
         await asyncio.shield(self._charge(a, cost))
@@ -158,10 +168,12 @@ class ChatService:
         info = a.info(cost, resp.recorded_reward)
         return Answer(a.decision, cost, ChatCompletionResponse.build(resp, info), resp, info)
 
-    async def open_stream(self, request_id: str, body: ChatCompletionRequest) -> ChatStream:
+    async def open_stream(
+        self, request_id: str, body: ChatCompletionRequest, tenant: str | None = None
+    ) -> ChatStream:
         """Decide and open the provider's stream (falling back) up to its first chunk, so that a
         failure before any token is a plain error; `ChatStream.events()` gives the rest."""
-        a = await self._decide(request_id, body)
+        a = await self._decide(request_id, body, tenant)
         first, chunks = await self._with_fallback(a, self._first_chunk)
         return ChatStream(
             a,
@@ -173,16 +185,17 @@ class ChatService:
             partial(self._judge_later, a),
         )
 
-    async def _decide(self, request_id: str, body: ChatCompletionRequest) -> _Attempt:
+    async def _decide(
+        self, request_id: str, body: ChatCompletionRequest, tenant: str | None
+    ) -> _Attempt:
         x = await self.embedder.embed(body.prompt_text())
         # The caller's own limits plus what the request needs of a model (capabilities, size).
         limits = body.paretoserve.model_dump(exclude_none=True) if body.paretoserve else {}
         limits |= request_needs(body)
         model = None if body.model == "auto" else body.model
-        decision = await self.router.route(x, limits, model, request_id)
-        return _Attempt(
-            x, limits, decision, ProviderRequest.from_chat(request_id, body, decision.spec)
-        )
+        decision = await self.router.route(x, limits, model, request_id, tenant)
+        req = ProviderRequest.from_chat(request_id, body, decision.spec)
+        return _Attempt(x, limits, decision, capped(req, decision))
 
     async def _first_chunk(
         self, req: ProviderRequest
@@ -222,7 +235,7 @@ class ChatService:
                 self.log.warning(
                     "fallback %s -> %s after %s: %s", d.model, nxt.model, exc.status, exc
                 )
-                a.decision, a.req = nxt, ProviderRequest.for_model(a.req, nxt.spec)
+                a.decision, a.req = nxt, capped(ProviderRequest.for_model(a.req, nxt.spec), nxt)
                 return
         else:
             await self.router.fail(d.request_id, d.model, exc.status, exc.retry_after_s, fallible)
@@ -238,7 +251,7 @@ class ChatService:
 
         async def charge() -> None:
             try:
-                await self.router.charge(d.request_id, cost, d.model, x, d.forced)
+                await self.router.charge(d.request_id, cost, d.model, x, d.forced, d.tenant)
             except Exception:
                 self.log.exception("charge of %s ($%.6g to %s) failed", d.request_id, cost, d.model)
                 raise

@@ -18,6 +18,8 @@ class _CoreDecision(Protocol):
     dual: float
     forced: bool
     direct: bool
+    tenant: str | None
+    max_tokens: int | None
 
 
 class RouteDecision(BaseModel):
@@ -33,6 +35,10 @@ class RouteDecision(BaseModel):
     forced: bool = Field(description="a forced-exploration pull of a newly added model")
     routed: bool = Field(description="the bandit chose (model 'auto'); False: the caller named it")
     spec: ModelSpec = Field(description="the chosen model's registry entry")
+    tenant: str | None = Field(None, description="the tenant paying (None: the service)")
+    max_tokens: int | None = Field(
+        None, description="a capped tenant's request: the output limit its reservation covers"
+    )
 
     @classmethod
     def of(cls, d: _CoreDecision, spec: ModelSpec) -> RouteDecision:
@@ -45,4 +51,6 @@ class RouteDecision(BaseModel):
             forced=bool(d.forced),
             routed=not d.direct,
             spec=spec,
+            tenant=d.tenant,
+            max_tokens=d.max_tokens,
         )

@@ -78,10 +78,16 @@ class RouterPort(Protocol):
     """The Router's calls on the request path (docs/architecture.md, docs/reliability.md)."""
 
     async def route(
-        self, x: list[float], limits: dict | None, model: str | None, request_id: str
+        self,
+        x: list[float],
+        limits: dict | None,
+        model: str | None,
+        request_id: str,
+        tenant: str | None = None,
     ) -> RouteDecision:
         """Decide the model for context `x` (an explicit `model` bypasses the bandit), under
-        the caller's `limits` (a `paretoserve` routing object), keyed by `request_id`."""
+        the caller's `limits` (a `paretoserve` routing object), keyed by `request_id`, paced
+        for `tenant` (None: the service-wide budget)."""
         ...
 
     async def fallback(
@@ -109,7 +115,13 @@ class RouterPort(Protocol):
         ...
 
     async def charge(
-        self, request_id: str, cost_usd: float, model: str, x: list[float], forced: bool
+        self,
+        request_id: str,
+        cost_usd: float,
+        model: str,
+        x: list[float],
+        forced: bool,
+        tenant: str | None = None,
     ) -> str:
         """Charge the answered request's realised cost to `model`, the one that answered; with
         the context `x` a Router that lost the decision restores it. Safe to repeat."""

@@ -45,6 +45,7 @@ from core.method.registry import (
     ModelSpec,
     SimBehaviour,
 )
+from core.method.tenants import MAX_PERIOD_BUDGET_USD, MAX_USD_PER_REQUEST, Period
 from core.service.openai_schema import (
     MAX_TOOLS,
     REFUSAL_TYPES,
@@ -633,6 +634,20 @@ class BudgetRequest(_OwnBody):
     """PUT /admin/budget: the pacer's new spend target."""
 
     usd_per_request: Budget = Field(..., description=BUDGET_RANGE_DOC)
+
+
+class TenantPatch(_OwnBody):
+    """PATCH /admin/tenants/{id}: the settings to change (the others stay; null clears an
+    optional one). The result must still be a valid tenant (core.method.tenants.TenantSpec)."""
+
+    usd_per_request: float | None = Field(
+        None, gt=0.0, le=MAX_USD_PER_REQUEST, description="target spend per request, US$"
+    )
+    budget_usd: float | None = Field(
+        None, gt=0.0, le=MAX_PERIOD_BUDGET_USD, description="budget per period, US$"
+    )
+    period: Period | None = None
+    hard_cap: bool | None = None
 
 
 class ExplainRequest(_OwnBody):

@@ -17,6 +17,7 @@ from core.method.config import (
 )
 from core.method.faults import CooldownConfig, RetryPolicy
 from core.method.registry import ModelSpec
+from core.method.tenants import TenantSpec
 from core.state.durable import DurabilityConfig
 
 # AppArgs.priors_path's value for the committed artifact (core/artifacts/priors.json).
@@ -88,6 +89,9 @@ class RouterSettings(_Strict):
     )
     durability: DurabilityConfig = DurabilityConfig()
     faults: CooldownConfig = CooldownConfig()
+    tenants: list[TenantSpec] = Field(
+        default_factory=list, description="tenants created at start when absent"
+    )
 
 
 # ---- the Judge ---------------------------------------------------------------------------
@@ -322,6 +326,11 @@ class AppArgs(_Strict):
     )
     embedder: EmbedderArgs = EmbedderArgs()
     judge: JudgeSettings = JudgeSettings()
+    tenants: list[TenantSpec] = Field(
+        default_factory=list,
+        description="tenants created at start when absent (the admin API changes them at run "
+        "time, and its changes are kept); their keys come from the admin API only",
+    )
     max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, description="longer prompts get a 413")
     deployments: Deployments = Deployments()
     admin_key_env: str = "PARETOSERVE_ADMIN_KEY"
@@ -342,6 +351,9 @@ class AppArgs(_Strict):
             raise ValueError(f"judge.model {judge.model!r} is not a registered model")
         if judge.spec is not None and judge.spec.provider not in self.providers:
             raise ValueError(f"judge.spec.provider {judge.spec.provider!r} has no entry")
+        tenant_ids = [t.id for t in self.tenants]
+        if len(tenant_ids) != len(set(tenant_ids)):
+            raise ValueError("tenants: ids must be unique")
         return self
 
     def judge_spec(self) -> ModelSpec | None:
@@ -367,7 +379,9 @@ class AppArgs(_Strict):
         priors = self.priors_path
         return self.model_copy(
             update={
-                "state_path": absolute(self.state_path),
+                "state_path": self.state_path  # a DSN is no path (core/state/open_store.py)
+                if self.state_path.startswith(("postgresql://", "postgres://"))
+                else absolute(self.state_path),
                 "priors_path": priors if priors == DEFAULT_PRIORS else absolute(priors),
                 "embedder": self.embedder.model_copy(
                     update={"projection_path": absolute(self.embedder.projection_path)}
@@ -385,4 +399,5 @@ class AppArgs(_Strict):
             projection_path=self.embedder.projection_path,
             durability=self.durability,
             faults=self.faults,
+            tenants=self.tenants,
         )

@@ -10,6 +10,7 @@ writer task does all database work, in order, in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from core.state.store import Event, EventKind, PendingRow, StateStore
 
 log = logging.getLogger(__name__)
 _TICK_S = 0.05  # the writer's longest wait for work before it checks snapshots and expiry
+_RECORD = Event(seq=None, request_id="", kind="charge", value=0.0, t=0, at=0.0)  # see recorded()
 
 
 class DurabilityConfig(BaseModel):
@@ -128,7 +130,9 @@ class DurableRouter:
                 self.router.answered_by(rid, row.model, row.x, row.forced)  # or "known"
 
     def _replay_decision(self, row: PendingRow) -> None:
-        if self.router.replay_decision(row.request_id, row.model, row.x, row.t, row.forced):
+        if self.router.replay_decision(
+            row.request_id, row.model, row.x, row.t, row.forced, row.tenant, row.reserved_usd
+        ):
             self.expiry[row.request_id] = row.expires_at
 
     def _apply_replayed(self, ev: Event) -> bool:
@@ -151,13 +155,22 @@ class DurableRouter:
         model: str | None,
         now: float,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> Decision:
-        d = self.router.route(x, limits, model, request_id=request_id, now=now)
-        self._record(d.request_id, d.model, x, d.t, d.forced, now)
+        d = self.router.route(x, limits, model, request_id=request_id, now=now, tenant=tenant)
+        self._record(d.request_id, d.model, x, d.t, d.forced, now, d.tenant, d.reserved_usd)
         return d
 
     def _record(
-        self, request_id: str, model: str, x: np.ndarray, t: int, forced: bool, now: float
+        self,
+        request_id: str,
+        model: str,
+        x: np.ndarray,
+        t: int,
+        forced: bool,
+        now: float,
+        tenant: str | None = None,
+        reserved_usd: float = 0.0,
     ) -> None:
         """Queue a decision's row for the writer and start its TTL."""
         expires = now + self.config.pending_ttl_s
@@ -170,6 +183,8 @@ class DurableRouter:
                 forced=forced,
                 created_at=now,
                 expires_at=expires,
+                tenant=tenant,
+                reserved_usd=reserved_usd,
             )
         )
         self.expiry[request_id] = expires
@@ -194,14 +209,20 @@ class DurableRouter:
         return d
 
     def answered_by(
-        self, request_id: str, model: str, x: np.ndarray, forced: bool, now: float
+        self,
+        request_id: str,
+        model: str,
+        x: np.ndarray,
+        forced: bool,
+        now: float,
+        tenant: str | None = None,
     ) -> str:
         """Router.answered_by, with a restored decision or re-key recorded too."""
-        outcome = self.router.answered_by(request_id, model, x, forced)
+        outcome = self.router.answered_by(request_id, model, x, forced, tenant)
         if outcome == "rekeyed":
             self._rekey(request_id, model)
         elif outcome == "adopted":  # a pull at the router's current time
-            self._record(request_id, model, x, self.router.t, forced, now)
+            self._record(request_id, model, x, self.router.t, forced, now, tenant)
         return outcome
 
     def fail(
@@ -223,15 +244,7 @@ class DurableRouter:
     def _rekey(self, request_id: str, model: str) -> None:
         for i, row in enumerate(self._unflushed):
             if row.request_id == request_id:  # not written yet: write the new model instead
-                self._unflushed[i] = PendingRow(
-                    request_id=row.request_id,
-                    model=model,
-                    x=row.x,
-                    t=row.t,
-                    forced=False,
-                    created_at=row.created_at,
-                    expires_at=row.expires_at,
-                )
+                self._unflushed[i] = dataclasses.replace(row, model=model, forced=False)
                 return
         self._rekeyed.append((request_id, model, False))
 
@@ -274,6 +287,7 @@ class DurableRouter:
         model: str = "",
         x: np.ndarray | None = None,
         forced: bool = False,
+        tenant: str | None = None,
     ) -> FeedbackStatus:
         """Charge an answered request: journalled durably, then applied, then acknowledged.
         With its `model` and context `x`, a decision this router does not know (made by a
@@ -281,7 +295,7 @@ class DurableRouter:
         re-key) is first restored, so the answer is always accounted."""
         if x is not None and model:
             self.start_writer()
-            outcome = self.answered_by(request_id, model, x, forced, now)
+            outcome = self.answered_by(request_id, model, x, forced, now, tenant)
             if outcome in ("rekeyed", "adopted"):
                 log.warning("charge of %s: decision %s (model %s)", request_id, outcome, model)
         return await self._journal(request_id, "charge", cost_usd, now)
@@ -333,7 +347,7 @@ class DurableRouter:
 
     def _apply_to_router(self, ev: Event) -> FeedbackStatus:
         if ev.kind == "charge":
-            return self.router.charge(ev.request_id, ev.value)
+            return self.router.charge(ev.request_id, ev.value, ev.at)
         return self.router.feedback(ev.request_id, ev.value)
 
     # ---- the writer: all database work, in order, on one task ------------------------------
@@ -342,6 +356,14 @@ class DurableRouter:
         """Start the writer task on the running event loop (again, if it ended)."""
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def recorded(self) -> None:
+        """Wait until the decisions made so far are written (the writer's next batch): a
+        capped tenant's reservation must survive a crash before its request goes out."""
+        self.start_writer()
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((_RECORD, done))
+        await done
 
     async def snapshot_now(self) -> None:
         """Take and persist a snapshot at the writer's next batch (after an admin change)."""
@@ -367,6 +389,9 @@ class DurableRouter:
         await self.flush_decisions()  # decisions first: an event needs its context
         force = False
         for ev, done in items:
+            if ev is _RECORD:
+                done.set_result(None)  # flushed above
+                continue
             if ev is None:
                 force = True
                 continue

@@ -81,9 +81,10 @@ class LocalRouter:
     def _decision(self, d) -> RouteDecision:
         return RouteDecision.of(d, self.router.registry.specs[d.model])
 
-    async def route(self, x, limits, model, request_id) -> RouteDecision:
+    async def route(self, x, limits, model, request_id, tenant=None) -> RouteDecision:
         lim = RouteLimits.model_validate(limits) if limits else None
-        return self._decision(self.router.route(np.asarray(x), lim, model, request_id, NOW))
+        d = self.router.route(np.asarray(x), lim, model, request_id, NOW, tenant)
+        return self._decision(d)
 
     async def fallback(self, request_id, failed_model, status, retry_after_s, limits):
         lim = RouteLimits.model_validate(limits) if limits else None
@@ -93,13 +94,14 @@ class LocalRouter:
     async def fail(self, request_id, model, status, retry_after_s, cool):
         return self.router.fail(request_id, model, NOW, status, retry_after_s, cool)
 
-    async def charge(self, request_id, cost_usd, model, x, forced) -> str:
+    async def charge(self, request_id, cost_usd, model, x, forced, tenant=None) -> str:
         self.charge_contexts.append(REQUEST_CONTEXT.get())
         self.charge_started.set()
         if self.gate is not None:
             await self.gate.wait()
-        self.answered.append(self.router.answered_by(request_id, model, np.asarray(x), forced))
-        status = self.router.charge(request_id, cost_usd)
+        x = np.asarray(x)
+        self.answered.append(self.router.answered_by(request_id, model, x, forced, tenant))
+        status = self.router.charge(request_id, cost_usd, NOW)
         self.charges.append((request_id, cost_usd, model))
         self.charged.set()
         return status.value

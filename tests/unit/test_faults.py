@@ -351,9 +351,9 @@ def test_charge_and_feedback_are_journalled_before_they_apply(
     for name in ("charge", "feedback"):
         real = getattr(durable.router, name)
 
-        def spy(rid: str, value: float, real=real, kind=name) -> FeedbackStatus:
+        def spy(rid: str, value: float, *rest, real=real, kind=name) -> FeedbackStatus:
             journalled_first.append(durable.store.has_event(rid, kind))
-            return real(rid, value)
+            return real(rid, value, *rest)
 
         monkeypatch.setattr(durable.router, name, spy)
 

@@ -303,7 +303,7 @@ class _OneModel:
     def __init__(self) -> None:
         self.charges: list[float] = []
 
-    async def route(self, x, limits, model, request_id) -> RouteDecision:
+    async def route(self, x, limits, model, request_id, tenant=None) -> RouteDecision:
         return RouteDecision(
             request_id=request_id,
             model=SPEC.id,
@@ -320,7 +320,7 @@ class _OneModel:
     async def fail(self, *args: Any) -> None:
         return None
 
-    async def charge(self, request_id, cost_usd, model, x, forced) -> str:
+    async def charge(self, request_id, cost_usd, model, x, forced, tenant=None) -> str:
         self.charges.append(cost_usd)
         return "charged"
 
