@@ -8,7 +8,7 @@ import asyncio
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.state.store import StateStore
+from core.state.open_store import open_store
 from deployments.router_calls import retrying
 
 
@@ -16,7 +16,7 @@ from deployments.router_calls import retrying
 class FeedbackDeployment:
     def __init__(self, router: DeploymentHandle, state_path: str) -> None:
         self.router = router
-        self.store = StateStore(state_path)
+        self.store = open_store(state_path)
 
     async def has_feedback(self, request_id: str) -> bool:
         """Whether a feedback for the request is journalled (the Judge asks before it spends)."""

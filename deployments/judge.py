@@ -17,7 +17,7 @@ from core.service.judge import Judge
 from core.service.judge_account import JudgeAccount
 from core.service.judge_rubric import JudgedExchange
 from core.service.settings import JudgeSettings
-from core.state.store import StateStore
+from core.state.open_store import open_store
 from deployments.ports import ServeProviders
 
 JUDGE_DOC = "judge_account"
@@ -49,7 +49,7 @@ class JudgeDeployment:
     ) -> None:
         settings = JudgeSettings.model_validate(settings)
         spec = ModelSpec.model_validate(spec)
-        self.store = StateStore(state_path)
+        self.store = open_store(state_path)
         stored = self.store.get_doc(JUDGE_DOC)
         doc, self.version = stored if stored is not None else (None, 0)
         self._saving = asyncio.Lock()

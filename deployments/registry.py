@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.method.registry import ModelRegistry, ModelSpec, SimBehaviour, UnknownProviderError
-from core.state.store import StateStore
+from core.state.open_store import open_store
 from deployments.router import REGISTRY_DOC, registry_table
 
 
@@ -28,7 +28,7 @@ class RegistryDeployment:
         router: DeploymentHandle,
         providers: list[str],
     ) -> None:
-        self.store = StateStore(state_path)
+        self.store = open_store(state_path)
         table, self.version = registry_table(
             self.store, [ModelSpec.model_validate(m) for m in models]
         )

@@ -21,6 +21,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py); tests skip, naming
+    the reason, where none can be started. fsync is off: these tests kill clients, not it."""
+    from pg_server import PgServer, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with PgServer(fsync=False) as server:
+        yield server
+
+
 class _RayForbidden:
     """Stands in for the ray package: any use in a unit test is an error."""
 

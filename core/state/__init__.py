@@ -1,1 +1,2 @@
-"""Durable state of the Router: the SQLite store, the write-ahead journal, snapshots."""
+"""Durable state of the Router: the stores (SQLite; PostgreSQL), the write-ahead journal,
+snapshots."""

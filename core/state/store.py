@@ -5,7 +5,11 @@ One `StateStore` holds one connection guarded by a lock, so it is safe to share 
 the same file: WAL mode lets readers run beside a writer, and `busy_timeout` makes writers wait
 for each other instead of failing. Every write is one `BEGIN IMMEDIATE` transaction, committed
 with `synchronous=FULL`, so a method that returned has its write on disk. Times are passed in
-by the caller (unix seconds); the store never reads the clock.
+by the caller (unix seconds); the store never reads the clock. A file of an older schema
+version is migrated in place when it is opened (`_MIGRATIONS`, one transaction).
+
+core/state/pg_store.py offers the same calls on PostgreSQL, for clusters of several nodes;
+core/state/open_store.py picks the backend from the configured `state_path`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EventKind = Literal["charge", "feedback"]
 _KINDS: tuple[str, ...] = get_args(EventKind)
@@ -42,7 +46,9 @@ CREATE TABLE pending (
     t INTEGER NOT NULL,
     forced INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    tenant TEXT,                  -- NULL: no tenant
+    reserved REAL NOT NULL DEFAULT 0  -- the tenant's hard-cap reservation held (US$)
 );
 CREATE INDEX pending_t ON pending (t);
 CREATE INDEX pending_expires ON pending (expires_at);
@@ -72,7 +78,15 @@ CREATE TABLE docs (
 """
 
 
-_PENDING_COLS = "request_id, model, x, dim, t, forced, created_at, expires_at"
+# Each step moves a file from version v to v + 1, inside the transaction that opens it.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE pending ADD COLUMN tenant TEXT",
+        "ALTER TABLE pending ADD COLUMN reserved REAL NOT NULL DEFAULT 0",
+    ),
+}
+
+PENDING_COLUMNS = "request_id, model, x, dim, t, forced, created_at, expires_at, tenant, reserved"
 
 
 class StoreError(RuntimeError):
@@ -99,7 +113,9 @@ class StaleVersionError(StoreError, ValueError):
 
 @dataclass(frozen=True, eq=False)
 class PendingRow:
-    """A routing decision awaiting feedback: the context the bandit update needs later."""
+    """A routing decision awaiting feedback: the context the bandit update needs later.
+    `tenant` is the tenant the request was paced for (None: none), `reserved_usd` the part of
+    that tenant's hard cap the decision holds until its charge (0: nothing held)."""
 
     request_id: str
     model: str
@@ -108,6 +124,8 @@ class PendingRow:
     forced: bool
     created_at: float
     expires_at: float
+    tenant: str | None = None
+    reserved_usd: float = 0.0
 
     def __post_init__(self) -> None:
         # Own a read-only copy, so the frozen row cannot change under the caller or the store.
@@ -116,6 +134,10 @@ class PendingRow:
             raise ValueError(f"PendingRow.x must be a 1-D vector, got shape {x.shape}")
         x.setflags(write=False)
         object.__setattr__(self, "x", x)
+        reserved = float(self.reserved_usd)
+        if not (math.isfinite(reserved) and reserved >= 0):  # SQLite would store NaN as NULL
+            raise ValueError(f"PendingRow.reserved_usd must be finite and >= 0, got {reserved!r}")
+        object.__setattr__(self, "reserved_usd", reserved)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PendingRow):
@@ -123,7 +145,8 @@ class PendingRow:
         return self._scalars() == other._scalars() and np.array_equal(self.x, other.x)
 
     def _scalars(self) -> tuple[object, ...]:
-        return (self.request_id, self.model, self.t, self.forced, self.created_at, self.expires_at)
+        return (self.request_id, self.model, self.t, self.forced, self.created_at,
+                self.expires_at, self.tenant, self.reserved_usd)  # fmt: skip
 
     __hash__ = None  # type: ignore[assignment]  # holds an array
 
@@ -240,6 +263,11 @@ class StateStore:
                 return
             row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
             found = None if row is None else int(row[0])
+            while found is not None and found < SCHEMA_VERSION and found in _MIGRATIONS:
+                for stmt in _MIGRATIONS[found]:  # in the open transaction: all steps or none
+                    conn.execute(stmt)
+                found += 1
+                conn.execute("UPDATE schema_version SET version = ? WHERE id = 1", (found,))
             if found != SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.path} has schema version {found}, this code expects {SCHEMA_VERSION};"
@@ -268,14 +296,14 @@ class StateStore:
     def add_pending(self, rows: Sequence[PendingRow]) -> None:
         params = [
             (r.request_id, r.model, r.x.astype("<f8").tobytes(), r.x.size, r.t, int(r.forced))
-            + (r.created_at, r.expires_at)
+            + (r.created_at, r.expires_at, r.tenant, r.reserved_usd)
             for r in rows
         ]
+        marks = ", ".join("?" * len(PENDING_COLUMNS.split(",")))
+        sql = f"INSERT INTO pending ({PENDING_COLUMNS}) VALUES ({marks})"
         try:
             with self._write() as conn:
-                conn.executemany(
-                    f"INSERT INTO pending ({_PENDING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params
-                )
+                conn.executemany(sql, params)
         except sqlite3.IntegrityError as exc:  # the batch was rolled back: nothing half-applied
             raise DuplicateRequestError(self._first_duplicate(rows)) from exc
 
@@ -288,13 +316,13 @@ class StateStore:
         return "?"
 
     def get_pending(self, request_id: str) -> PendingRow | None:
-        sql = f"SELECT {_PENDING_COLS} FROM pending WHERE request_id = ?"
+        sql = f"SELECT {PENDING_COLUMNS} FROM pending WHERE request_id = ?"
         row = self._one(sql, (request_id,))
-        return None if row is None else _pending_row(row)
+        return None if row is None else pending_from_row(row)
 
     def pending_after(self, t: int) -> list[PendingRow]:
-        sql = f"SELECT {_PENDING_COLS} FROM pending WHERE t > ? ORDER BY t, rowid"
-        return [_pending_row(r) for r in self._all(sql, (t,))]
+        sql = f"SELECT {PENDING_COLUMNS} FROM pending WHERE t > ? ORDER BY t, rowid"
+        return [pending_from_row(r) for r in self._all(sql, (t,))]
 
     def prune_pending(self, now: float) -> int:
         """Delete rows with expires_at <= now; returns how many."""
@@ -428,9 +456,11 @@ class StateStore:
         return out
 
 
-def _pending_row(row: tuple[Any, ...]) -> PendingRow:
-    request_id, model, blob, dim, t, forced, created_at, expires_at = row
-    x = np.frombuffer(blob, dtype="<f8")
+def pending_from_row(row: Sequence[Any]) -> PendingRow:
+    """A row of PENDING_COLUMNS (either backend) as a PendingRow."""
+    request_id, model, blob, dim, t, forced, created_at, expires_at, tenant, reserved = row
+    x = np.frombuffer(bytes(blob), dtype="<f8")
     if x.size != dim:
         raise StoreError(f"pending row {request_id!r}: x has {x.size} values, expected {dim}")
-    return PendingRow(request_id, model, x, int(t), bool(forced), created_at, expires_at)
+    return PendingRow(request_id, model, x, int(t), bool(forced), float(created_at),
+                      float(expires_at), tenant, float(reserved))  # fmt: skip

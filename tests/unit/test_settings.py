@@ -57,3 +57,16 @@ def test_deployment_options_need_exactly_one_scaling_mode_and_one_router() -> No
         "num_replicas": 3,
         "autoscaling_config": None,
     }
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://ps:secret@db.internal:5432/paretoserve", "postgres://ps@10.0.0.5/ps"]
+)
+def test_a_postgresql_state_path_is_kept_as_given(dsn: str, tmp_path: Path) -> None:
+    """A DSN selects the PostgreSQL store (core/state/open_store.py): it is not a path to
+    resolve against the project home, while a file path still is."""
+    args = _app()["args"]
+    cfg = AppArgs.model_validate({**args, "state_path": dsn}).resolved(tmp_path)
+    assert cfg.state_path == dsn and cfg.router_settings().state_path == dsn
+    relative = AppArgs.model_validate({**args, "state_path": "var/s.db"}).resolved(tmp_path)
+    assert relative.state_path == str(tmp_path.resolve() / "var" / "s.db")

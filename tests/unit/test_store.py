@@ -1,4 +1,6 @@
-"""StateStore on real SQLite files: round trips, exactly-once journal, retention, durability."""
+"""The state stores on real SQLite files and real PostgreSQL databases (a throwaway server,
+tests/pg_server.py): round trips, exactly-once journal, retention, durability, schema versions.
+Every test that takes `target` or `store` runs against both backends."""
 
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core.net import free_port
+from core.state.open_store import Store, open_store
+from core.state.pg_store import PgStateStore, redact
 from core.state.store import (
     SCHEMA_VERSION,
     DuplicateRequestError,
@@ -28,10 +34,23 @@ from core.state.store import (
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new store lives: a SQLite file path, or the DSN of a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_server").create_database()
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    with StateStore(tmp_path / "state.db") as s:
+def store(target: str):
+    with open_store(target) as s:
         yield s
+
+
+@pytest.fixture
+def pg_target(pg_server) -> str:
+    return pg_server.create_database()
 
 
 def _row(i: int, t: int | None = None, ttl: float = 60.0, dim: int = 4) -> PendingRow:
@@ -47,7 +66,7 @@ def _ev(rid: str, kind: str = "feedback", value: float = 0.5, t: int = 1) -> Eve
 # -- pending contexts -------------------------------------------------------------------------
 
 
-def test_pending_round_trip_keeps_the_vector_bit_for_bit(store: StateStore) -> None:
+def test_pending_round_trip_keeps_the_vector_bit_for_bit(store: Store) -> None:
     rows = [_row(i) for i in range(5)]
     store.add_pending(rows)
     for r in rows:
@@ -67,9 +86,29 @@ def test_pending_row_owns_a_read_only_copy() -> None:
         PendingRow("r", "m", np.zeros((2, 2)), 1, False, 0.0, 1.0)
 
 
-def test_duplicate_pending_is_an_error_and_the_batch_is_not_half_applied(
-    store: StateStore,
-) -> None:
+def test_pending_tenant_and_reservation_round_trip_and_count_in_equality(store: Store) -> None:
+    plain = PendingRow("p", "m", np.ones(3), 1, False, 0.0, 9.0)
+    assert (plain.tenant, plain.reserved_usd) == (None, 0.0)  # the defaults: no tenant, no hold
+    held = PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, tenant="acme", reserved_usd=0.0125)
+    store.add_pending([plain, held])
+    assert store.get_pending("p") == plain and store.get_pending("h") == held
+    got = store.get_pending("h")
+    assert got is not None and (got.tenant, got.reserved_usd) == ("acme", 0.0125)
+    assert store.pending_after(0) == [plain, held]
+    assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, "acme", 0.0126)
+    assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, "other", 0.0125)
+    assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, None, 0.0125)
+    store.set_pending_model([("h", "m2", False)])  # a fallback keeps the tenant's hold
+    moved = store.get_pending("h")
+    assert moved is not None and (moved.model, moved.tenant, moved.reserved_usd) == (
+        "m2", "acme", 0.0125,
+    )  # fmt: skip
+    for bad in (float("nan"), float("inf"), -0.01):
+        with pytest.raises(ValueError, match="reserved_usd"):
+            PendingRow("r", "m", np.ones(1), 1, False, 0.0, 1.0, "acme", bad)
+
+
+def test_duplicate_pending_is_an_error_and_the_batch_is_not_half_applied(store: Store) -> None:
     store.add_pending([_row(1)])
     with pytest.raises(DuplicateRequestError, match="'req-1'"):
         store.add_pending([_row(2), _row(1)])
@@ -79,7 +118,7 @@ def test_duplicate_pending_is_an_error_and_the_batch_is_not_half_applied(
     assert store.stats()["pending"] == 1
 
 
-def test_pending_after_is_ordered_by_t(store: StateStore) -> None:
+def test_pending_after_is_ordered_by_t(store: Store) -> None:
     ts = [7, 3, 9, 1, 5, 5]
     store.add_pending([_row(i, t=t) for i, t in enumerate(ts)])
     after = store.pending_after(4)
@@ -88,7 +127,7 @@ def test_pending_after_is_ordered_by_t(store: StateStore) -> None:
     assert store.pending_after(9) == []
 
 
-def test_prune_pending_deletes_expired_rows_only(store: StateStore) -> None:
+def test_prune_pending_deletes_expired_rows_only(store: Store) -> None:
     store.add_pending(
         [_row(i, ttl=10.0 * (i + 1)) for i in range(4)]
     )  # expires 1010,1021,1032,1043
@@ -103,7 +142,7 @@ def test_prune_pending_deletes_expired_rows_only(store: StateStore) -> None:
 # -- event journal ----------------------------------------------------------------------------
 
 
-def test_duplicate_event_returns_the_original_seq(store: StateStore) -> None:
+def test_duplicate_event_returns_the_original_seq(store: Store) -> None:
     assert store.append_event(_ev("a", value=0.9)) == (1, True)
     assert store.append_event(_ev("a", "charge", 0.002)) == (2, True)  # other kind, same id
     assert store.append_event(_ev("b")) == (3, True)
@@ -116,7 +155,7 @@ def test_duplicate_event_returns_the_original_seq(store: StateStore) -> None:
     assert store.count_events("charge") == 1 and store.count_events("feedback") == 3
 
 
-def test_events_after_is_ordered_and_round_trips(store: StateStore) -> None:
+def test_events_after_is_ordered_and_round_trips(store: Store) -> None:
     rng = np.random.default_rng(0)
     sent = [
         Event(None, f"r{i}", "charge" if i % 3 else "feedback", float(rng.random()), i, 10.0 + i)
@@ -140,7 +179,7 @@ def test_event_validates_kind_and_value() -> None:
         Event(None, "r", "feedback", float("nan"), 1, 0.0)
 
 
-def test_compaction_needs_both_conditions_and_keeps_seq_monotonic(store: StateStore) -> None:
+def test_compaction_needs_both_conditions_and_keeps_seq_monotonic(store: Store) -> None:
     for i in range(10):
         store.append_event(Event(None, f"r{i}", "feedback", 1.0, i, at=100.0 + i))
     # seq < 6 and at < 103: seqs 1..3 (at 100..102) go, 4..5 are too recent.
@@ -153,14 +192,14 @@ def test_compaction_needs_both_conditions_and_keeps_seq_monotonic(store: StateSt
     assert store.append_event(_ev("new"))[0] == 11
 
 
-def test_max_seq_is_zero_when_empty(store: StateStore) -> None:
+def test_max_seq_is_zero_when_empty(store: Store) -> None:
     assert store.max_seq() == 0 and store.count_events() == 0 and store.events_after(0) == []
 
 
 # -- snapshots and docs -----------------------------------------------------------------------
 
 
-def test_snapshot_retention_keeps_the_newest_three(store: StateStore) -> None:
+def test_snapshot_retention_keeps_the_newest_three(store: Store) -> None:
     assert store.latest_snapshot() is None
     ids = [store.save_snapshot(bytes([i]) * 100, t=10 * i, seq=i, at=50.0 + i) for i in range(5)]
     assert ids == [1, 2, 3, 4, 5]
@@ -180,7 +219,7 @@ def test_snapshot_retention_keeps_the_newest_three(store: StateStore) -> None:
         store.save_snapshot(b"x", t=0, seq=0, at=0.0, keep=0)
 
 
-def test_doc_versioning_rejects_stale_versions(store: StateStore) -> None:
+def test_doc_versioning_rejects_stale_versions(store: Store) -> None:
     assert store.get_doc("models") is None
     store.put_doc("models", {"a": {"price": 1.0}}, version=1)
     store.put_doc("models", {"a": {"price": 0.5}, "b": [1, 2]}, version=2)
@@ -196,7 +235,7 @@ def test_doc_versioning_rejects_stale_versions(store: StateStore) -> None:
     assert store.get_doc("bad") is None
 
 
-def test_stats(store: StateStore) -> None:
+def test_stats(store: Store) -> None:
     store.add_pending([_row(1), _row(2)])
     store.append_event(_ev("a", "charge"))
     store.put_doc("k", {}, 1)
@@ -205,36 +244,47 @@ def test_stats(store: StateStore) -> None:
         "pending": 2, "events": 1, "events_charge": 1, "events_feedback": 0,
     }  # fmt: skip
     assert st["docs"] == 1 and st["snapshots"] == 0 and st["schema_version"] == SCHEMA_VERSION
-    assert st["db_bytes"] > 0 and st["wal_bytes"] > 0
+    assert st["db_bytes"] > 0
+    if isinstance(store, StateStore):
+        assert st["wal_bytes"] > 0
+    else:  # the server's WAL is shared by all its databases: not counted
+        assert st["wal_bytes"] == 0 and st["path"] == store.where
 
 
 # -- files, connections, threads --------------------------------------------------------------
 
 
-def test_reopening_after_close_keeps_everything(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "state.db"  # the folder is created
-    with StateStore(path) as s:
+def test_reopening_after_close_keeps_everything(target: str, tmp_path: Path) -> None:
+    if not target.startswith("postgresql://"):
+        target = str(tmp_path / "sub" / "state.db")  # the folder is created
+    with open_store(target) as s:
         s.add_pending([_row(1)])
         s.append_event(_ev("a"))
         s.save_snapshot(b"snap", t=3, seq=1, at=9.0)
         s.put_doc("models", {"m": 1}, 4)
     with pytest.raises(StoreError, match="closed"):
         s.max_seq()
+    with pytest.raises(StoreError, match="closed"):
+        s.append_event(_ev("b"))
     s.close()  # idempotent
-    with StateStore(path) as s:
+    with open_store(target) as s:
         assert s.get_pending("req-1") == _row(1)
         assert s.append_event(_ev("a")) == (1, False)
         snap = s.latest_snapshot()
         assert snap is not None and snap.blob == b"snap"
         assert s.get_doc("models") == ({"m": 1}, 4)
+        assert s.max_seq() == 1 and s.count_events() == 1
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "state.db") as s:
         mode = s._one("PRAGMA journal_mode")[0]
         sync = s._one("PRAGMA synchronous")[0]
     assert (mode, sync) == ("wal", 2)  # 2 = FULL
 
 
-def test_a_second_store_on_the_same_file_sees_committed_writes(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with StateStore(path) as a, StateStore(path) as b:
+def test_a_second_store_on_the_same_file_sees_committed_writes(target: str) -> None:
+    with open_store(target) as a, open_store(target) as b:
         a.append_event(_ev("x"))
         assert b.has_event("x", "feedback")
         assert b.append_event(_ev("x")) == (1, False)  # dedup holds across connections
@@ -246,20 +296,20 @@ def test_a_second_store_on_the_same_file_sees_committed_writes(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
-def test_concurrent_writers_apply_each_id_once(tmp_path: Path, shared: bool) -> None:
-    path = tmp_path / "state.db"
+def test_concurrent_writers_apply_each_id_once(target: str, shared: bool) -> None:
+    path = target
     rng = np.random.default_rng(42)
     # 4 threads x 500 appends over 600 ids x 2 kinds: many collide within and across threads.
     plans = [[(f"r{rng.integers(600)}", str(rng.choice(["charge", "feedback"])))
               for _ in range(500)] for _ in range(4)]  # fmt: skip
     unique = {key for plan in plans for key in plan}
-    shared_store = StateStore(path)
+    shared_store = open_store(path)
     results: list[list[tuple[str, str, int, bool]]] = [[] for _ in plans]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(plans))
 
     def work(i: int) -> None:
-        s = shared_store if shared else StateStore(path)
+        s = shared_store if shared else open_store(path)
         try:
             barrier.wait()
             for rid, kind in plans[i]:
@@ -300,6 +350,182 @@ def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
         StateStore(path)
 
 
+_V1_SCHEMA = """
+CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+CREATE TABLE pending (request_id TEXT PRIMARY KEY, model TEXT NOT NULL, x BLOB NOT NULL,
+    dim INTEGER NOT NULL, t INTEGER NOT NULL, forced INTEGER NOT NULL, created_at REAL NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE INDEX pending_t ON pending (t);
+CREATE INDEX pending_expires ON pending (expires_at);
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('charge', 'feedback')), value REAL NOT NULL,
+    t INTEGER NOT NULL, at REAL NOT NULL, UNIQUE (request_id, kind));
+CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL,
+    t INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL);
+INSERT INTO schema_version (id, version) VALUES (1, 1);
+"""
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """A file written by the schema-1 code (pending rows had no tenant and no reservation)."""
+    path = tmp_path / "state.db"
+    old = _row(1)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.execute(
+            "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (old.request_id, old.model, old.x.astype("<f8").tobytes(), old.x.size, old.t,
+             int(old.forced), old.created_at, old.expires_at),
+        )  # fmt: skip
+        conn.execute("INSERT INTO events (request_id, kind, value, t, at) VALUES"
+                     " ('a', 'charge', 0.25, 1, 5.0), ('b', 'feedback', 1.0, 2, 6.0)")  # fmt: skip
+        conn.execute("INSERT INTO docs VALUES ('models', '{\"m\": 1}', 3)")
+    conn.close()
+    with StateStore(path) as s:
+        assert s.stats()["schema_version"] == SCHEMA_VERSION == 2
+        assert s.get_pending("req-1") == old  # tenant None, reserved 0
+        assert [(e.seq, e.request_id) for e in s.events_after(0)] == [(1, "a"), (2, "b")]
+        assert s.append_event(_ev("a", "charge")) == (1, False)
+        assert s.append_event(_ev("c")) == (3, True)
+        assert s.get_doc("models") == ({"m": 1}, 3)
+        new = PendingRow("req-9", "m", np.ones(2), 9, False, 1.0, 2.0, "acme", 0.5)
+        s.add_pending([new])
+        assert s.pending_after(0) == [old, new]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (2,)
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(pending)")]
+    conn.close()
+    assert cols[-2:] == ["tenant", "reserved"]
+    with StateStore(path) as s:  # opening a migrated file again changes nothing
+        assert s.get_pending("req-9") == new and s.get_pending("req-1") == old
+
+
+def test_a_failed_migration_leaves_the_file_at_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.execute("ALTER TABLE pending ADD COLUMN reserved REAL")  # the second step clashes
+    conn.close()
+    with pytest.raises(StoreError, match="duplicate column"):
+        StateStore(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (1,)
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(pending)")]
+    conn.close()
+    assert "tenant" not in cols  # the first step was rolled back with the second
+
+
+def test_pg_schema_version_mismatch_is_a_clear_error(pg_server, pg_target: str) -> None:
+    PgStateStore(pg_target).close()
+    pg_server.execute(pg_target, "UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        PgStateStore(pg_target)
+
+
+def test_pg_foreign_databases_and_dead_servers_are_refused(pg_server, pg_target: str) -> None:
+    pg_server.execute(pg_target, "CREATE TABLE t (a int)")
+    with pytest.raises(SchemaVersionError, match="not a paretoserve store"):
+        PgStateStore(pg_target)
+    dead = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/x"
+    with pytest.raises(StoreError, match="cannot open state store") as err:
+        PgStateStore(dead, connect_timeout_s=2)
+    assert "secret" not in str(err.value) and redact(dead) in str(err.value)
+
+
+def test_open_store_picks_the_backend_from_the_state_path(pg_target: str, tmp_path: Path) -> None:
+    with open_store(pg_target) as s:
+        assert isinstance(s, PgStateStore)
+    with open_store(pg_target.replace("postgresql://", "postgres://", 1)) as s:
+        assert isinstance(s, PgStateStore)
+    with open_store(str(tmp_path / "a.db")) as s, open_store(tmp_path / "b.db") as t:
+        assert isinstance(s, StateStore) and isinstance(t, StateStore)
+
+
+def test_pg_many_processes_opening_a_new_database_create_it_once(pg_target: str) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def open_one() -> None:
+        try:
+            barrier.wait()
+            PgStateStore(pg_target).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+# -- PostgreSQL: dropped connections ----------------------------------------------------------
+
+
+def _drop_connection(pg_server, store: PgStateStore) -> None:
+    """End the store's server process from outside, as a server restart or a network cut."""
+    pid = store._one("SELECT pg_backend_pid()")[0]
+    (ok,) = pg_server.execute(pg_server.dsn(), "SELECT pg_terminate_backend(%s)", (pid,))[0]
+    assert ok
+
+
+def test_pg_reads_and_writes_reconnect_after_a_dropped_connection(
+    pg_server, pg_target: str
+) -> None:
+    with PgStateStore(pg_target) as s:
+        s.append_event(_ev("a"))
+        s.add_pending([_row(1)])
+        _drop_connection(pg_server, s)
+        assert s.events_after(0)[0].request_id == "a"  # a read: reconnected and retried
+        assert s.get_pending("req-1") == _row(1)
+        _drop_connection(pg_server, s)
+        assert s.append_event(_ev("b")) == (2, True)  # dropped before BEGIN: reconnected
+        _drop_connection(pg_server, s)
+        s.put_doc("k", {"v": 1}, 1)
+        assert s.get_doc("k") == ({"v": 1}, 1)
+        assert s.stats()["events"] == 2
+
+
+def test_pg_a_write_cut_mid_transaction_is_not_retried_and_not_applied(
+    pg_server, pg_target: str
+) -> None:
+    """The connection dies inside the write (a trigger holds the INSERT for a while): the write
+    raises StoreError and is not repeated, since in general it might have committed; the server
+    rolled it back; the next call reconnects."""
+    with PgStateStore(pg_target) as s:
+        pid = s._one("SELECT pg_backend_pid()")[0]
+        pg_server.execute(
+            pg_target,
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;"
+            " CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
+        )
+        cut: list[bool] = []
+
+        def cut_inside_the_insert() -> None:
+            deadline = time.monotonic() + 10
+            sql = "SELECT query FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+            while time.monotonic() < deadline:
+                rows = pg_server.execute(pg_server.dsn(), sql, (pid,))
+                if rows and "INSERT INTO events" in rows[0][0]:
+                    kill = "SELECT pg_terminate_backend(%s)"
+                    cut.append(pg_server.execute(pg_server.dsn(), kill, (pid,))[0][0])
+                    return
+                time.sleep(0.02)
+
+        th = threading.Thread(target=cut_inside_the_insert)
+        th.start()
+        with pytest.raises(StoreError, match="write failed"):
+            s.append_event(_ev("lost"))
+        th.join()
+        assert cut == [True]
+        pg_server.execute(pg_target, "DROP TRIGGER slow ON events")
+        assert not s.has_event("lost", "feedback")  # reconnected; the insert was rolled back
+        assert s.append_event(_ev("next")) == (1, True)  # and the rollback burnt no seq
+
+
 def test_foreign_files_are_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as conn:
@@ -317,9 +543,10 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from core.state.store import Event, StateStore
+    from core.state.open_store import open_store
+    from core.state.store import Event
 
-    store = StateStore(sys.argv[1])
+    store = open_store(sys.argv[1])
     for i in range(1_000_000):
         seq, applied = store.append_event(Event(None, f"k{i}", "feedback", 0.25, i, float(i)))
         print(seq, f"k{i}", flush=True)  # acknowledged only after the commit returned
@@ -327,8 +554,8 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_every_acknowledged_event_survives_sigkill(target: str) -> None:
+    path = target
     proc = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(path)],
         cwd=REPO,
@@ -357,7 +584,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
             seq, rid = line.split()
             acked.append((int(seq), rid))
 
-    with StateStore(path) as s:
+    with open_store(path) as s:
         stored = {e.seq: e.request_id for e in s.events_after(0)}
     assert all(stored.get(seq) == rid for seq, rid in acked)
     assert len(stored) >= len(acked)
