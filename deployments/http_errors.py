@@ -18,7 +18,11 @@ from core.method.errors import (
     UnknownRequestError,
 )
 from core.method.registry import RegistryError, UnknownModelError, UnknownProviderError
-from core.method.tenants import TenantBudgetExhaustedError, UnknownTenantError
+from core.method.tenants import (
+    TenantBudgetExhaustedError,
+    TenantExistsError,
+    UnknownTenantError,
+)
 from core.service.anthropic_protocol import anthropic_error
 from core.service.protocol import ChatCompletionRequest, ErrorBody, chat_refusal, error_body
 from core.state.store import StaleVersionError
@@ -94,6 +98,8 @@ def to_http(exc: BaseException) -> HTTPError:
             code="tenant_budget_exhausted",
             headers={"retry-after": str(wait)},
         )
+    if isinstance(exc, TenantExistsError):
+        return HTTPError(409, str(exc), "id", code="tenant_exists")
     if isinstance(exc, UnknownTenantError):
         return HTTPError(404, str(exc), "tenant", type="not_found_error", code="tenant_not_found")
     if isinstance(exc, StaleVersionError):

@@ -247,6 +247,46 @@ def judge(args: argparse.Namespace) -> int:
     return 0 if good else 1
 
 
+def tenants(args: argparse.Namespace) -> int:
+    """A capped tenant flooded until refused, beside an uncapped one."""
+    from loadtest.tenant_flood import tenant_flood
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-tenants-")).resolve()
+    print(f"starting the service (state and logs in {workdir}) ...", flush=True)
+    report = tenant_flood(
+        workdir,
+        args.data,
+        cap_usd=args.cap_usd,
+        steady_usd_per_request=args.steady_usd_per_request,
+        concurrency=args.concurrency,
+        refusals=args.refusals,
+        max_requests=args.max_requests,
+        time_scale=args.sim_time_scale,
+    )
+    c, s = report["capped"], report["steady"]
+    charged = c["router"]["spend_usd"]
+    print(
+        f"capped (${args.cap_usd:g}/day, hard cap, {args.concurrency} in flight): "
+        f"{c['answered']} answered, {c['refused_429']} refused (429, Retry-After "
+        f"{c['retry_after_s']}), other errors {c['other_errors']}; charged ${charged:.6f} "
+        f"(headers ${c['charged_by_headers_usd']:.6f}); cheapest model's share by tenth "
+        f"{c['cheapest_share_by_tenth']}"
+    )
+    print(
+        f"steady: {s['answered']}/{s['sent']} answered, errors {s['errors']}, "
+        f"spend ${s['router']['spend_usd']:.6f}"
+    )
+    write_json(args.json, report)
+    good = (
+        charged <= args.cap_usd + 1e-12
+        and c["charged_by_headers_usd"] <= args.cap_usd + 1e-12
+        and c["refused_429"] > 0
+        and not c["other_errors"]
+        and not s["errors"]
+    )
+    return 0 if good else 1
+
+
 def fuzz(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="paretoserve-fuzz-")).resolve()
     if args.url:
@@ -380,6 +420,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
     j.add_argument("--json", type=Path, help="write the report here")
     j.set_defaults(func=judge)
+
+    t = lsub.add_parser("tenants", help="a capped tenant flooded until refused, beside another")
+    t.add_argument(
+        "--data", type=Path, help="reward file: prompts and recordings (default: built-in prompts)"
+    )
+    t.add_argument("--cap-usd", type=float, default=0.05, help="the capped tenant's daily cap")
+    t.add_argument("--steady-usd-per-request", type=float, default=1e-3)
+    t.add_argument("--concurrency", type=int, default=64, help="capped requests in flight")
+    t.add_argument("--refusals", type=int, default=200, help="stop after this many 429s")
+    t.add_argument("--max-requests", type=int, default=20_000)
+    t.add_argument("--sim-time-scale", type=float, default=0.05)
+    t.add_argument("--workdir", type=Path, help="state and logs (default: a temp dir)")
+    t.add_argument("--json", type=Path, help="write the report here")
+    t.set_defaults(func=tenants)
 
     f = lsub.add_parser("fuzz", help="schemathesis over the service's own OpenAPI document")
     fw = f.add_mutually_exclusive_group(required=True)

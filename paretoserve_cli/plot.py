@@ -91,3 +91,36 @@ def _draw(models, rewards, costs, spend_ema, budgets, phase_starts, out, title, 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_tenants(plan, logs: dict, out: Path) -> None:
+    """One tenants replay seed: per tenant with a period budget, cumulative spend against the
+    budget over the period, the target per request, and the request rate."""
+    budgeted = [t for t in plan.tenants if t.budget_usd is not None]
+    if not budgeted:
+        budgeted = list(plan.tenants)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    start = plan.start
+    for t in budgeted:
+        log = logs[t.id]
+        hours = (np.asarray(log.times) - start) / 3600.0
+        spent = np.cumsum(log.costs)
+        axes[0].plot(hours, spent, label=f"{t.id}: spend")
+        if t.budget_usd is not None:
+            axes[0].axhline(t.budget_usd, ls="--", color="k", lw=0.8, label=f"{t.id}: budget")
+        axes[1].plot(hours, log.targets, label=f"{t.id}: target $/request")
+        per_hour = np.histogram(hours, bins=np.arange(0, np.ceil(hours.max()) + 1))[0]
+        axes[2].step(np.arange(len(per_hour)) + 1, per_hour, label=f"{t.id}: requests/hour")
+    axes[0].set_ylabel("cumulative spend, US$")
+    axes[1].set_ylabel("target, US$/request")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("requests/hour")
+    axes[2].set_xlabel("hours since the period started")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("period pacing: spend against a daily budget, traffic rate changing mid-period")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

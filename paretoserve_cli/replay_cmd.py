@@ -9,6 +9,7 @@ from pathlib import Path
 from core.encoding.features import load_projection
 from core.method.config import BanditConfig, PacerConfig
 from core.replay.protocol import ReplaySpec, Scenario, run_replay
+from core.replay.tenant_replay import TenantPlan, run_tenant_replay
 from paretoserve_cli.contexts import ENCODERS
 from paretoserve_cli.replay_inputs import positive, priors_arg, resolve_inputs, resolve_priors
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         bandit=BanditConfig(shift_threshold=args.shift_threshold),
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
+    if args.tenants:
+        return _run_tenants(args, spec, inputs, data, warm, priors)
     report, runs = run_replay(spec, inputs.specs, data, warm, priors.load())
     report["inputs"] = {
         "data": str(args.data),
@@ -51,6 +54,28 @@ def run(args: argparse.Namespace) -> int:
         from paretoserve_cli.plot import plot_run
 
         plot_run(runs[0], args.budget, args.plot, title=f"{args.scenario}, seed {runs[0].seed}")
+    return 0
+
+
+def _run_tenants(args, spec, inputs, data, warm, priors) -> int:
+    """`--tenants FILE`: the stream sent by the file's tenants (core/replay/tenant_replay.py)."""
+    plan = TenantPlan.model_validate_json(args.tenants.read_text())
+    report, runs = run_tenant_replay(spec, plan, inputs.specs, data, warm, priors.load())
+    report["inputs"] = {"data": str(args.data), "tenants": str(args.tenants)}
+    for tenant_id, t in report["tenants"].items():
+        s = t["summary"]
+        line = (
+            f"tenant {tenant_id}: reward={s['mean_reward']:.4f} cost={s['mean_cost']:.3g} "
+            f"compliance={s['compliance']:.4f} (max over seeds {s['compliance_max']:.4f})"
+        )
+        if "period_compliance" in s:
+            line += f" period spend / budget={s['period_compliance']:.4f}"
+        print(line + f" requests={s['requests']}")
+    write_json(args.json, report)
+    if args.plot:
+        from paretoserve_cli.plot import plot_tenants
+
+        plot_tenants(plan, runs[0], args.plot)
     return 0
 
 
@@ -141,6 +166,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="torch",
         help="prompt encoder for the contexts, as EmbedderArgs.backend (default torch, the "
         "reference); the embedding disk cache keys on it",
+    )
+    p.add_argument(
+        "--tenants",
+        type=Path,
+        help="a tenants file (JSON; core/replay/tenant_replay.py): the stationary stream sent "
+        "by these tenants, each paced (and capped) on its own, one shared bandit",
     )
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--plot", type=Path, help="write a PNG of spend, mix and reward over time")

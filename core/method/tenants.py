@@ -65,6 +65,12 @@ class TenantSpec(BaseModel):
     )
     period: Period = Period.DAY
     hard_cap: bool = Field(False, description="spend in a period never exceeds budget_usd")
+    pace_period: bool = Field(
+        True,
+        description="pace spend to land on budget_usd by the period's end; false: the "
+        "period budget is only counted (and capped, with hard_cap), requests are paced at "
+        "usd_per_request or the service's target",
+    )
 
     @model_validator(mode="after")
     def _cap_needs_budget(self) -> TenantSpec:
@@ -104,11 +110,20 @@ class UnknownTenantError(RouterError, KeyError):
         return f"unknown tenant {self.tenant!r}"
 
 
+class TenantExistsError(RouterError):
+    def __init__(self, tenant: str) -> None:
+        super().__init__(tenant)
+        self.tenant = tenant
+
+    def __str__(self) -> str:
+        return f"tenant {self.tenant!r} exists already (PATCH it to change it)"
+
+
 class TenantBudgetExhaustedError(RouterError):
     """A capped tenant cannot afford any eligible model until its period resets."""
 
     def __init__(self, tenant: str, remaining_usd: float, needed_usd: float, reset_at: float):
-        super().__init__(tenant)
+        super().__init__(tenant, remaining_usd, needed_usd, reset_at)  # args: it pickles (Ray)
         self.tenant, self.remaining_usd = tenant, remaining_usd
         self.needed_usd, self.reset_at = needed_usd, reset_at
 
@@ -192,7 +207,10 @@ class Tenant:
     @property
     def paced(self) -> bool:
         """Has a target of its own (else the service-wide budget paces its requests)."""
-        return self.spec.usd_per_request is not None or self.spec.budget_usd is not None
+        spec = self.spec
+        return spec.usd_per_request is not None or (
+            spec.budget_usd is not None and spec.pace_period
+        )
 
     @property
     def capped(self) -> bool:
@@ -224,7 +242,7 @@ class Tenant:
         """The spend per request to pace at now (None: the service-wide budget's)."""
         spec, acct = self.spec, self.account
         fixed = spec.usd_per_request
-        if spec.budget_usd is None:
+        if spec.budget_usd is None or not spec.pace_period:
             return fixed
         left = max(spec.budget_usd - acct.spent_usd, 0.0)
         rate = acct.rate.per_s(now, self.settings.rate_window_s)
@@ -364,7 +382,7 @@ class TenantBook:
 
     def add(self, spec: TenantSpec, now: float) -> Tenant:
         if spec.id in self._tenants:
-            raise ValueError(f"tenant {spec.id!r} exists already")
+            raise TenantExistsError(spec.id)
         tenant = self._tenants[spec.id] = Tenant(spec, now, self.settings)
         return tenant
 

@@ -648,6 +648,7 @@ class TenantPatch(_OwnBody):
     )
     period: Period | None = None
     hard_cap: bool | None = None
+    pace_period: bool | None = None
 
 
 class ExplainRequest(_OwnBody):

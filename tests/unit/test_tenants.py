@@ -186,3 +186,29 @@ def test_a_new_period_starts_from_nothing() -> None:
     tomorrow = NOON + 86_400
     assert router.tenant_report("a", tomorrow)["spend_usd"] == 0.0
     assert router.tenant_report("a", tomorrow)["total_spend_usd"] == pytest.approx(0.009)
+
+
+def test_errors_cross_process_boundaries_intact() -> None:
+    """Ray pickles an exception a deployment raises: it must come back whole."""
+    import pickle
+
+    exc = TenantBudgetExhaustedError("a", 0.001, 0.002, NOON)
+    back = pickle.loads(pickle.dumps(exc))
+    assert (back.tenant, back.remaining_usd, back.needed_usd, back.reset_at) == (
+        "a",
+        0.001,
+        0.002,
+        NOON,
+    )
+    assert str(back) == str(exc)
+    assert str(pickle.loads(pickle.dumps(UnknownTenantError("z")))) == "unknown tenant 'z'"
+
+
+def test_without_period_pacing_the_budget_is_only_a_cap() -> None:
+    router = _router(budget=5e-3)
+    router.add_tenant(TenantSpec(id="a", budget_usd=0.05, hard_cap=True, pace_period=False), NOON)
+    rng = np.random.default_rng(5)
+    d = router.route(_x(rng), LIMITS, tenant="a", now=NOON)
+    assert d.dual == router.pacer.dual  # the service's pacer paces it
+    assert router.tenant_report("a", NOON)["target_usd_per_request"] is None
+    assert d.reserved_usd > 0
