@@ -90,7 +90,7 @@ def to_http(exc: BaseException) -> HTTPError:
             code="model_not_found" if unknown else "no_eligible_model",
         )
     if isinstance(exc, TenantBudgetExhaustedError):
-        wait = max(0, math.ceil(exc.reset_at - time.time()))
+        wait = math.ceil(exc.retry_after_s(time.time()))
         return HTTPError(
             429,
             str(exc),

@@ -78,10 +78,15 @@ class Flood:
         return sent
 
 
-def _share_by_tenth(answered: list[Sent], model: str) -> list[float]:
+def _tenths(answered: list[Sent]) -> list[list[Sent]]:
     n = len(answered)
-    tenths = [answered[i * n // 10 : (i + 1) * n // 10] for i in range(10)]
-    return [round(sum(s.model == model for s in t) / len(t), 3) if t else 0.0 for t in tenths]
+    return [answered[i * n // 10 : (i + 1) * n // 10] for i in range(10)]
+
+
+def _share_by_tenth(answered: list[Sent], model: str) -> list[float]:
+    return [
+        round(sum(s.model == model for s in t) / len(t), 3) if t else 0.0 for t in _tenths(answered)
+    ]
 
 
 async def run_flood(
@@ -89,6 +94,7 @@ async def run_flood(
     admin_key: str,
     prompts: list[str],
     cap_usd: float,
+    capped_usd_per_request: float,
     steady_usd_per_request: float,
     concurrency: int,
     refusals: int,
@@ -102,13 +108,14 @@ async def run_flood(
             session,
             "POST",
             "/admin/tenants",
-            # Paced at the service's target, so only the cap moves it to cheaper models.
+            # Paced at a fixed target, not the period's: only the cap moves it to cheaper models.
             {
                 "id": "capped",
                 "budget_usd": cap_usd,
                 "period": "day",
                 "hard_cap": True,
                 "pace_period": False,
+                "usd_per_request": capped_usd_per_request,
             },
         )
         await flood.admin(
@@ -180,6 +187,9 @@ async def run_flood(
                 s.status == 200 for s in capped[first_429:] if first_429 is not None
             ),
             "cheapest_share_by_tenth": _share_by_tenth(answered, cheapest),
+            "share_by_tenth": {
+                m: _share_by_tenth(answered, m) for m in sorted({s.model for s in answered})
+            },
             "mix": {
                 m: sum(s.model == m for s in answered) for m in sorted({s.model for s in answered})
             },
@@ -199,6 +209,7 @@ def tenant_flood(
     workdir: Path,
     data: Path,
     cap_usd: float,
+    capped_usd_per_request: float,
     steady_usd_per_request: float,
     concurrency: int,
     refusals: int,
@@ -218,6 +229,7 @@ def tenant_flood(
                 app.admin_key,
                 prompts,
                 cap_usd,
+                capped_usd_per_request,
                 steady_usd_per_request,
                 concurrency,
                 refusals,

@@ -257,6 +257,7 @@ def tenants(args: argparse.Namespace) -> int:
         workdir,
         args.data,
         cap_usd=args.cap_usd,
+        capped_usd_per_request=args.capped_usd_per_request,
         steady_usd_per_request=args.steady_usd_per_request,
         concurrency=args.concurrency,
         refusals=args.refusals,
@@ -426,6 +427,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", type=Path, help="reward file: prompts and recordings (default: built-in prompts)"
     )
     t.add_argument("--cap-usd", type=float, default=0.05, help="the capped tenant's daily cap")
+    t.add_argument(
+        "--capped-usd-per-request",
+        type=float,
+        default=2e-3,
+        help="the capped tenant's target per request (no period pacing: only the cap "
+        "moves it to cheaper models)",
+    )
     t.add_argument("--steady-usd-per-request", type=float, default=1e-3)
     t.add_argument("--concurrency", type=int, default=64, help="capped requests in flight")
     t.add_argument("--refusals", type=int, default=200, help="stop after this many 429s")

@@ -275,18 +275,19 @@ class Router:
         mask: np.ndarray,
         eligible: list[bool],
         reasons: dict[str, str],
-        now: float,
+        named: int | None = None,
     ) -> tuple[np.ndarray, list[bool], dict[int, tuple[float, int]]]:
         """A capped tenant: the eligible models whose cost bound fits what is left of its
         budget, each with (bound, output limit); an output limit is lowered to fit, down to
-        the settings' minimum. Raises TenantBudgetExhaustedError when none fits."""
+        the settings' minimum. Raises TenantBudgetExhaustedError when none fits (or, with
+        `named`, the slot of a model the caller named, when that one does not)."""
         settings = self.tenants.settings
         room = tenant.remaining()
         prompt = ((limits.prompt_tokens if limits else None) or 0) * settings.prompt_token_margin
         wanted = limits.output_tokens if limits else None
         specs = self.registry.specs
         fits: dict[int, tuple[float, int]] = {}
-        cheapest = math.inf
+        cheapest = named_need = math.inf
         out_mask = mask.copy()
         for i in compress(range(len(eligible)), eligible):
             m = self.arms.slot_models[i]
@@ -297,7 +298,10 @@ class Router:
             floor = min(settings.min_output_tokens, out)
             prompt_usd = cost_bound(prompt, 0, spec.input_per_m, 0.0)
             per_token = spec.output_per_m / 1e6
-            cheapest = min(cheapest, prompt_usd + floor * per_token)
+            need = prompt_usd + floor * per_token
+            cheapest = min(cheapest, need)
+            if i == named:
+                named_need = need
             if prompt_usd + out * per_token > room:
                 out = int((room - prompt_usd) / per_token) if room > prompt_usd else 0
             if out < floor:
@@ -309,10 +313,9 @@ class Router:
                 continue
             fits[i] = (prompt_usd + out * per_token, out)
         if not fits:
-            tenant.account.refused += 1
-            raise TenantBudgetExhaustedError(
-                tenant.id, max(room, 0.0), cheapest, tenant.account.period_end
-            )
+            raise tenant.refusal(cheapest)
+        if named is not None and named not in fits:
+            raise tenant.refusal(named_need)
         return out_mask, out_mask.tolist(), fits
 
     def configure_cooldowns(self, config: CooldownConfig) -> None:
@@ -467,13 +470,9 @@ class Router:
         fits = None
         if payer is not None and payer.capped:
             before = eligible
-            mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons, now)
+            named = None if model is None else arms.slots[model]
+            mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons, named)
             after_cap = eligible
-            if model is not None and not eligible[arms.slots[model]]:
-                payer.account.refused += 1
-                raise TenantBudgetExhaustedError(
-                    tenant, max(payer.remaining(), 0.0), 0.0, payer.account.period_end
-                )
         self.bandit.t += 1
         t = self.bandit.t
         pacer = pacing.pacer
@@ -653,7 +652,7 @@ class Router:
         if payer is not None and payer.capped:
             payer.release(request_id)  # the failed model's bound; the new one's is reserved
             try:
-                mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons, now)
+                mask, eligible, fits = self._within_cap(payer, limits, mask, eligible, reasons)
             except TenantBudgetExhaustedError:
                 self._drop(request_id, entry)
                 return None

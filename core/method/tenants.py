@@ -120,19 +120,43 @@ class TenantExistsError(RouterError):
 
 
 class TenantBudgetExhaustedError(RouterError):
-    """A capped tenant cannot afford any eligible model until its period resets."""
+    """A capped tenant cannot afford any eligible model now: until its requests in flight
+    settle (`in_flight_usd` reserved, a retry soon may fit), or until its period resets."""
 
-    def __init__(self, tenant: str, remaining_usd: float, needed_usd: float, reset_at: float):
-        super().__init__(tenant, remaining_usd, needed_usd, reset_at)  # args: it pickles (Ray)
+    def __init__(
+        self,
+        tenant: str,
+        remaining_usd: float,
+        needed_usd: float,
+        reset_at: float,
+        in_flight_usd: float = 0.0,
+    ):
+        # All fields in args: the exception pickles whole across Ray processes.
+        super().__init__(tenant, remaining_usd, needed_usd, reset_at, in_flight_usd)
         self.tenant, self.remaining_usd = tenant, remaining_usd
         self.needed_usd, self.reset_at = needed_usd, reset_at
+        self.in_flight_usd = in_flight_usd
+
+    @property
+    def may_fit_soon(self) -> bool:
+        """What requests in flight hold back would make room when they settle."""
+        return self.remaining_usd + self.in_flight_usd >= self.needed_usd
+
+    def retry_after_s(self, now: float) -> float:
+        return 1.0 if self.may_fit_soon else max(self.reset_at - now, 0.0)
 
     def __str__(self) -> str:
         reset = datetime.fromtimestamp(self.reset_at, UTC).isoformat()
+        held = (
+            f" (${self.in_flight_usd:.6g} more is reserved by its requests in flight; retry "
+            f"when they settle)"
+            if self.may_fit_soon
+            else ""
+        )
         return (
             f"tenant {self.tenant!r} has ${self.remaining_usd:.6g} left of its budget this "
-            f"period, less than the cheapest eligible model's bound (${self.needed_usd:.6g}); "
-            f"the budget resets at {reset}"
+            f"period, less than the cheapest eligible model's bound (${self.needed_usd:.6g})"
+            f"{held}; the budget resets at {reset}"
         )
 
 
@@ -268,6 +292,15 @@ class Tenant:
 
     def release(self, request_id: str) -> float:
         return self.account.reserved.pop(request_id, 0.0)
+
+    def refusal(self, needed_usd: float) -> TenantBudgetExhaustedError:
+        """Nothing fits: counted as a refusal; the error to raise."""
+        acct = self.account
+        acct.refused += 1
+        left = max(self.remaining() or 0.0, 0.0)
+        return TenantBudgetExhaustedError(
+            self.id, left, needed_usd, acct.period_end, acct.reserved_usd
+        )
 
     def settle(self, request_id: str, cost_usd: float, now: float) -> None:
         """A charge: realised cost counted, the reservation released."""

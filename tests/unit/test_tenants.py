@@ -212,3 +212,28 @@ def test_without_period_pacing_the_budget_is_only_a_cap() -> None:
     assert d.dual == router.pacer.dual  # the service's pacer paces it
     assert router.tenant_report("a", NOON)["target_usd_per_request"] is None
     assert d.reserved_usd > 0
+
+
+def test_a_refusal_says_retry_soon_while_requests_in_flight_hold_the_money() -> None:
+    router = _router(budget=1.0)
+    router.add_tenant(TenantSpec(id="a", budget_usd=2e-3, hard_cap=True), NOON)
+    rng = np.random.default_rng(6)
+    held = []
+    with pytest.raises(TenantBudgetExhaustedError) as refused:
+        for _ in range(100):
+            held.append(router.route(_x(rng), LIMITS, tenant="a", now=NOON))
+    assert refused.value.may_fit_soon and refused.value.retry_after_s(NOON) == 1.0
+    for d in held:  # each answer costs a tenth of its bound: money frees up
+        router.charge(d.request_id, d.reserved_usd / 10, now=NOON)
+    d = router.route(_x(rng), LIMITS, tenant="a", now=NOON)  # fits again
+    router.charge(d.request_id, d.reserved_usd, now=NOON)
+    for _ in range(1000):
+        try:
+            d = router.route(_x(rng), LIMITS, tenant="a", now=NOON)
+        except TenantBudgetExhaustedError as exc:
+            if not exc.may_fit_soon:
+                assert exc.retry_after_s(NOON) == 12 * 3600
+                return
+            continue
+        router.charge(d.request_id, d.reserved_usd, now=NOON)
+    raise AssertionError("the budget never ran out")
