@@ -130,9 +130,11 @@ class ScriptedProviders:
     script: dict[str, list[Outcome]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    max_tokens: list[int | None] = field(default_factory=list)  # what each call asked for
 
     def _next(self, req: ProviderRequest) -> Outcome:
         self.calls.append(req.model_id)
+        self.max_tokens.append(req.max_tokens)
         queue = self.script.get(req.model_id, [])
         return queue.pop(0) if queue else Outcome()
 
@@ -423,3 +425,19 @@ def test_answered_auto_routed_requests_go_to_the_judge_plain_and_streamed() -> N
     ]
     assert judge.exchanges[0].request.model_id == "c"  # the model that answered
     assert PROMPT in judge.exchanges[0].request.prompt_text
+
+
+def test_a_capped_tenants_request_goes_upstream_with_the_output_its_reservation_covers() -> None:
+    """The cap's room fits only a shortened answer: the lowered limit is what the provider is
+    asked for, on the first model and on the fallback, and the charge lands on the tenant."""
+    from core.method.tenants import TenantSpec
+
+    chat, router, providers = _service({"c": [_fail(503)]})
+    # $0.003 buys c about 300 output tokens and b about 2,000: both limits get lowered
+    router.router.add_tenant(TenantSpec(id="t", budget_usd=3e-3, hard_cap=True), NOW)
+    answer = asyncio.run(chat.complete("r1", _body(max_tokens=100_000), tenant="t"))
+    assert providers.calls == ["c", "b"]
+    assert 200 < providers.max_tokens[0] < 300 and 1500 < providers.max_tokens[1] < 2000
+    assert answer.decision.max_tokens == providers.max_tokens[-1]
+    report = router.router.tenant_report("t", NOW)
+    assert report["spend_usd"] == pytest.approx(answer.cost_usd) and report["in_flight"] == 0
