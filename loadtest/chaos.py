@@ -1,5 +1,7 @@
 """Chaos run: steady traffic with delayed feedback while the Router replica is SIGKILLed every
-K seconds and the simulated provider injects faults; then an audit of what was lost.
+K seconds and the simulated provider injects faults; then an audit of what was lost. With
+`kill_node`, the whole node hosting the Router fails instead (its raylet is SIGKILLed, once:
+on a multi-node cluster, loadtest/cluster.py), and the Router must come back on another node.
 
 The audit compares what clients saw with the Router's own state (GET /admin/state) before and
 after the run:
@@ -11,11 +13,15 @@ after the run:
 - spend: the Router's charge count must cover every answered chat (a chat is answered only
   after its charge is journalled); compliance = mean realised cost per answered chat / budget.
 - memory: resident memory of each deployment's replicas at the start and the end.
+- recovery, per kill: seconds until the killed Router process was gone and until a new one
+  answered /admin/state, and the Router's charges, spend and updates just before the kill
+  and just after it came back (nothing acknowledged may be missing from the second).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -23,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from loadtest.live_replay import Answer, LiveDriver, percentiles_ms
-from loadtest.server import ServedApp, replica_pids, replica_rss_mib
+from loadtest.server import ServedApp, raylet_of, replica_pids, replica_rss_mib
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class ChaosConfig:
     concurrency: int = 16
     feedback_delay_ms: float = 2000.0
     seed: int = 0
+    kill_node: bool = False  # SIGKILL the raylet of the Router's node (once), not the replica
 
 
 def fault_behaviour(rate: float) -> dict:
@@ -49,27 +56,95 @@ def fault_behaviour(rate: float) -> dict:
     }
 
 
-async def _kill_router_every(app: ServedApp, every_s: float, stop: asyncio.Event) -> list[float]:
-    kills: list[float] = []
+def _ledger(state: dict | None) -> dict | None:
+    """What the Router has been told for good: charges, spend and feedback updates."""
+    if state is None:
+        return None
+    return {
+        "charges": state["charges"],
+        "total_spend_usd": state["total_spend_usd"],
+        "updates": sum(m["updates"] for m in state["models"].values()),
+    }
+
+
+async def _recovery(
+    app: ServedApp,
+    driver: LiveDriver,
+    kill: dict,
+    before: dict | None,
+    timeout_s: float,
+) -> dict:
+    """After the `kill` just made: when the old Router processes were gone, when a new one
+    answered /admin/state, and the Router's ledger before and after."""
+    old = set(kill["router_pids"])
     start = time.monotonic()
-    if every_s <= 0:  # a soak: no kills
+    gone_s = recovered_s = None
+    after = None
+    while time.monotonic() - start < timeout_s:
+        now = set((await asyncio.to_thread(replica_pids, app)).get("Router", []))
+        if gone_s is None and not now & old:
+            gone_s = round(time.monotonic() - start, 2)
+        if now - old:  # a new Router process: up once it answers
+            with contextlib.suppress(Exception):
+                after = await asyncio.wait_for(driver.admin("GET", "/admin/state"), timeout_s)
+                recovered_s = round(time.monotonic() - start, 2)
+                break
+        await asyncio.sleep(0.25)
+    return kill | {
+        "old_router_gone_s": gone_s,
+        "recovered_s": recovered_s,
+        "before": _ledger(before),
+        "after": _ledger(after),
+    }
+
+
+async def _kill_router_every(
+    app: ServedApp,
+    driver: LiveDriver,
+    cfg: ChaosConfig,
+    stop: asyncio.Event,
+    recovery_timeout_s: float = 180.0,
+) -> tuple[list[float], list[dict]]:
+    kills: list[float] = []
+    recoveries: list[asyncio.Task] = []
+    start = time.monotonic()
+    if cfg.kill_every_s <= 0:  # a soak: no kills
         await stop.wait()
-        return kills
+        return kills, []
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), every_s)
+            await asyncio.wait_for(stop.wait(), cfg.kill_every_s)
             break
         except TimeoutError:
             pass
-        pids = (await asyncio.to_thread(replica_pids, app)).get("Router", [])
-        for pid in pids:
+        router = (await asyncio.to_thread(replica_pids, app)).get("Router", [])
+        before = None
+        with contextlib.suppress(Exception):
+            before = await asyncio.wait_for(driver.admin("GET", "/admin/state"), 10.0)
+        if cfg.kill_node:
+            targets = {r for r in map(raylet_of, router) if r is not None}
+        else:
+            targets = set(router)
+        killed = []
+        for pid in sorted(targets):
             try:
                 os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             except ProcessLookupError:
                 continue
-        if pids:
-            kills.append(round(time.monotonic() - start, 1))
-    return kills
+        if killed:
+            at = round(time.monotonic() - start, 1)
+            kills.append(at)
+            kill = {"at_s": at, "killed": "node" if cfg.kill_node else "replica",
+                    "pids": killed, "router_pids": router}  # fmt: skip
+            recoveries.append(
+                asyncio.create_task(_recovery(app, driver, kill, before, recovery_timeout_s))
+            )
+            if cfg.kill_node:  # a node does not come back; the next would be another node
+                break
+    if cfg.kill_node:
+        await stop.wait()
+    return kills, [await t for t in recoveries]
 
 
 async def _sample_memory(app: ServedApp, every_s: float, stop: asyncio.Event) -> list[dict]:
@@ -108,7 +183,11 @@ def _audit(before: dict, after: dict, answers: list[Answer], driver: LiveDriver)
     return {"lost": lost, "double_applied": double}
 
 
-async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dict:
+async def run_chaos(
+    app: ServedApp, prompts: list[str], cfg: ChaosConfig, *, with_ids: bool = False
+) -> dict:
+    """The run's report; `with_ids` adds the request ids of the answered chats and of the
+    acknowledged feedback (to check against the state store)."""
     driver = LiveDriver(
         app.base_url,
         app.admin_key,
@@ -125,13 +204,13 @@ async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dic
                 body = {"simulation": fault_behaviour(cfg.fault_rate)}
                 await driver.admin("PATCH", f"/admin/models/{m}", body)
         stop = asyncio.Event()
-        killer = asyncio.create_task(_kill_router_every(app, cfg.kill_every_s, stop))
+        killer = asyncio.create_task(_kill_router_every(app, driver, cfg, stop))
         sampler = asyncio.create_task(_sample_memory(app, 60.0, stop))
         start = time.perf_counter()
         answers = await driver.run_for(prompts, cfg.seconds, "chaos")
         elapsed = time.perf_counter() - start
         stop.set()
-        kills = await killer
+        kills, recoveries = await killer
         memory_timeline = await sampler
         await driver.drain_feedback()
         await _state_when_up(driver)  # the Router is back before the retries
@@ -144,12 +223,13 @@ async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dic
     budget = after["budget_usd_per_request"]
     spend = sum(a.cost for a in ok)
     fb = driver.feedback
-    return {
+    report = {
         "seconds": cfg.seconds,
         "kill_every_s": cfg.kill_every_s,
         "fault_rate": cfg.fault_rate,
         "concurrency": cfg.concurrency,
         "router_kills": kills,
+        "router_recoveries": recoveries,
         "requests": {
             "sent": len(answers),
             "answered": len(ok),
@@ -177,3 +257,6 @@ async def run_chaos(app: ServedApp, prompts: list[str], cfg: ChaosConfig) -> dic
         "throughput_rps": len(ok) / elapsed if elapsed > 0 else None,
         "memory_mib": {"start": memory_start, "end": memory_end, "every_60s": memory_timeline},
     }
+    if with_ids:
+        report["ids"] = {"answered": [a.request_id for a in ok], "acknowledged": sorted(fb.acked)}
+    return report

@@ -5,6 +5,8 @@ starts its own local Ray cluster in a fresh RAY_TMPDIR, so it never joins (or is
 another cluster on the machine. Stopping sends SIGINT (Serve shuts down, the driver stops its
 cluster), SIGKILL after a grace period, then SIGKILL of any process still carrying that
 RAY_TMPDIR. `ray stop --force` is never used: it would kill every Ray process on the machine.
+With `address`, the app is deployed on a cluster started beforehand (loadtest/cluster.py: several
+nodes on this machine) and stopping it leaves that cluster to its owner.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ServedApp:
     proc: subprocess.Popen
     log_path: Path
     ray_dir: str
+    own_cluster: bool = True  # False: deployed on a cluster someone else stops
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -84,21 +87,42 @@ def _wait_healthy(app: ServedApp, timeout_s: float) -> None:
     raise TimeoutError(f"no answer on /healthz in {timeout_s:.0f}s:\n{app.log_tail()}")
 
 
+def kill_ray_dir(ray_dir: str, timeout_s: float = 20.0) -> None:
+    """SIGKILL every process of the cluster in `ray_dir` (until none is left), then delete it."""
+    deadline = time.monotonic() + timeout_s
+    while (left := pids_of_ray_dir(ray_dir)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def ray_env(ray_dir: str) -> dict[str, str]:
+    """The environment of a throwaway cluster's processes (and of the drivers joining it)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
+    env.update(
+        {
+            "RAY_TMPDIR": ray_dir,
+            "HF_HUB_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
+    return env
+
+
 def _stop(app: ServedApp) -> None:
     if app.proc.poll() is None:
-        app.proc.send_signal(signal.SIGINT)
+        app.proc.send_signal(signal.SIGINT)  # `serve run` shuts Serve down
         try:
             app.proc.wait(timeout=45)
         except subprocess.TimeoutExpired:
             app.proc.kill()
             app.proc.wait(timeout=15)
-    deadline = time.monotonic() + 20
-    while (left := app.ray_pids()) and time.monotonic() < deadline:
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    shutil.rmtree(app.ray_dir, ignore_errors=True)
+    if app.own_cluster:
+        kill_ray_dir(app.ray_dir)
 
 
 @contextlib.contextmanager
@@ -108,9 +132,14 @@ def serve_app(
     *,
     deployments: dict[str, dict[str, Any]] | None = None,
     startup_timeout_s: float = 300.0,
+    address: str | None = None,
+    ray_dir: str | None = None,
 ) -> Iterator[ServedApp]:
     """Run the app with these `args` (graphs.app:build_app) until the block exits.
-    `deployments` updates the config's per-deployment options by name (e.g. autoscaling)."""
+    `deployments` updates the config's per-deployment options by name (e.g. autoscaling).
+    `address` and `ray_dir`: deploy on that running cluster (loadtest/cluster.py) instead of a
+    new one; its processes have their own environment, so the admin key travels to the
+    replicas in the application's runtime_env."""
     cfg = copy.deepcopy(base_config())
     port = free_port()
     cfg["http_options"]["port"] = port
@@ -120,32 +149,32 @@ def serve_app(
         d.update((deployments or {}).get(d["name"], {}))
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "serve_config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     admin_key = secrets.token_urlsafe(24)
-    ray_dir = tempfile.mkdtemp(prefix="psray-", dir="/tmp")  # short: Ray puts sockets here
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
-    env.update(
-        {
-            "RAY_TMPDIR": ray_dir,
-            "HF_HUB_OFFLINE": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            ADMIN_KEY_ENV: admin_key,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        }
-    )
+    if (address is None) != (ray_dir is None):
+        raise ValueError("serve_app: give both `address` and `ray_dir` of a cluster, or neither")
+    own_cluster = ray_dir is None
+    if ray_dir is None:
+        ray_dir = tempfile.mkdtemp(prefix="psray-", dir="/tmp")  # short: Ray puts sockets here
+    else:
+        runtime_env = app_cfg.setdefault("runtime_env", {})  # the file lives in `workdir`
+        runtime_env.setdefault("env_vars", {})[ADMIN_KEY_ENV] = admin_key
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = ray_env(ray_dir) | {ADMIN_KEY_ENV: admin_key}
+    cmd = [str(Path(sys.executable).parent / "serve"), "run", str(cfg_path)]
+    if address is not None:
+        cmd[2:2] = ["--address", address]
     log_path = workdir / "serve_run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "serve"), "run", str(cfg_path)],
+            cmd,
             cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    app = ServedApp(f"http://127.0.0.1:{port}", admin_key, proc, log_path, ray_dir)
+    app = ServedApp(f"http://127.0.0.1:{port}", admin_key, proc, log_path, ray_dir, own_cluster)
     try:
         _wait_healthy(app, startup_timeout_s)
         yield app
@@ -166,6 +195,21 @@ def replica_pids(app: ServedApp) -> dict[str, list[int]]:
             name = title.rsplit(":", 1)[-1].split(".")[0].strip()
             out.setdefault(name, []).append(pid)
     return out
+
+
+def raylet_of(pid: int) -> int | None:
+    """The raylet that started the worker `pid` (its nearest `raylet` ancestor): the node it
+    runs on. None when there is none (or `pid` is gone)."""
+    while pid > 1:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if Path(cmd.decode(errors="replace")).name == "raylet":
+            return pid
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the ppid
+    return None
 
 
 def rss_mib(pid: int) -> float | None:

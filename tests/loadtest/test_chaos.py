@@ -31,6 +31,12 @@ def report(tmp_path_factory) -> dict:
 
 def test_the_router_was_killed_and_requests_survived(report) -> None:
     assert len(report["router_kills"]) >= 2
+    recoveries = report["router_recoveries"]
+    assert len(recoveries) == len(report["router_kills"])
+    for r in recoveries:  # each killed replica went, a new one answered with nothing undone
+        assert r["killed"] == "replica" and r["old_router_gone_s"] is not None, r
+        assert r["recovered_s"] is not None, r
+        assert all(r["after"][k] >= r["before"][k] for k in r["before"]), r
     req = report["requests"]
     assert req["sent"] > 50
     assert req["answered_share"] >= 0.99, req["errors"]
