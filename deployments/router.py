@@ -25,15 +25,14 @@ from core.service.decision import RouteDecision
 from core.service.settings import RouterSettings
 from core.service.warm_start import fresh_router
 from core.state.durable import DurableRouter
-from core.state.open_store import open_store
+from core.state.open_store import Store, open_store
 from core.state.reconcile import reconcile
-from core.state.store import StateStore
 
 log = logging.getLogger("ray.serve")
 REGISTRY_DOC = "registry"
 
 
-def registry_table(store: StateStore, default: list[ModelSpec]) -> tuple[list[ModelSpec], int]:
+def registry_table(store: Store, default: list[ModelSpec]) -> tuple[list[ModelSpec], int]:
     """The registry's persisted model table, or the configured one before the first change."""
     doc = store.get_doc(REGISTRY_DOC)
     if doc is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from ray.serve import Application
 
 from core.service.settings import AppArgs, ProviderSettings
+from core.state.open_store import is_dsn
 from deployments.embedder import Embedder
 from deployments.feedback import FeedbackDeployment
 from deployments.ingress import Ingress
@@ -38,7 +39,8 @@ def build_app(args: AppArgs) -> Application:
     """Serve validates `args` into AppArgs (a clear error names any bad field); every
     deployment gets its replica options from `args.deployments`."""
     cfg = AppArgs.model_validate(args).resolved(project_home())
-    Path(cfg.state_path).parent.mkdir(parents=True, exist_ok=True)
+    if not is_dsn(cfg.state_path):  # a PostgreSQL DSN names no folder
+        Path(cfg.state_path).parent.mkdir(parents=True, exist_ok=True)
     opts = cfg.deployments
     embedder = Embedder.options(**opts.embedder.serve_options()).bind(
         cfg.embedder, cfg.max_prompt_chars

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.method.errors import InvalidFeedbackError, UnknownRequestError
 from core.method.faults import Cooldown
 from core.method.router import Decision, FeedbackStatus, RouteLimits, Router
+from core.state.open_store import Store
 from core.state.snapshot import restore, snapshot
-from core.state.store import Event, EventKind, PendingRow, StateStore
+from core.state.store import Event, EventKind, PendingRow
 
 log = logging.getLogger(__name__)
 _TICK_S = 0.05  # the writer's longest wait for work before it checks snapshots and expiry
@@ -61,7 +62,7 @@ class DurableRouter:
     def __init__(
         self,
         router: Router,
-        store: StateStore,
+        store: Store,
         config: DurabilityConfig,
         applied_seq: int = 0,
         now: float = 0.0,
@@ -87,7 +88,7 @@ class DurableRouter:
     @classmethod
     def open(
         cls,
-        store: StateStore,
+        store: Store,
         fresh: Callable[[], Router],
         config: DurabilityConfig,
         now: float,
