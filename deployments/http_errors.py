@@ -9,7 +9,7 @@ import time
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from core.method.errors import (
     DuplicateRequestIdError,
@@ -112,6 +112,14 @@ def to_http(exc: BaseException) -> HTTPError:
         return HTTPError(409, str(exc), "model", code="registry_conflict")
     if isinstance(exc, ProviderError):
         return provider_http_error(exc)
+    if isinstance(exc, RayActorError | ActorUnavailableError):  # a replica died, retries spent
+        return HTTPError(
+            503,
+            "a deployment replica is restarting; retry shortly",
+            type="server_error",
+            code="replica_unavailable",
+            headers={"retry-after": "5"},
+        )
     if isinstance(exc, ValueError):
         return HTTPError(400, str(exc))
     log.exception("unhandled error", exc_info=exc)

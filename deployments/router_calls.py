@@ -19,7 +19,10 @@ from deployments.http_errors import cause
 
 T = TypeVar("T")
 
-ATTEMPTS = 6  # with the backoff below: ~8 s of waiting, about what a restart takes here
+# With the backoff below: ~28 s of waiting. A replica restart takes ~5 s here; the loss of the
+# Router's node takes Ray 14-20 s to detect before the replica starts elsewhere
+# (docs/reliability.md, multi-node failover).
+ATTEMPTS = 11
 BACKOFF_S = 0.25
 
 
