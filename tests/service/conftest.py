@@ -188,12 +188,21 @@ def _local_app(args: dict[str, Any], num_cpus: int = 8) -> Iterator[str]:
     port = free_port()
     # Replicas inherit the raylet's environment, which is this process's at ray.init.
     with env_set(**{ADMIN_KEY_ENV: ADMIN_KEY}):
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        for attempt in range(2):
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                )
+                break
+            except Exception as exc:
+                # Ray gives its raylet a fixed 30 s to register; an overloaded machine can
+                # miss that once. Anything else, or a second miss, is a real failure.
+                if attempt or "timed out during startup" not in str(exc):
+                    raise
+                ray.shutdown()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="paretoserve", route_prefix="/", blocking=False)
