@@ -153,7 +153,7 @@ class RouterDeployment:
 
     async def resume(self, request_id: str, direct: bool = False) -> RouteDecision | None:
         """The pending decision under `request_id` (see core.method.router.Router.resume)."""
-        d = self.durable.router.resume(request_id, direct)
+        d = self.durable.resume(request_id, direct)
         return None if d is None else self._decision(d)
 
     async def fallback(

@@ -41,6 +41,9 @@ class ChaosConfig:
     feedback_delay_ms: float = 2000.0
     seed: int = 0
     kill_node: bool = False  # SIGKILL the raylet of the Router's node (once), not the replica
+    # Half the clients send with the key of a tenant hard-capped at this many US$ a day, half
+    # with an uncapped tenant's key (None: no tenants, the service's budget).
+    tenant_cap_usd: float | None = None
 
 
 def fault_behaviour(rate: float) -> dict:
@@ -172,6 +175,58 @@ async def _state_when_up(driver: LiveDriver, timeout_s: float = 180.0) -> dict:
             await asyncio.sleep(2.0)
 
 
+CAPPED, OPEN = "chaos-capped", "chaos-open"
+
+
+async def _tenant_keys(driver: LiveDriver, cap_usd: float, budget: float) -> list[tuple[str, str]]:
+    """The two chaos tenants (the capped one paced at the service's target, so that only its
+    cap holds it back) and a key of each."""
+    specs = [
+        {"id": CAPPED, "budget_usd": cap_usd, "hard_cap": True, "pace_period": False},
+        {"id": OPEN, "usd_per_request": budget},
+    ]
+    keys = []
+    for spec in specs:
+        await driver.admin("POST", "/admin/tenants", spec)
+        key = await driver.admin("POST", f"/admin/tenants/{spec['id']}/keys")
+        keys.append((spec["id"], key["api_key"]))
+    return keys
+
+
+def _refused_by_cap(a: Answer) -> bool:
+    return a.status == 429 and "tenant_budget_exhausted" in (a.error or "")
+
+
+async def _tenant_audit(driver: LiveDriver, answers: list[Answer], cap_usd: float) -> dict:
+    """Per tenant: what its clients were answered and charged against the Router's account.
+    No spend lost: the Router's spend covers every answer's cost header; none counted twice:
+    its charges are at most the answered plus the failed (a chat may be charged and its
+    answer lost on the way back); the cap: spend this period <= cap."""
+    out = {}
+    for tenant in (CAPPED, OPEN):
+        mine = [a for a in answers if a.tenant == tenant]
+        ok = [a for a in mine if a.status == 200]
+        failed = [a for a in mine if a.status != 200 and not _refused_by_cap(a)]
+        acct = await driver.admin("GET", f"/admin/tenants/{tenant}")
+        answered_cost = sum(a.cost for a in ok)
+        out[tenant] = {
+            "sent": len(mine),
+            "answered": len(ok),
+            "refused_by_cap": sum(map(_refused_by_cap, mine)),
+            "failed": len(failed),
+            "answered_cost_usd": answered_cost,
+            "router_spend_usd": acct["spend_usd"],
+            "router_charges": acct["charges"],
+            "spend_lost": acct["spend_usd"] < answered_cost - 1e-9,
+            "charges_lost": acct["charges"] < len(ok),
+            "charged_twice": acct["charges"] > len(ok) + len(failed),
+            "reserved_usd_left": acct["reserved_usd"],
+        }
+    out[CAPPED]["cap_usd"] = cap_usd
+    out[CAPPED]["within_cap"] = out[CAPPED]["router_spend_usd"] <= cap_usd + 1e-12
+    return out
+
+
 def _audit(before: dict, after: dict, answers: list[Answer], driver: LiveDriver) -> dict:
     model_of = {a.request_id: a.model for a in answers if a.status == 200}
     acked = Counter(model_of[rid] for rid in driver.feedback.acked if rid in model_of)
@@ -203,11 +258,14 @@ async def run_chaos(
             for m in models:
                 body = {"simulation": fault_behaviour(cfg.fault_rate)}
                 await driver.admin("PATCH", f"/admin/models/{m}", body)
+        keys = None
+        if cfg.tenant_cap_usd is not None:
+            keys = await _tenant_keys(driver, cfg.tenant_cap_usd, before["budget_usd_per_request"])
         stop = asyncio.Event()
         killer = asyncio.create_task(_kill_router_every(app, driver, cfg, stop))
         sampler = asyncio.create_task(_sample_memory(app, 60.0, stop))
         start = time.perf_counter()
-        answers = await driver.run_for(prompts, cfg.seconds, "chaos")
+        answers = await driver.run_for(prompts, cfg.seconds, "chaos", keys)
         elapsed = time.perf_counter() - start
         stop.set()
         kills, recoveries = await killer
@@ -216,10 +274,16 @@ async def run_chaos(
         await _state_when_up(driver)  # the Router is back before the retries
         await driver.retry_failed_feedback()
         after = await _state_when_up(driver)
+        tenants = None
+        if cfg.tenant_cap_usd is not None:
+            tenants = await _tenant_audit(driver, answers, cfg.tenant_cap_usd)
         memory_end = replica_rss_mib(app)
     finally:
         await driver.aclose()
     ok = [a for a in answers if a.status == 200]
+    refused = sum(map(_refused_by_cap, answers))  # a capped tenant's 429s: the cap working
+    counted = len(answers) - refused
+    errors = [a for a in answers if a.status != 200 and not _refused_by_cap(a)]
     budget = after["budget_usd_per_request"]
     spend = sum(a.cost for a in ok)
     fb = driver.feedback
@@ -233,9 +297,10 @@ async def run_chaos(
         "requests": {
             "sent": len(answers),
             "answered": len(ok),
-            "failed": len(answers) - len(ok),
-            "answered_share": len(ok) / len(answers) if answers else None,
-            "errors": dict(Counter(str(a.status) for a in answers if a.status != 200)),
+            "refused_by_cap": refused,
+            "failed": len(answers) - len(ok) - refused,
+            "answered_share": len(ok) / counted if counted else None,
+            "errors": dict(Counter(str(a.status) for a in errors)),
             "answered_by": dict(Counter(a.model for a in ok)),
         },
         "feedback": {
@@ -257,6 +322,8 @@ async def run_chaos(
         "throughput_rps": len(ok) / elapsed if elapsed > 0 else None,
         "memory_mib": {"start": memory_start, "end": memory_end, "every_60s": memory_timeline},
     }
+    if tenants is not None:
+        report["tenants"] = tenants
     if with_ids:
         report["ids"] = {"answered": [a.request_id for a in ok], "acknowledged": sorted(fb.acked)}
     return report

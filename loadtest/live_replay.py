@@ -41,6 +41,7 @@ class Answer:
     forced: bool = False
     dual: float = 0.0
     error: str | None = None
+    tenant: str | None = None  # whose key sent it (LiveDriver.run_for's `keys`)
 
 
 @dataclass
@@ -85,16 +86,21 @@ class LiveDriver:
 
     # ---- requests ---------------------------------------------------------------------
 
-    async def chat(self, prompt: str, phase: str) -> Answer:
+    async def chat(self, prompt: str, phase: str, key: tuple[str, str] | None = None) -> Answer:
+        """One chat; with `key` = (tenant, its API key), sent with that key."""
         body = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+        headers = {"authorization": f"Bearer {key[1]}"} if key else None
+        tenant = key[0] if key else None
         start = time.perf_counter()
         try:
-            r = await self.client.post("/v1/chat/completions", json=body)
+            r = await self.client.post("/v1/chat/completions", json=body, headers=headers)
         except httpx.HTTPError as exc:
-            return Answer(phase, 0, time.perf_counter() - start, error=type(exc).__name__)
+            return Answer(
+                phase, 0, time.perf_counter() - start, error=type(exc).__name__, tenant=tenant
+            )
         latency = time.perf_counter() - start
         if r.status_code != 200:
-            return Answer(phase, r.status_code, latency, error=r.text[:300])
+            return Answer(phase, r.status_code, latency, error=r.text[:300], tenant=tenant)
         out = r.json()
         info = out.get("paretoserve") or {}
         answer = Answer(
@@ -107,6 +113,7 @@ class LiveDriver:
             reward=info.get("recorded_reward"),
             forced=bool(info.get("forced")),
             dual=float(info.get("dual") or 0.0),
+            tenant=tenant,
         )
         if answer.reward is None:
             self.feedback.no_reward += 1
@@ -114,19 +121,31 @@ class LiveDriver:
             self._post_feedback_later(r.headers["x-request-id"], answer.reward)
         return answer
 
-    async def run_for(self, prompts: list[str], seconds: float, phase: str) -> list[Answer]:
-        """Send prompts (cycling) with `concurrency` workers until `seconds` have passed."""
+    async def run_for(
+        self,
+        prompts: list[str],
+        seconds: float,
+        phase: str,
+        keys: list[tuple[str, str]] | None = None,
+    ) -> list[Answer]:
+        """Send prompts (cycling) with `concurrency` workers until `seconds` have passed; with
+        `keys` ((tenant, API key) pairs), worker w sends with keys[w % len(keys)]."""
         answers: list[Answer] = []
         deadline = time.monotonic() + seconds
         counter = iter(range(1 << 62))
 
-        async def worker() -> None:
+        async def worker(key: tuple[str, str] | None) -> None:
             for i in counter:
                 if time.monotonic() >= deadline:
                     return
-                answers.append(await self.chat(prompts[i % len(prompts)], phase))
+                answer = await self.chat(prompts[i % len(prompts)], phase, key)
+                answers.append(answer)
+                if answer.status == 429:  # as a client would, back off before the next one
+                    await asyncio.sleep(0.5)
 
-        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        await asyncio.gather(
+            *(worker(keys[w % len(keys)] if keys else None) for w in range(self.concurrency))
+        )
         return answers
 
     async def run_block(self, prompts: list[str], phase: str) -> list[Answer]:

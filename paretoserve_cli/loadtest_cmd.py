@@ -195,6 +195,7 @@ def chaos(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         feedback_delay_ms=args.feedback_delay_ms,
         seed=args.seed,
+        tenant_cap_usd=args.tenant_cap_usd,
     )
     print(f"starting the service (state and logs in {workdir}) ...", flush=True)
     with serve_app(app_args, workdir) as app:
@@ -207,8 +208,19 @@ def chaos(args: argparse.Namespace) -> int:
         f"{fb['acknowledged']}, lost {fb['lost']}, double-applied {fb['double_applied']}; "
         f"compliance {sp['compliance']:.4f}; memory MiB {report['memory_mib']}"
     )
+    for tenant, t in report.get("tenants", {}).items():
+        print(
+            f"  tenant {tenant}: answered {t['answered']}, refused by its cap "
+            f"{t['refused_by_cap']}, failed {t['failed']}; router spend "
+            f"${t['router_spend_usd']:.6f} for answers costing ${t['answered_cost_usd']:.6f}, "
+            f"{t['router_charges']} charges"
+            + (f"; cap ${t['cap_usd']:g}, within: {t['within_cap']}" if "cap_usd" in t else "")
+        )
     write_json(args.json, report)
     good = fb["lost"] == 0 and fb["double_applied"] == 0 and sp["router_charges"] >= req["answered"]
+    for t in report.get("tenants", {}).values():
+        good &= not (t["spend_lost"] or t["charges_lost"] or t["charged_twice"])
+        good &= t.get("within_cap", True)
     return 0 if good else 1
 
 
@@ -403,6 +415,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="reward file: prompts, replayed usage and rewards "
         "(default: built-in prompts, drawn rewards)",
+    )
+    c.add_argument(
+        "--tenant-cap-usd",
+        type=positive,
+        help="half the clients use a tenant hard-capped at this many US$ a day, half an "
+        "uncapped tenant; the audit adds each tenant's spend, charges and the cap",
     )
     c.add_argument("--sim-time-scale", type=float, default=0.1)
     c.add_argument("--seed", type=int, default=0)

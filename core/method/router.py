@@ -568,6 +568,11 @@ class Router:
         entry = self.ledger.get(request_id)
         if entry is None or entry.charged:
             return None
+        if entry.tenant in self.tenants and self.tenants.get(entry.tenant).holds(request_id):
+            # A capped tenant's decision: the output limit its reservation covers is not
+            # recorded, so it is dropped (what it held goes back) and decided again.
+            self._drop(request_id, entry)
+            return None
         none = np.empty(0)
         model = self.arms.slot_models[entry.slot]
         return Decision(

@@ -206,6 +206,7 @@ class TenantAccount:
     degraded: int = 0
     refused: int = 0
     total_spent_usd: float = 0.0
+    charges: int = 0
     rate: DecayedRate = field(default_factory=DecayedRate)
 
     @property
@@ -290,6 +291,10 @@ class Tenant:
         if usd > 0.0:
             self.account.reserved[request_id] = usd
 
+    def holds(self, request_id: str) -> bool:
+        """A reservation is held for the request."""
+        return request_id in self.account.reserved
+
     def release(self, request_id: str) -> float:
         return self.account.reserved.pop(request_id, 0.0)
 
@@ -308,6 +313,7 @@ class Tenant:
         self.account.reserved.pop(request_id, None)
         self.account.spent_usd += cost_usd
         self.account.total_spent_usd += cost_usd
+        self.account.charges += 1
 
     # ---- keys ----------------------------------------------------------------------------
 
@@ -332,6 +338,7 @@ class Tenant:
             "reserved_usd": acct.reserved_usd,
             "remaining_usd": remaining,
             "total_spend_usd": acct.total_spent_usd,
+            "charges": acct.charges,
             "period_start": datetime.fromtimestamp(acct.period_start, UTC).isoformat(),
             "period_end": datetime.fromtimestamp(acct.period_end, UTC).isoformat(),
             "target_usd_per_request": budget,
@@ -357,6 +364,7 @@ class Tenant:
                 "degraded": acct.degraded,
                 "refused": acct.refused,
                 "total_spent_usd": acct.total_spent_usd,
+                "charges": acct.charges,
                 "rate": vars(acct.rate),
             },
         }
@@ -375,6 +383,7 @@ class Tenant:
             degraded=a["degraded"],
             refused=a["refused"],
             total_spent_usd=a["total_spent_usd"],
+            charges=a.get("charges", 0),
             rate=DecayedRate(**a["rate"]),
         )
         return t

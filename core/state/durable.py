@@ -190,6 +190,14 @@ class DurableRouter:
         )
         self.expiry[request_id] = expires
 
+    def resume(self, request_id: str, direct: bool) -> Decision | None:
+        """Router.resume, with the recorded decision dropped when the Router dropped it."""
+        had = self.router.is_pending(request_id)
+        d = self.router.resume(request_id, direct)
+        if d is None and had and not self.router.is_pending(request_id):
+            self._forget(request_id)
+        return d
+
     # ---- provider faults: fallback re-keys a decision, a final failure drops it ------------
 
     def fallback(

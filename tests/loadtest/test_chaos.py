@@ -21,7 +21,7 @@ def report(tmp_path_factory) -> dict:
         [
             "loadtest", "chaos", "--minutes", "0.8", "--kill-every-s", "15",
             "--fault-rate", "0.2", "--concurrency", "8", "--feedback-delay-ms", "1000",
-            "--sim-time-scale", "0.05", "--json", str(out),
+            "--sim-time-scale", "0.05", "--tenant-cap-usd", "0.02", "--json", str(out),
         ]
     )  # fmt: skip
     data = json.loads(out.read_text())
@@ -56,3 +56,18 @@ def test_every_answered_chat_was_charged(report) -> None:
     spend = report["spend"]
     assert spend["router_charges"] >= report["requests"]["answered"]
     assert spend["router_spend_usd"] >= spend["answered_cost_usd"] * (1 - 1e-9)
+
+
+def test_tenants_lose_no_spend_count_none_twice_and_the_cap_holds(report) -> None:
+    """Half the clients used a tenant capped at $0.02 a day (it ran out during the run), half
+    an uncapped tenant; the Router was killed meanwhile."""
+    tenants = report["tenants"]
+    capped = tenants["chaos-capped"]
+    assert capped["refused_by_cap"] > 0 and capped["answered"] > 0, capped
+    assert capped["within_cap"] and capped["router_spend_usd"] <= 0.02, capped
+    for name, t in tenants.items():
+        assert not t["spend_lost"] and not t["charges_lost"], (name, t)
+        assert not t["charged_twice"], (name, t)
+        assert t["router_spend_usd"] >= t["answered_cost_usd"] * (1 - 1e-9), (name, t)
+        assert t["reserved_usd_left"] == 0.0, (name, t)
+    assert tenants["chaos-open"]["refused_by_cap"] == 0

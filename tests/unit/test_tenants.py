@@ -276,3 +276,20 @@ def test_a_crashed_router_restores_tenant_spend_and_reservations(tmp_path) -> No
     assert report["in_flight"] == 2 and report["reserved_usd"] == pytest.approx(held)
     back.charge(ds[1].request_id, 1e-4, now=NOON)  # the answer still lands on the tenant
     assert back.tenant_report("a", NOON)["spend_usd"] == pytest.approx(3e-4)
+
+
+def test_a_capped_decision_is_decided_again_rather_than_resumed() -> None:
+    """Resuming a decision (a route call lost to a Router crash) cannot give back the output
+    limit its reservation covers: the decision is dropped, its reservation released."""
+    router = _router(budget=1.0)
+    router.add_tenant(TenantSpec(id="a", budget_usd=1.0, hard_cap=True), NOON)
+    router.add_tenant(TenantSpec(id="b", usd_per_request=1e-3), NOON)
+    rng = np.random.default_rng(8)
+    capped = router.route(_x(rng), LIMITS, request_id="r1", tenant="a", now=NOON)
+    assert capped.max_tokens is not None
+    assert router.resume("r1", direct=False) is None
+    assert router.tenant_report("a", NOON)["in_flight"] == 0 and not router.is_pending("r1")
+    again = router.route(_x(rng), LIMITS, request_id="r1", tenant="a", now=NOON)
+    assert again.max_tokens is not None
+    router.route(_x(rng), LIMITS, request_id="r2", tenant="b", now=NOON)
+    assert router.resume("r2", direct=False).request_id == "r2"  # uncapped: resumed
