@@ -306,6 +306,14 @@ class RouterDeployment:
             "journal_seq": self.durable.applied_seq,
         }
 
+    async def check_health(self) -> None:
+        """Serve asks every `health_check_period_s` (10 s by default). The gauges are set
+        again here: Ray drops a gauge from its metrics endpoint two report intervals (20 s)
+        after its last set, so an idle service would show no budget, dual or tenant spend."""
+        self._publish_pacer()
+        for t in self.durable.router.tenants:
+            self._publish_tenant(t.id)
+
     # ---- the writer (core.state.durable.DurableRouter: all database work, in order) -------
 
     def _start_writer(self) -> None:

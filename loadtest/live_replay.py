@@ -54,6 +54,15 @@ class FeedbackTally:
     failed: dict[str, float] = field(default_factory=dict)  # request id -> reward, to retry
 
 
+def _error_text(r: httpx.Response) -> str:
+    """An error answer as `code: message` (the code first: the message may be long)."""
+    try:
+        err = r.json()["error"]
+        return f"{err.get('code')}: {str(err.get('message'))[:300]}"
+    except (ValueError, KeyError, TypeError):
+        return r.text[:300]
+
+
 class LiveDriver:
     """Sends chat requests and delayed feedback to one service; keeps what it saw."""
 
@@ -100,7 +109,7 @@ class LiveDriver:
             )
         latency = time.perf_counter() - start
         if r.status_code != 200:
-            return Answer(phase, r.status_code, latency, error=r.text[:300], tenant=tenant)
+            return Answer(phase, r.status_code, latency, error=_error_text(r), tenant=tenant)
         out = r.json()
         info = out.get("paretoserve") or {}
         answer = Answer(

@@ -237,7 +237,7 @@ def test_promql_spend_by_model_is_what_the_service_charged(rig: Rig) -> None:
         lambda: {m: float(n) for m, n in rig.answered.items()},
     )
     assert requests == answered
-    # A gauge leaves Ray's endpoint soon after its last set (see the xfail below), so its last
+    # A gauge may miss a scrape between two sets (Ray drops it 20 s after its last one), so its last
     # scraped value is read over a window, which skips Prometheus's staleness markers.
     budget = rig.by_label(f"max(last_over_time(ray_paretoserve_pacer_budget_usd[{WINDOW}]))", "")
     assert budget == pytest.approx({"": state["budget_usd_per_request"]})
@@ -314,14 +314,10 @@ def test_promql_spend_by_tenant_is_each_tenants_spend(rig: Rig) -> None:
     assert requests == reported == {"a": 4.0, "b": 2.0}
 
 
-@pytest.mark.xfail(
-    reason="Ray 2.60 drops a gauge from its metrics endpoint 2 report intervals (default 20 s) "
-    "after its last set(), and the Router sets the pacer gauges only when it charges: an idle "
-    "service shows no budget, dual or spend EMA (nor tenant gauges) until the deployment "
-    "re-sets them periodically; when it does, remove this mark",
-    strict=True,
-)
 def test_a_pacer_gauge_stays_in_prometheus_while_the_service_is_idle(rig: Rig) -> None:
+    """Ray drops a gauge from its metrics endpoint two report intervals (20 s) after its last
+    set(); the Router sets its gauges again at every health check (10 s), so an idle service
+    still shows its budget, dual and spend EMA."""
     rig.chat("What is 6 * 7?")
     ema = rig.admin("GET", "/admin/state")["spend_ema_usd"]
 
