@@ -241,6 +241,13 @@ class Router:
     def revoke_tenant_key(self, tenant_id: str, key_id: str) -> bool:
         return self.tenants.revoke_key(tenant_id, key_id)
 
+    def reserved_for(self, request_id: str) -> float:
+        """What a capped tenant's budget holds for the pending request (0: nothing)."""
+        entry = self.ledger.get(request_id)
+        if entry is None or entry.tenant not in self.tenants:
+            return 0.0
+        return self.tenants.get(entry.tenant).account.reserved.get(request_id, 0.0)
+
     def tenant_of_key(self, digest: str) -> str | None:
         return self.tenants.of_key(digest)
 

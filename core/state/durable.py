@@ -75,7 +75,8 @@ class DurableRouter:
         self.expiry: OrderedDict[str, float] = OrderedDict()
         self._clock = clock
         self._unflushed: list[PendingRow] = []
-        self._rekeyed: list[tuple[str, str, bool]] = []  # (request_id, model, forced)
+        # (request_id, model, forced, reserved_usd)
+        self._rekeyed: list[tuple[str, str, bool, float]] = []
         self._dropped: list[str] = []
         self._events_since_snapshot = 0
         self._last_snapshot_at = now
@@ -251,11 +252,16 @@ class DurableRouter:
         return cd
 
     def _rekey(self, request_id: str, model: str) -> None:
+        """The decision now names `model`; its record follows, with what its tenant's cap holds
+        for it now (a fallback reserves the new model's bound)."""
+        held = self.router.reserved_for(request_id)
         for i, row in enumerate(self._unflushed):
             if row.request_id == request_id:  # not written yet: write the new model instead
-                self._unflushed[i] = dataclasses.replace(row, model=model, forced=False)
+                self._unflushed[i] = dataclasses.replace(
+                    row, model=model, forced=False, reserved_usd=held
+                )
                 return
-        self._rekeyed.append((request_id, model, False))
+        self._rekeyed.append((request_id, model, False, held))
 
     def _forget(self, request_id: str) -> None:
         self.expiry.pop(request_id, None)
@@ -278,7 +284,7 @@ class DurableRouter:
             await asyncio.to_thread(self._write_pending_changes, rekeyed, dropped)
 
     def _write_pending_changes(
-        self, rekeyed: list[tuple[str, str, bool]], dropped: list[str]
+        self, rekeyed: list[tuple[str, str, bool, float]], dropped: list[str]
     ) -> None:
         """Persist re-keyed and dropped decisions (I/O)."""
         if rekeyed:

@@ -306,12 +306,15 @@ class PgStateStore:
         with self._write() as conn:
             return conn.execute("DELETE FROM pending WHERE expires_at <= %s", (now,)).rowcount
 
-    def set_pending_model(self, changes: Sequence[tuple[str, str, bool]]) -> int:
-        """(request_id, model, forced) per row: a decision re-keyed to another model (a provider
-        fallback). Unknown ids are ignored; returns how many rows changed. One transaction."""
-        sql = "UPDATE pending SET model = %s, forced = %s WHERE request_id = %s"
+    def set_pending_model(self, changes: Sequence[tuple[str, str, bool, float]]) -> int:
+        """(request_id, model, forced, reserved_usd) per row: a decision re-keyed to another
+        model (a provider fallback), with what its tenant's cap now holds for it. Unknown ids
+        are ignored; returns how many rows changed. One transaction."""
+        sql = "UPDATE pending SET model = %s, forced = %s, reserved = %s WHERE request_id = %s"
         with self._write() as conn:
-            return sum(conn.execute(sql, (m, bool(f), rid)).rowcount for rid, m, f in changes)
+            return sum(
+                conn.execute(sql, (m, bool(f), float(r), rid)).rowcount for rid, m, f, r in changes
+            )
 
     def delete_pending(self, request_ids: Sequence[str]) -> int:
         """Forget decisions (a request that failed for good); returns how many rows went."""

@@ -329,13 +329,14 @@ class StateStore:
         with self._write() as conn:
             return conn.execute("DELETE FROM pending WHERE expires_at <= ?", (now,)).rowcount
 
-    def set_pending_model(self, changes: Sequence[tuple[str, str, bool]]) -> int:
-        """(request_id, model, forced) per row: a decision re-keyed to another model (a provider
-        fallback). Unknown ids are ignored; returns how many rows changed. One transaction."""
+    def set_pending_model(self, changes: Sequence[tuple[str, str, bool, float]]) -> int:
+        """(request_id, model, forced, reserved_usd) per row: a decision re-keyed to another
+        model (a provider fallback), with what its tenant's cap now holds for it. Unknown ids
+        are ignored; returns how many rows changed. One transaction."""
         with self._write() as conn:
             cur = conn.executemany(
-                "UPDATE pending SET model = ?, forced = ? WHERE request_id = ?",
-                [(m, int(f), rid) for rid, m, f in changes],
+                "UPDATE pending SET model = ?, forced = ?, reserved = ? WHERE request_id = ?",
+                [(m, int(f), float(r), rid) for rid, m, f, r in changes],
             )
             return cur.rowcount
 

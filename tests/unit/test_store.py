@@ -98,10 +98,10 @@ def test_pending_tenant_and_reservation_round_trip_and_count_in_equality(store: 
     assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, "acme", 0.0126)
     assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, "other", 0.0125)
     assert held != PendingRow("h", "m", np.ones(3), 2, True, 0.0, 9.0, None, 0.0125)
-    store.set_pending_model([("h", "m2", False)])  # a fallback keeps the tenant's hold
+    store.set_pending_model([("h", "m2", False, 0.02)])  # a fallback: the new model's bound
     moved = store.get_pending("h")
     assert moved is not None and (moved.model, moved.tenant, moved.reserved_usd) == (
-        "m2", "acme", 0.0125,
+        "m2", "acme", 0.02,
     )  # fmt: skip
     for bad in (float("nan"), float("inf"), -0.01):
         with pytest.raises(ValueError, match="reserved_usd"):

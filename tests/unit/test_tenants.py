@@ -293,3 +293,39 @@ def test_a_capped_decision_is_decided_again_rather_than_resumed() -> None:
     assert again.max_tokens is not None
     router.route(_x(rng), LIMITS, request_id="r2", tenant="b", now=NOON)
     assert router.resume("r2", direct=False).request_id == "r2"  # uncapped: resumed
+
+
+def test_a_fallback_records_the_new_models_reservation(tmp_path) -> None:
+    """After a capped request falls back, a restart restores the bound of the model it now
+    waits on, not the failed one's (which may be smaller)."""
+    import asyncio
+
+    from core.state.durable import DurabilityConfig, DurableRouter
+    from core.state.store import StateStore
+
+    config = DurabilityConfig(snapshot_every_events=10_000, snapshot_every_s=1e9)
+
+    def reopen() -> DurableRouter:
+        store = StateStore(tmp_path / "state.db")
+        durable, _ = DurableRouter.open(store, lambda: _router(1.0), config, NOON, lambda: NOON)
+        return durable
+
+    durable = reopen()
+    rng = np.random.default_rng(9)
+
+    async def route_then_fall_back():
+        durable.router.add_tenant(TenantSpec(id="a", budget_usd=1.0, hard_cap=True), NOON)
+        await durable.snapshot_now()
+        d = durable.route(_x(rng), LIMITS, None, NOON, "r", "a")
+        await durable.recorded()
+        nxt = durable.fallback("r", d.model, NOON, 503)
+        await durable.recorded()
+        return d, nxt
+
+    first, nxt = asyncio.run(route_then_fall_back())
+    assert nxt is not None and nxt.model != first.model
+    assert nxt.reserved_usd != first.reserved_usd
+    durable.store.close()
+    back = reopen().router
+    assert back.reserved_for("r") == pytest.approx(nxt.reserved_usd)
+    assert back.tenant_report("a", NOON)["reserved_usd"] == pytest.approx(nxt.reserved_usd)
