@@ -246,29 +246,32 @@ def test_promql_spend_by_model_is_what_the_service_charged(rig: Rig) -> None:
 def test_every_dashboard_query_runs_on_prometheus(rig: Rig) -> None:
     """The Grafana dashboard's PromQL, its variables filled in as Grafana fills them, is valid
     on a real Prometheus, and its spend panels have data."""
-    if not rig.spent:
-        rig.chat("What is 2 + 2?")
-    # rate() and increase() need two samples of a series
-    _wait_for(
-        lambda: rig.query(f"count_over_time(ray_paretoserve_spend_usd_total[{WINDOW}]) >= 2"),
-        CONVERGE_S,
-        "two scraped samples of the spend series",
-    )
     fill = {"$__rate_interval": "1m", "$__range": "10m", "$tenant": ".*"}
-    empty = []
-    for expr in dashboard_exprs(dashboard()):
-        if expr.startswith("label_values("):  # Grafana's own function, not PromQL
-            continue
-        promql = expr
+
+    def filled(expr: str) -> str:
         for var, value in fill.items():
-            promql = promql.replace(var, value)
-        if not rig.query(promql):
-            empty.append(expr)
+            expr = expr.replace(var, value)
+        return expr
+
     must_have_data = {
         "sum by (model) (increase(ray_paretoserve_spend_usd_total[$__range]))",
         "3600 * sum by (model) (rate(ray_paretoserve_spend_usd_total[$__rate_interval]))",
         "sum by (model, routed) (rate(ray_paretoserve_requests_total[$__rate_interval]))",
     }
+
+    def spend_panels_have_data() -> bool:
+        # rate() over 1m needs two samples of the series within the last minute: traffic
+        # continues until they are there (earlier tests may have ended over a minute ago).
+        rig.chat("What is 2 + 2?")
+        return all(rig.query(filled(e)) for e in must_have_data)
+
+    _wait_for(spend_panels_have_data, CONVERGE_S, "data in the spend panels")
+    empty = [
+        expr
+        for expr in dashboard_exprs(dashboard())
+        if not expr.startswith("label_values(")  # Grafana's own function, not PromQL
+        and not rig.query(filled(expr))
+    ]
     assert must_have_data <= set(dashboard_exprs(dashboard()))
     assert not must_have_data & set(empty), empty
 
