@@ -21,11 +21,16 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "results"
 CLI = str(Path(sys.executable).parent / "paretoserve")
 TIGHT, MODERATE = 2.35e-4, 6.64e-4  # the paper's tight and moderate ceilings, $/request
-# The variants compared: ours (the default), the default before the running balance and the
-# drop detection (issue 15), ours without feed-forward, the paper's.
+# The variants compared: ours (the default), the default before the recovery of a dropped model
+# and the pick share of the balance ("previous"), the default before the running balance and the
+# drop detection ("before"; both issue 15), ours without feed-forward, the paper's.
 _PAPER_ERA = ["--bank-memory", "0", "--shift-threshold", "0"]
 VARIANTS = {
     "default": ["--cost-signal", "expected-cost", "--feedforward"],
+    "previous": [
+        *("--cost-signal", "expected-cost", "--feedforward"),
+        *("--shift-restore", "0", "--bank-pick-share", "1"),
+    ],
     "before": ["--cost-signal", "expected-cost", "--feedforward", *_PAPER_ERA],
     "integral-only": ["--cost-signal", "expected-cost", "--no-feedforward", *_PAPER_ERA],
     "paper": ["--cost-signal", "list-price", "--no-feedforward", *_PAPER_ERA],

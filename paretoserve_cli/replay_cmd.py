@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
             "cost_signal": args.cost_signal,
             "feedforward": args.feedforward,
             "bank_memory": args.bank_memory,
+            "bank_pick_share": args.bank_pick_share,
         },
-        bandit=BanditConfig(shift_threshold=args.shift_threshold),
+        bandit=BanditConfig(shift_threshold=args.shift_threshold, shift_restore=args.shift_restore),
         newcomer_reward_scale=args.newcomer_reward_scale,
     )
     if args.tenants:
@@ -148,11 +149,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "core/method/pacer.py); 0 = off, as in the paper",
     )
     p.add_argument(
+        "--bank-pick-share",
+        type=float,
+        default=PacerConfig.model_fields["bank_pick_share"].default,
+        help="the largest share of the balance's savings one pick may spend (1 = all)",
+    )
+    p.add_argument(
         "--shift-threshold",
         type=float,
         default=BanditConfig.model_fields["shift_threshold"].default,
         help="CUSUM level at which a drop in a model's quality cuts its evidence "
         "(core/method/shift.py); 0 = off, as in the paper",
+    )
+    p.add_argument(
+        "--shift-restore",
+        type=float,
+        default=BanditConfig.model_fields["shift_restore"].default,
+        help="CUSUM level at which a cut model whose rewards fit its statistics from before the "
+        "drop gets them back (core/method/shift.py); 0 = never",
     )
     p.add_argument(
         "--newcomer-reward-scale",

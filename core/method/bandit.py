@@ -245,6 +245,20 @@ class LinUCB:
         A_inv /= keep
         self.ridge_floor[slot] *= keep
 
+    def arm_state(self, slot: int) -> tuple[np.ndarray, float, int]:
+        """A copy of an arm's [A | b] block, its ridge floor and the time of its last update."""
+        return self.Ab[slot].copy(), self.ridge_floor.item(slot), self.last_update.item(slot)
+
+    def restore_arm(self, slot: int, Ab: np.ndarray, ridge_floor: float, last_update: int) -> None:
+        """Put back what arm_state() gave; forgetting decays it from `last_update` on."""
+        d = self.config.dim
+        self.Ab[slot] = Ab
+        self.A_inv[slot] = np.linalg.inv(Ab[:, :d])
+        self.theta[slot] = self.A_inv[slot] @ Ab[:, d]
+        self.ridge_floor[slot] = ridge_floor
+        self.last_update[slot] = last_update
+        self.since_refresh[slot] = 0
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAY_FIELDS}
 

@@ -58,6 +58,12 @@ class BanditConfig(_Frozen):
         le=1.0,
         description="on a signal the arm keeps this share of its evidence (A, b scaled)",
     )
+    shift_restore: float = Field(
+        0.25,
+        ge=0.0,
+        description="CUSUM level at which a cut arm whose rewards fit its pre-drop statistics "
+        "again gets them back; 0 = never",
+    )
 
 
 class PacerMode(str, Enum):
@@ -113,6 +119,13 @@ class PacerConfig(_Frozen):
         le=1.0,
         description="how far the balance may go below zero, as a share of the budget per "
         "remembered request: spend over the memory stays within (1 + slack) x budget",
+    )
+    bank_pick_share: float = Field(
+        0.35,
+        gt=0.0,
+        le=1.0,
+        description="the largest share of the savings (a positive balance) one pick may "
+        "spend: savings made before a window (a warm-up, a quiet night) are spent slowly",
     )
 
 

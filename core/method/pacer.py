@@ -9,7 +9,9 @@ more than the budget plus the balance plus a small overdraft (`bank_slack` x bud
 remembered requests) is not made, so mean spend over the memory cannot pass (1 + slack) x
 budget by more than one pick's estimation error. A debt (a negative balance: picks that cost
 more than expected) lowers the limit by debt / `bank_debt_spread`, so it is paid back over
-about that many requests with the models that fit, not by the cheapest model alone. A request
+about that many requests with the models that fit, not by the cheapest model alone; savings
+(a positive balance) count only at `bank_pick_share`, so that savings made before a window (a
+warm-up, a quiet night) are spent over many requests, not by the window's first dear pick. A request
 in flight counts as the budget it brings less its expected cost until it is charged (then as
 the budget less its realised cost) or dropped, so concurrent requests cannot spend the same
 savings."""
@@ -54,6 +56,7 @@ class BudgetPacer:
         self._bank_keep = 1.0 - 1.0 / memory if memory else 0.0
         self._bank_slack = config.bank_slack
         self._debt_spread = config.bank_debt_spread
+        self._pick_share = config.bank_pick_share
 
     @property
     def budget(self) -> float:
@@ -123,8 +126,11 @@ class BudgetPacer:
             return None
         s, budget = self.state, self._budget
         bank = keep * s.bank
-        if bank < 0.0 and self._debt_spread:
-            bank /= self._debt_spread
+        if bank < 0.0:
+            if self._debt_spread:
+                bank /= self._debt_spread
+        else:
+            bank *= self._pick_share
         return budget + bank + self._bank_slack * budget * (1.0 + keep * s.bank_n)
 
     def soft_weight(self) -> float:

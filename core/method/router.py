@@ -25,7 +25,7 @@ from core.method.ledger import Ledger, Pending
 from core.method.pacer import BudgetPacer, PacerState
 from core.method.priors import Priors, mean_preserving_load
 from core.method.registry import ModelRegistry, ModelSpec, RegistryChange, RegistryError
-from core.method.shift import ShiftDetector
+from core.method.shift import Shelf, ShiftDetector
 from core.method.spend_resolver import FeedForwardDual
 from core.method.tenants import (
     Tenant,
@@ -884,10 +884,20 @@ class Router:
         if shifts.enabled:
             residual = self.bandit.predict(entry.slot, entry.x) - reward
         self.bandit.update(entry.slot, entry.x, reward)
-        if shifts.enabled and shifts.observe(entry.slot, residual):
-            self.bandit.shrink(entry.slot, self.config.bandit.shift_keep)
+        if shifts.enabled:
+            self._watch_quality(entry.slot, entry.x, reward, residual)
         self.ledger.rewarded(request_id, entry)
         return FeedbackStatus.APPLIED
+
+    def _watch_quality(self, slot: int, x: np.ndarray, reward: float, residual: float) -> None:
+        """A drop cuts the arm's evidence, shelving what it knew; a recovery brings that back."""
+        shifts, bandit = self.shifts, self.bandit
+        back = shifts.recovered(slot, x, reward)
+        if back is not None:
+            bandit.restore_arm(slot, back.Ab, back.ridge_floor, back.last_update)
+        elif shifts.observe(slot, residual):
+            shifts.shelve(slot, Shelf(*bandit.arm_state(slot)))
+            bandit.shrink(slot, self.config.bandit.shift_keep)
 
     def explain(
         self, x: np.ndarray, limits: RouteLimits | None = None, now: float | None = None

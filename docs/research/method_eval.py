@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/research/method_eval.py [--seeds 20] [--split 0] \
         [--variants '{"name": {"pacer": {...}, "bandit": {...}}}'] [--json OUT]
+    .venv/bin/python docs/research/method_eval.py --tables OUT   # markdown tables of a JSON
 
 Each half of the split is in turn the warm-up (priors, then run first) and the other the
 evaluation stream, so every figure is measured twice: `AB` (warm on the first half, evaluate on
@@ -122,13 +123,50 @@ def show(name: str, half: str, r: dict) -> None:
     )
 
 
+def tables(path: Path) -> None:
+    """docs/results.md's tables of a --json file: per half, stationary reward / compliance per
+    budget, then the targets of the non-stationary scenarios."""
+    results = json.loads(path.read_text())["results"]
+    for half in ("AB", "BA"):
+        runs = {name: r[half] for name, r in results.items() if half in r}
+        budgets = [s["budget"] for s in next(iter(runs.values()))["stationary"]]
+        print(
+            f"\n{half}: reward / compliance per budget ($/request; the last column is the "
+            "cheapest model's own mean cost on the evaluation half)\n"
+        )
+        print("| variant | " + " | ".join(f"{b:.3g}" for b in budgets) + " |")
+        print("|---" * (len(budgets) + 1) + "|")
+        for name, r in runs.items():
+            cells = [f"{s['reward']:.4f} / {s['compliance']:.4f}" for s in r["stationary"]]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(
+            "\n| variant | loosest - best single | regression: rerouted <= 100 | degraded P2 "
+            "share | P2 reward (always-cheapest) | P3/P1 | worst phase compliance | price cut: "
+            "tight lift | moderate lift | moderate P2 compliance | worst phase compliance |"
+        )
+        print("|---" * 11 + "|")
+        for name, r in runs.items():
+            g, c = r["regression"], r["price_cut"]
+            print(
+                f"| {name} | {r['loosest_minus_best_single']:+.4f} | "
+                f"{g['rerouted_within_100']}/20 | {g['p2_share_degraded']:.2f} | "
+                f"{g['p2_reward']:.4f} ({g['always_cheapest']:.4f}) | {g['p3_over_p1']:.4f} | "
+                f"{g['worst_phase_compliance']:.3f} | {c['tight_lift']:+.4f} | "
+                f"{c['moderate_lift']:+.4f} | {c['moderate_p2_compliance']:.3f} | "
+                f"{c['worst_phase_compliance']:.3f} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--split", type=int, default=0)
     ap.add_argument("--variants", type=str, default='{"default": {}}')
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tables", type=Path, help="print the markdown tables of a --json file")
     args = ap.parse_args()
+    if args.tables:
+        return tables(args.tables)
     variants = json.loads(args.variants)
     pairs, models = halves(args.split)
     specs = load_specs(DATA / "prices.json", models)

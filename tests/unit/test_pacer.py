@@ -208,3 +208,15 @@ def test_the_balance_remembers_budget_minus_cost_and_bounds_the_next_pick() -> N
     pacer.set_budget(2.0)  # a new budget: savings (or debts) at the old one do not carry over
     assert (pacer.state.bank, pacer.state.bank_n) == (0.0, 0.0)
     assert BudgetPacer(PacerConfig(budget_usd=1.0, bank_memory=0)).spend_limit() is None
+
+
+def test_one_pick_may_spend_only_its_share_of_the_savings() -> None:
+    cfg = PacerConfig(budget_usd=1.0, bank_memory=4, bank_slack=0.0, bank_pick_share=0.5)
+    pacer = BudgetPacer(cfg)
+    pacer.charge(0.0)  # saved a whole budget
+    assert pacer.state.bank == 1.0
+    # the limit is budget + half of the (discounted) savings, not all of them
+    assert pacer.spend_limit() == pytest.approx(1.0 + 0.5 * 0.75)
+    pacer.charge(3.0)  # a debt is not halved: it lowers the limit by debt / spread
+    debt = 0.75 * 1.0 - 2.0
+    assert pacer.spend_limit() == pytest.approx(1.0 + 0.75 * debt / cfg.bank_debt_spread)

@@ -856,3 +856,48 @@ def test_a_drop_in_quality_is_detected_and_the_arm_relearns_from_its_new_rewards
     assert detected[:8] == pytest.approx(forgetting_only[:8])
     assert abs(detected[-1] - 0.2) < 0.05  # relearnt
     assert forgetting_only[-1] > 0.6  # the paper's forgetting alone still sees ~0.9 quality
+
+
+def _drop_and_recover(restore: float, reward_after: float) -> tuple[list[float], Router]:
+    """Train an arm to 0.9, feed it 0.5 until a drop is signalled and relearnt, then
+    `reward_after`: its estimate at the mean context after each of the last rewards."""
+    rng = np.random.default_rng(5)
+    bandit = BanditConfig(shift_threshold=2.0, shift_restore=restore)
+    router = _router([MISTRAL], budget=1.0, bandit=bandit)
+    x = np.append(np.zeros(25), 1.0)
+
+    def give(reward: float) -> None:
+        d = router.route(_ctx(rng), model=MISTRAL.id)
+        router.charge(d.request_id, 0.0)
+        router.feedback(d.request_id, reward)
+
+    for _ in range(300):
+        give(0.9)
+    for _ in range(60):
+        give(0.5)
+    assert router.shifts.signals[0] >= 1
+    assert abs(router.explain(x)[MISTRAL.id]["quality"] - 0.5) < 0.1  # relearnt the drop
+    seen = []
+    for _ in range(40):
+        give(reward_after)
+        seen.append(router.explain(x)[MISTRAL.id]["quality"])
+    return seen, router
+
+
+def test_a_recovered_arm_gets_its_statistics_from_before_the_drop_back() -> None:
+    restored, router = _drop_and_recover(0.25, 0.9)
+    assert router.shifts.restores[0] == 1
+    relearning, _ = _drop_and_recover(0.0, 0.9)  # without: it climbs back from its own cut
+    # the drop's size (0.3 after clipping) lets the CUSUM see 0.9 fit the shelf within ~6 rewards
+    assert abs(restored[8] - 0.9) < 0.05
+    assert restored[8] - relearning[8] > 0.2
+    # a snapshot keeps the shelf and what the detector counted
+    again = Router.from_state(*router.to_state())
+    assert again.shifts.restores.tolist() == router.shifts.restores.tolist()
+    assert np.array_equal(again.shifts.shelf, router.shifts.shelf)
+
+
+def test_an_arm_that_stays_down_keeps_its_new_estimate() -> None:
+    stayed, router = _drop_and_recover(0.25, 0.5)
+    assert router.shifts.restores[0] == 0
+    assert abs(stayed[-1] - 0.5) < 0.05
