@@ -10,9 +10,10 @@ Modes, all on the same prompts and all producing the full context (MiniLM + proj
    every prompt padded to the batch's longest; "length-sorted passes of C" = the batch sorted
    by length and run in forward passes of C (what the Embedder does on CPU, C = 4).
 3. Ray Serve, one Embedder replica, a client keeping 32 requests in flight: `embed`
-   (cross-request batching by `@serve.batch`) vs `embed_many([p])` (one prompt per request,
-   no batching); then `embed` with `batch_wait_timeout_s=0.05`, with length-sorted passes of
-   4 and with each batch as one padded pass (`encode_batch_size=32`).
+   (cross-request batching while a batch encodes, core/service/busy_batcher.py; before
+   2026-12-06 Ray's `@serve.batch`) vs `embed_many([p])` (one prompt per request, no
+   batching); then `embed` (before 2026-12-06 with `batch_wait_timeout_s=0.05`), with
+   length-sorted passes of 4 and with each batch as one padded pass (`encode_batch_size=32`).
 
 Each mode runs `--repeats` times in interleaved rounds, so a burst of load from other processes
 falls on every mode alike; the table shows the best round (timeit's convention: other load only
@@ -188,9 +189,7 @@ _REPLICA_KEYS = (
     "device",
     "torch_threads",
     "max_batch_size",
-    "batch_wait_timeout_s",
     "encode_batch_size",
-    "batching",
     "cache_capacity",
 )
 
@@ -198,9 +197,9 @@ _REPLICA_KEYS = (
 # "unique" = fresh, never-seen prompts every round (a cache can only miss); "repeats" = each
 # round draws n requests uniformly from its own n/2 fresh prompts (~57% of requests repeat one).
 SERVE_CONFIGS: list[tuple[str, dict[str, Any], int, str]] = [
-    ("torch", {"batch_wait_timeout_s": 0.05}, 1, "same"),
-    ("onnx-int8", {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05}, 1, "same"),
-    ("onnx-int8-2rep", {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05}, 2, "same"),
+    ("torch", {}, 1, "same"),
+    ("onnx-int8", {"backend": "onnx-int8"}, 1, "same"),
+    ("onnx-int8-2rep", {"backend": "onnx-int8"}, 2, "same"),
     (
         "onnx-int8-lru-unique",
         {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05, "cache_size": 8192},

@@ -88,6 +88,7 @@ import yaml
 from benchmarks.common import REPO, VAL_PROMPTS, machine_info, percentile, val_prompts
 from core.net import free_port
 from core.replay.prompts import BUILTIN_PROMPTS
+from loadtest.server import fast_path_ports
 
 HOPS = ("embed", "route", "provider", "charge", "total")
 HOP_METRIC = "ray_paretoserve_hop_latency_ms"
@@ -759,6 +760,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     machine_before = machine_info("ray", "httpx")
     machine_before["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     revision = git_revision()  # at the start: the code the apps are built from
+    os.environ.update(fast_path_ports())  # for the cluster ray.init starts (fast paths on)
     ray.init(**init_kwargs)
     result: dict[str, Any] = {"runs": [], "comparisons": [], "hops": [], "setups": []}
     try:

@@ -14,7 +14,9 @@ Starts, on free ports of this machine:
 
 Then, per target, with aiohttp (httpx's client tops out near 400 req/s here): `--sequential`
 requests one at a time (p50 / p99 latency, and added p50 = p50 - the upstream's own), and for
-each `--concurrency` C a closed loop of C workers for `--seconds` (req/s, errors). Targets:
+each `--concurrency` C a closed loop of C workers for `--seconds` (req/s, errors, and the
+target's own CPU time per answered request: user + system time of its processes, which a
+loaded machine inflates far less than latency). Targets:
 the upstream itself (`direct`), LiteLLM, paretoserve with one repeated prompt (its context
 comes from the Embedder's cache) and with unique prompts (each one runs the encoder). The
 JSON records the machine (cores, load averages before and after) and the command.
@@ -32,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -137,8 +140,38 @@ def _body(model: str, unique: bool, i: int) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}]}
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (those that exited: not counted)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * _TICK_S
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of `leader`'s process group (a target started in a session of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[2]) == leader:
+                    found.append(int(entry.name))
+    return found
+
+
 async def measure(
-    url: str, model: str, unique: bool, sequential: int, seconds: float, concurrency: list[int]
+    url: str,
+    model: str,
+    unique: bool,
+    sequential: int,
+    seconds: float,
+    concurrency: list[int],
+    pids: Callable[[], list[int]],
 ) -> dict:
     counter = iter(range(1 << 40))
     headers = {"authorization": "Bearer fake"}
@@ -169,11 +202,20 @@ async def measure(
                     done += ok
                     errors += not ok
 
+            procs = pids()
+            cpu = cpu_seconds(procs)
             start = time.perf_counter()
             until = time.monotonic() + seconds
             await asyncio.gather(*(worker(until) for _ in range(c)))
             elapsed = time.perf_counter() - start
-            out[f"c{c}"] = {"rps": done / elapsed, "answered": done, "errors": errors}
+            cpu = cpu_seconds(procs) - cpu
+            out[f"c{c}"] = {
+                "rps": done / elapsed,
+                "answered": done,
+                "errors": errors,
+                # the target's own CPU per answer: comparable on a loaded machine, unlike req/s
+                "cpu_ms_per_request": 1000 * cpu / done if done else None,
+            }
     return out
 
 
@@ -193,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
             )
         )
         _wait_http(f"{upstream}/v1/models", 30, up, "the fake upstream")
-        targets.append(("direct", f"{upstream}/v1/chat/completions", models[0], False))
+        targets.append(("direct", f"{upstream}/v1/chat/completions", models[0], False, up.pid))
 
         cfg = workdir / "litellm.yaml"
         cfg.write_text(yaml.safe_dump(litellm_config(upstream, models)))
@@ -203,18 +245,20 @@ def run(args: argparse.Namespace) -> dict:
         ll = stack.enter_context(_process(cmd, workdir / "litellm.log", env))
         _wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180, ll, "LiteLLM")
         ll_chat = f"http://127.0.0.1:{ll_port}/v1/chat/completions"
-        targets.append(("litellm", ll_chat, "auto", False))
+        targets.append(("litellm", ll_chat, "auto", False, ll.pid))
 
         os.environ.setdefault("OPENAI_API_KEY", "fake")
         app = stack.enter_context(serve_app(paretoserve_args(upstream, workdir), workdir / "ps"))
         chat = f"{app.base_url}/v1/chat/completions"
-        targets.append(("paretoserve_repeated", chat, "auto", False))
-        targets.append(("paretoserve_unique", chat, "auto", True))
+        targets.append(("paretoserve_repeated", chat, "auto", False, None))
+        targets.append(("paretoserve_unique", chat, "auto", True, None))
 
-        for name, url, model, unique in targets:
+        for name, url, model, unique, leader in targets:
             print(f"measuring {name} ...", flush=True)
+            # paretoserve: every process of its Ray cluster; the others: their process group
+            pids = app.ray_pids if leader is None else partial(group_pids, leader)
             results[name] = asyncio.run(
-                measure(url, model, unique, args.sequential, args.seconds, args.concurrency)
+                measure(url, model, unique, args.sequential, args.seconds, args.concurrency, pids)
             )
     direct = results["direct"]["sequential"]["p50_ms"]
     for r in results.values():
@@ -244,14 +288,17 @@ def run(args: argparse.Namespace) -> dict:
 def table(report: dict) -> str:
     cs = [k for k in next(iter(report["results"].values())) if k.startswith("c")]
     head = "| target | p50 ms | p99 ms | added p50 ms | " + " | ".join(
-        f"req/s at {c[1:]}" for c in cs
+        f"req/s at {c[1:]} | CPU ms/req at {c[1:]}" for c in cs
     )
-    rows = [head + " |", "|" + " --- |" * (4 + len(cs))]
+    rows = [head + " |", "|" + " --- |" * (4 + 2 * len(cs))]
     for name, r in report["results"].items():
         s = r["sequential"]
         rows.append(
             f"| {name} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['added_p50_ms']:+.2f} | "
-            + " | ".join(f"{r[c]['rps']:.0f} ({r[c]['errors']} err)" for c in cs)
+            + " | ".join(
+                f"{r[c]['rps']:.0f} ({r[c]['errors']} err) | {r[c]['cpu_ms_per_request']:.1f}"
+                for c in cs
+            )
             + " |"
         )
     return "\n".join(rows)

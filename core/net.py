@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 import socket
 
-# Below the kernel's ephemeral range (32768-60999 here) and above Ray's worker ports
-# (10002-19999 by default): a port the OS hands out at random (`bind(0)`, as Ray's own
-# processes do by the dozen) could be taken between being found free and being bound by the
-# server it is for; one from this range is only ever handed out here.
-_LOW, _HIGH = 20_000, 32_767
+# Below the kernel's ephemeral range (32768-60999 here), above Ray's worker ports (10002-19999
+# by default) and below Serve's direct-ingress replica ports (30000-31000, bound by each
+# Ingress replica when the fast paths are on): a port the OS hands out at random (`bind(0)`,
+# as Ray's own processes do by the dozen) could be taken between being found free and being
+# bound by the server it is for; one from this range is only ever handed out here.
+_LOW, _HIGH = 20_000, 29_999
 _pick = random.SystemRandom()
 
 

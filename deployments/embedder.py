@@ -2,15 +2,15 @@
 
 A thin adapter of `core.encoding.features.FeaturePipeline` to Ray Serve:
 
-- `embed(text)` is the request path. Calls from many concurrent requests are gathered by
-  `@serve.batch` (up to `max_batch_size`, waiting at most `batch_wait_timeout_s`) and encoded
-  together in a worker thread, so the replica's event loop keeps accepting requests. A batch
-  is sorted by length and run in forward passes of `encode_batch_size` prompts (4 on CPU),
-  because on CPU padding every prompt to the batch's longest costs more than batching saves.
+- `embed(text)` is the request path. A call on an idle replica is encoded at once; calls that
+  arrive while a batch is encoding are gathered into the next one (up to `max_batch_size`,
+  `core.service.busy_batcher`), so a lone request waits for nobody and a busy replica still
+  batches. A batch is encoded in a worker thread, so the replica's event loop keeps accepting
+  requests; it is sorted by length and run in forward passes of `encode_batch_size` prompts
+  (4 on CPU), because on CPU padding every prompt to the batch's longest costs more than
+  batching saves.
 - `embed_many(texts)` encodes a caller's list as it stands (no cross-request batching), for
-  bulk work. In `serve.run(..., _local_testing_mode=True)` `@serve.batch` cannot run (it needs
-  a replica context), so there `embed` encodes each prompt on its own: same numbers, no
-  batching; `info()["batching"]` says which mode a replica is in.
+  bulk work.
 - `backend` picks the encoder: `torch` (sentence-transformers, the reference vectors; CPU or
   GPU) or `onnx-fp32` / `onnx-int8` (ONNX Runtime on CPU, `core.encoding.minilm_onnx`; the ONNX
   file is built from the packaged weights on a replica's first start and cached on disk).
@@ -39,14 +39,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from functools import partial
 from typing import Any
 
 from ray import serve
-from ray.serve.exceptions import RayServeException
 from ray.serve.metrics import Counter, Histogram
 
 from core.encoding.embedding_cache import ContextLRU
 from core.encoding.features import Encoder, FeaturePipeline, Projection, configured_projection
+from core.service.busy_batcher import BusyBatcher
 from core.service.settings import (
     CPU_ENCODE_BATCH_SIZE,
     INT8_ENCODE_BATCH_SIZE,
@@ -71,15 +72,6 @@ def _clean(text: object, what: str, max_chars: int) -> str:
     if not text.strip():
         raise ValueError(f"{what} is empty or whitespace-only; nothing to embed")
     return text[:max_chars]
-
-
-def _in_serve_replica() -> bool:
-    """False in `serve.run(..., _local_testing_mode=True)`, where `@serve.batch` cannot run."""
-    try:
-        serve.get_replica_context()
-    except RayServeException:
-        return False
-    return True
 
 
 def _in_ray_worker() -> bool:
@@ -144,14 +136,8 @@ class Embedder:
         projection = self._load_projection(self.args.projection_path)  # before the slow part
         self.pipeline = FeaturePipeline(self._encoder(resources), projection)
         self.cache = ContextLRU(self.args.cache_size)
-        # `@serve.batch` needs a real replica; in local testing mode embed() encodes each
-        # prompt on its own (same numbers, no cross-request batching).
-        self.batching = _in_serve_replica()
-        self._embed_batch.set_max_batch_size(self.args.max_batch_size)
-        self._embed_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self._batcher = BusyBatcher(partial(self._encode, method="embed"), self.args.max_batch_size)
         self._encode_lock = asyncio.Lock()
-        self._max_batch_seen = 0
-        self._batches = 0
         self._prompts = 0
         self._batch_size_hist = Histogram(
             "paretoserve_embed_batch_size",
@@ -215,22 +201,13 @@ class Embedder:
         by_text = dict(zip(unique, contexts.tolist(), strict=True))
         return [by_text[t] for t in texts]
 
-    # Sizes here are defaults only: __init__ sets them from EmbedderArgs.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
-        self._batches += 1
-        self._max_batch_seen = max(self._max_batch_seen, len(texts))
-        return await self._encode(texts, "embed")
-
     async def embed(self, text: str) -> list[float]:
         """One prompt's context; batched with other concurrent calls."""
         # Validated before batching, so one bad prompt fails alone, not its whole batch.
         text = _clean(text, "prompt", self.max_prompt_chars)
         if self.cache.capacity and (hit := self.cache.get(text)) is not None:
-            return hit.tolist()  # no batch wait, no encode
-        if self.batching:
-            return await self._embed_batch(text)
-        return (await self._encode([text], "embed"))[0]
+            return hit.tolist()  # no batch, no encode
+        return await self._batcher.submit(text)
 
     async def embed_many(self, texts: list[str]) -> list[list[float]]:
         """Contexts of a list of prompts, encoded together (no cross-request batching)."""
@@ -260,11 +237,9 @@ class Embedder:
             "max_seq_length": self.args.max_seq_length,
             "max_prompt_chars": self.max_prompt_chars,
             "max_batch_size": self.args.max_batch_size,
-            "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
             "encode_batch_size": self.encode_batch_size,
-            "batching": self.batching,
-            "batches": self._batches,
-            "max_batch_seen": self._max_batch_seen,
+            "batches": self._batcher.batches,
+            "max_batch_seen": self._batcher.largest,
             "prompts_embedded": self._prompts,
             **self.cache.stats(),
         }

@@ -117,11 +117,11 @@ def _matches(token: str, keys: list[str]) -> bool:
 _CLIENT_PATHS = ("/v1/chat/completions", MESSAGES_PATH, "/v1/feedback", "/v1/models")
 
 
-@app.middleware("http")
-async def _authenticate(request: Request, call_next):
+async def _refusal(request: Request) -> JSONResponse | None:
     """Keys are checked before anything reads the body, so a caller without one learns only
-    that it needs one. The keys sit in app.state, set when the replica starts. A client key
-    comes as a bearer token, or (the `anthropic` SDK's way) in `x-api-key` on /v1/messages."""
+    that it needs one: the response refusing the request, or None to let it through. The keys
+    sit in app.state, set when the replica starts. A client key comes as a bearer token, or
+    (the `anthropic` SDK's way) in `x-api-key` on /v1/messages."""
     path, state = request.url.path, request.app.state
     if path.startswith("/admin"):
         if not state.admin_key:
@@ -146,7 +146,26 @@ async def _authenticate(request: Request, call_next):
         elif state.api_keys and not _matches(key, state.api_keys):
             message = "missing or invalid API key"
             return _respond(request, HTTPError(401, message, type="authentication_error"))
-    return await call_next(request)
+    return None
+
+
+class _Authenticate:
+    """The key check as a plain ASGI middleware: Starlette's `@app.middleware("http")` runs
+    every request through a task group and a memory stream, which cost the Ingress ~15% of its
+    CPU per request (py-spy, docs/benchmarks.md)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            refused = await _refusal(Request(scope))  # its state is the scope's: seen below
+            if refused is not None:
+                return await refused(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+app.add_middleware(_Authenticate)
 
 
 def _tenant(request: Request) -> str | None:
@@ -192,6 +211,7 @@ class Ingress:
         admin_key_env: str = "PARETOSERVE_ADMIN_KEY",
         api_keys_env: str = "PARETOSERVE_API_KEYS",
         *,
+        context_cache_size: int = 0,
         judge: DeploymentHandle | None = None,
         judge_sample_rate: float = 0.0,
         judge_seed: int = 0,
@@ -222,7 +242,7 @@ class Ingress:
             "paretoserve_router_retries", "Router calls repeated after the Router replica died"
         )
         self.chats = ChatService(
-            ServeEmbedder(embedder, self._observe),
+            ServeEmbedder(embedder, self._observe, context_cache_size),
             ServeRouter(router, self._observe, self._m_router_retries.inc),
             ServeProviders(providers, self._observe),
             stream_error=lambda exc: to_http(exc).body(),

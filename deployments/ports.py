@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
+from core.encoding.embedding_cache import ContextLRU
 from core.service.decision import RouteDecision
 from core.service.judge_rubric import JudgedExchange
 from core.service.ports import ProviderError
@@ -35,11 +36,21 @@ async def timed(observe: Observe, hop: str, call: Awaitable[T]) -> T:
 
 
 class ServeEmbedder:
-    def __init__(self, handle: DeploymentHandle, observe: Observe) -> None:
+    """The Embedder's handle, with an LRU of the contexts it returned: a repeated prompt skips
+    the hop (the Embedder's own LRU still serves the other Ingress replicas)."""
+
+    def __init__(self, handle: DeploymentHandle, observe: Observe, cache_size: int = 0) -> None:
         self.handle, self.observe = handle, observe
+        self.contexts = ContextLRU(cache_size)
 
     async def embed(self, text: str) -> list[float]:
-        return await timed(self.observe, "embed", self.handle.embed.remote(text))
+        contexts = self.contexts
+        if contexts.capacity and (hit := contexts.get(text)) is not None:
+            self.observe("embed", 0.0)
+            return hit.tolist()
+        x = await timed(self.observe, "embed", self.handle.embed.remote(text))
+        contexts.put(text, x)
+        return x
 
 
 class ServeRouter:

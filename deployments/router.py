@@ -320,13 +320,13 @@ class RouterDeployment:
         self.durable.start_writer()
 
     def _publish_tenant(self, tenant_id: str) -> None:
-        report = self.durable.router.tenant_report(tenant_id, time.time())
+        spend, remaining, dual = self.durable.router.tenant_gauges(tenant_id, time.time())
         tags = {"tenant": tenant_id}
-        self._m_tenant_spend.set(report["spend_usd"], tags=tags)
-        if report["remaining_usd"] is not None:
-            self._m_tenant_remaining.set(report["remaining_usd"], tags=tags)
-        if report["dual"] is not None:
-            self._m_tenant_dual.set(report["dual"], tags=tags)
+        self._m_tenant_spend.set(spend, tags=tags)
+        if remaining is not None:
+            self._m_tenant_remaining.set(remaining, tags=tags)
+        if dual is not None:
+            self._m_tenant_dual.set(dual, tags=tags)
 
     def _publish_pacer(self) -> None:
         p = self.durable.router.pacer

@@ -75,6 +75,7 @@ def build_app(args: AppArgs) -> Application:
         cfg.max_prompt_chars,
         cfg.admin_key_env,
         cfg.api_keys_env,
+        context_cache_size=cfg.embedder.cache_size,
         judge=judge,
         judge_sample_rate=cfg.judge.sample_rate,
         judge_seed=cfg.judge.seed,

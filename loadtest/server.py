@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -98,12 +99,31 @@ def kill_ray_dir(ray_dir: str, timeout_s: float = 20.0) -> None:
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 
+def fast_path_ports() -> dict[str, str]:
+    """Ports of its own for a throwaway cluster, in case Serve's fast paths are on
+    (README "Speed"): HAProxy's stats and metrics ports are fixed by default (8404, 9101), so a
+    second cluster on the machine could not start its HAProxy; and every cluster's Ingress
+    replicas take the first free ports from 30000 (HTTP) and 40000 (gRPC), so two clusters
+    could hand each other's ports to their HAProxy. Here: free ports for the first two and a
+    random block of 16 in each range (1 in 62 that two clusters share one)."""
+    block = random.randrange(62) * 16
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(30_000 + block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(30_000 + block + 15),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(40_000 + block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(40_000 + block + 15),
+    }
+
+
 def ray_env(ray_dir: str) -> dict[str, str]:
     """The environment of a throwaway cluster's processes (and of the drivers joining it)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
     env.update(
         {
+            **fast_path_ports(),
             "RAY_TMPDIR": ray_dir,
             "HF_HUB_OFFLINE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",

@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PARETOSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# With Serve's fast paths (the Makefile's exports) every Ingress replica drains for 30 s before
+# it stops, so that HAProxy stops sending it requests first: a test cluster has no one to drain
+# for, and 30 s per teardown would add many minutes to the suite.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
 
 @pytest.fixture

@@ -73,4 +73,6 @@ def test_fresh_service_routes_the_recorded_prompts_as_the_warm_replay(shared_dat
     assert not start.refused
     service = run_stream(start.router, block, order)
     assert service.models == replay.log.models
-    assert len(set(service.models[:200])) == 3
+    # not a trivial stream: every model is picked (the dearest only once the balance has saved
+    # about three times its excess over the budget: core/method/pacer.py, bank_pick_share)
+    assert len(set(service.models)) == 3

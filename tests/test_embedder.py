@@ -130,11 +130,12 @@ def test_local_embed_many_matches_core(local_handle, pipeline: FeaturePipeline) 
 
 
 @pytest.mark.ray
-def test_local_embed_falls_back_to_unbatched(local_handle, pipeline: FeaturePipeline) -> None:
+def test_local_embed_encodes_a_lone_prompt_at_once(local_handle, pipeline: FeaturePipeline) -> None:
+    before = local_handle.info.remote().result()
     got = np.asarray(local_handle.embed.remote(PROMPTS[2]).result())
     np.testing.assert_allclose(got, _expected(pipeline, PROMPTS[2:3])[0], atol=1e-5)
     info = local_handle.info.remote().result()
-    assert info["batching"] is False and info["batches"] == 0
+    assert info["batches"] - before["batches"] == 1  # a batch of its own, no wait for company
     assert info["dim"] == 26 and info["device"] == "cpu" and info["projection_fallback"] is False
     assert info["encode_batch_size"] == CPU_ENCODE_BATCH_SIZE  # length-sorted passes on CPU
     assert info["projection_fingerprint"] == load_projection().fingerprint
@@ -215,7 +216,7 @@ def cluster_handle():
     try:
         serve.start(proxy_location="Disabled")  # handles only: no HTTP port to collide on
         options = Deployments().embedder.serve_options()  # what the graph builder applies
-        app = Embedder.options(**options).bind({"max_batch_size": 16, "batch_wait_timeout_s": 0.05})
+        app = Embedder.options(**options).bind({"max_batch_size": 16})
         handle = serve.run(app, name="embedder-test", route_prefix=None)
         yield handle
     finally:
@@ -237,11 +238,11 @@ def test_cluster_embed_batches_concurrent_calls(cluster_handle, pipeline) -> Non
     np.testing.assert_allclose(np.asarray(got), _expected(pipeline, texts), atol=1e-5)
 
     info = cluster_handle.info.remote().result()
-    assert info["batching"] is True and info["torch_threads"] == 1  # num_cpus 0.5 -> 1 thread
-    assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05
+    assert info["torch_threads"] == 1  # num_cpus 0.5 -> 1 thread
+    assert info["max_batch_size"] == 16
     assert info["prompts_embedded"] - before["prompts_embedded"] == 40
     assert info["batches"] - before["batches"] < 40  # some calls shared a batch
-    assert 1 < info["max_batch_seen"] <= 16  # ... and set_max_batch_size took effect
+    assert 1 < info["max_batch_seen"] <= 16  # ... gathered while one encoded, up to the limit
 
 
 @pytest.mark.ray

@@ -232,6 +232,15 @@ class Router:
             return tenant.report(now, None, None)
         return tenant.report(now, pacing.pacer.dual, pacing.pacer.budget)
 
+    def tenant_gauges(self, tenant_id: str, now: float) -> tuple[float, float | None, float | None]:
+        """(spend this period, what is left after reservations, the dual): the figures a
+        metrics exporter sets per request, without building tenant_report()'s full record."""
+        tenant = self.tenants.get(tenant_id)
+        tenant.roll(now)
+        pacing = self._tenant_pacing.get(tenant_id)
+        dual = None if pacing is None else pacing.pacer.dual
+        return tenant.account.spent_usd, tenant.remaining(), dual
+
     def tenant_reports(self, now: float) -> list[dict]:
         return [self.tenant_report(t.id, now) for t in self.tenants]
 

@@ -193,12 +193,12 @@ class EmbedderArgs(BaseModel):
         "chunks of this size, so short prompts are not padded to the longest; None = "
         f"{CPU_ENCODE_BATCH_SIZE} on CPU (padding costs compute there), max_batch_size on GPU",
     )
-    # Ray 2.60's @serve.batch closes a batch batch_wait_timeout_s after its first request even
-    # while the previous batch is still encoding (it then waits its turn), so batches only grow
-    # past what arrives in that window when the window is near the encode time. On a busy CPU
-    # replica 0.05 s gives full batches and ~1.5x the throughput of 0.005 s; on a GPU (encode
-    # ~ms) or at low load (every request waits the window out) keep it small.
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
+    # No effect since the Embedder batches only while a batch is encoding
+    # (core/service/busy_batcher.py: a lone prompt waits for nobody); still accepted, so that
+    # configurations that set it keep loading.
+    batch_wait_timeout_s: float = Field(
+        default=0.005, ge=0.0, le=10.0, description="no effect (kept for older configurations)"
+    )
     projection_path: str | None = Field(
         default=None,
         description="projection JSON; None = the committed core/artifacts/projection.json "
@@ -237,6 +237,9 @@ class DeploymentOptions(_Strict):
     max_ongoing_requests: int = Field(..., ge=1)
     num_replicas: int | None = Field(None, ge=1)
     autoscaling: Autoscaling | None = None
+    # Serve's access log line per call: the Ingress's is the request log; the inner hops' lines
+    # cost ~20% of a replica's CPU per call (py-spy, docs/benchmarks.md) and repeat it.
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentOptions:
@@ -249,6 +252,7 @@ class DeploymentOptions(_Strict):
         opts: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.num_cpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            "logging_config": {"enable_access_log": self.access_log},
         }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump()
@@ -264,6 +268,7 @@ class Deployments(_Strict):
         num_cpus=0.2,
         max_ongoing_requests=256,
         autoscaling=Autoscaling(target_ongoing_requests=32),
+        access_log=True,
     )
     # int8 encodes one prompt per pass (~6 ms): 8 waiting prompts are a queue worth a second
     # replica (a target of 32 never triggered under a 128-user locust run).

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from core.net import free_port  # the same helpers the load tools and benchmarks use
-from loadtest.server import pids_of_ray_dir
+from loadtest.server import fast_path_ports, pids_of_ray_dir
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"
@@ -168,6 +168,7 @@ def svc() -> SimpleNamespace:
         admin_key=ADMIN_KEY,
         admin_key_env=ADMIN_KEY_ENV,
         ray_env=dict(RAY_ENV, RAY_AUTH_MODE=os.environ["RAY_AUTH_MODE"]),
+        fast_path_ports=fast_path_ports,
     )
 
 
@@ -187,7 +188,7 @@ def _local_app(args: dict[str, Any], num_cpus: int = 8) -> Iterator[str]:
         ray.shutdown()
     port = free_port()
     # Replicas inherit the raylet's environment, which is this process's at ray.init.
-    with env_set(**{ADMIN_KEY_ENV: ADMIN_KEY}):
+    with env_set(**{ADMIN_KEY_ENV: ADMIN_KEY}, **fast_path_ports()):
         for attempt in range(2):
             try:
                 ray.init(

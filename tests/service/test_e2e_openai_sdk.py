@@ -109,7 +109,7 @@ def _launch(cfg_path: Path, port: int, tmp: Path, svc) -> tuple[Served, str]:
     ray_dir = tempfile.mkdtemp(prefix="psray-", dir="/tmp")  # short: Ray puts sockets here
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(svc.ray_env)
-    env.update({"RAY_TMPDIR": ray_dir, svc.admin_key_env: svc.admin_key})
+    env.update({"RAY_TMPDIR": ray_dir, svc.admin_key_env: svc.admin_key, **svc.fast_path_ports()})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(svc.repo), env.get("PYTHONPATH")]))
     serve_bin = Path(sys.executable).parent / "serve"
     log_path = tmp / "serve_run.log"

@@ -54,9 +54,13 @@ def test_deployment_options_need_exactly_one_scaling_mode_and_one_router() -> No
     assert fixed.serve_options() == {
         "ray_actor_options": {"num_cpus": 0.5},
         "max_ongoing_requests": 8,
+        "logging_config": {"enable_access_log": False},  # an inner hop: no access log line
         "num_replicas": 3,
         "autoscaling_config": None,
     }
+    tree = Deployments()  # the Ingress's access log is the request log
+    assert tree.ingress.serve_options()["logging_config"] == {"enable_access_log": True}
+    assert not tree.router.access_log and not tree.embedder.access_log
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,12 @@ def test_period_target_is_what_is_left_over_the_requests_expected() -> None:
     expected_left = (NOON + 12 * 3600 - t) / 10.0
     report = router.tenant_report("a", t)
     assert report["spend_usd"] == pytest.approx(spent)
+    # the metrics' figures are the report's
+    assert router.tenant_gauges("a", t) == (
+        report["spend_usd"],
+        report["remaining_usd"],
+        report["dual"],
+    )
     assert report["target_usd_per_request"] == pytest.approx(
         (10.0 - spent) / expected_left, rel=0.02
     )
