@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 import yaml
 
 from core.net import free_port  # the same helpers the load tools and benchmarks use
-from loadtest.server import fast_path_ports, pids_of_ray_dir
+from loadtest.server import fast_path_ports, kill_ray_dir, ray_env
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY_ENV = "PARETOSERVE_ADMIN_KEY"
@@ -88,12 +87,6 @@ def sse_events(text: str) -> list[str]:
         if lines:
             events.append("\n".join(ln[len("data:") :].strip() for ln in lines))
     return events
-
-
-def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
 
 
 @contextlib.contextmanager
@@ -160,15 +153,13 @@ def svc() -> SimpleNamespace:
         wait_until=wait_until,
         wait_healthy=wait_healthy,
         sse_events=sse_events,
-        pids_of_ray_dir=pids_of_ray_dir,
-        kill_pids=kill_pids,
+        kill_ray_dir=kill_ray_dir,
         env_set=env_set,
         load_service_config=load_service_config,
         repo=REPO,
         admin_key=ADMIN_KEY,
         admin_key_env=ADMIN_KEY_ENV,
-        ray_env=dict(RAY_ENV, RAY_AUTH_MODE=os.environ["RAY_AUTH_MODE"]),
-        fast_path_ports=fast_path_ports,
+        ray_env=ray_env,
     )
 
 

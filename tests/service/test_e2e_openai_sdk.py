@@ -12,13 +12,10 @@ machine, other tests' clusters included.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +64,7 @@ def _stop(proc: subprocess.Popen, ray_dir: str, svc) -> None:
             proc.kill()
             proc.wait(timeout=15)
     # The cluster `serve run` started is ours alone (its own RAY_TMPDIR): kill what is left.
-    deadline = time.monotonic() + 20
-    while (left := svc.pids_of_ray_dir(ray_dir)) and time.monotonic() < deadline:
-        svc.kill_pids(left, signal.SIGKILL)
-        time.sleep(0.5)
-    shutil.rmtree(ray_dir, ignore_errors=True)
+    svc.kill_ray_dir(ray_dir)
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +100,7 @@ def served(tmp_path_factory, svc):
 def _launch(cfg_path: Path, port: int, tmp: Path, svc) -> tuple[Served, str]:
     """`serve run cfg_path` in its own session and Ray temp dir; (the service, that dir)."""
     ray_dir = tempfile.mkdtemp(prefix="psray-", dir="/tmp")  # short: Ray puts sockets here
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(svc.ray_env)
-    env.update({"RAY_TMPDIR": ray_dir, svc.admin_key_env: svc.admin_key, **svc.fast_path_ports()})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(svc.repo), env.get("PYTHONPATH")]))
+    env = svc.ray_env(ray_dir) | {svc.admin_key_env: svc.admin_key}
     serve_bin = Path(sys.executable).parent / "serve"
     log_path = tmp / "serve_run.log"
     with open(log_path, "wb") as log:
