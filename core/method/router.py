@@ -224,22 +224,24 @@ class Router:
             self.pacer.state.charges += pacing.pacer.state.charges
             self.pacer.state.total_spend += pacing.pacer.state.total_spend
 
-    def tenant_report(self, tenant_id: str, now: float) -> dict:
+    def _rolled(self, tenant_id: str, now: float) -> tuple[Tenant, BudgetPacer | None]:
+        """The tenant, in its period at `now`, and its own pacer (None: it has no target)."""
         tenant = self.tenants.get(tenant_id)
         tenant.roll(now)
         pacing = self._tenant_pacing.get(tenant_id)
-        if pacing is None:
+        return tenant, None if pacing is None else pacing.pacer
+
+    def tenant_report(self, tenant_id: str, now: float) -> dict:
+        tenant, pacer = self._rolled(tenant_id, now)
+        if pacer is None:
             return tenant.report(now, None, None)
-        return tenant.report(now, pacing.pacer.dual, pacing.pacer.budget)
+        return tenant.report(now, pacer.dual, pacer.budget)
 
     def tenant_gauges(self, tenant_id: str, now: float) -> tuple[float, float | None, float | None]:
         """(spend this period, what is left after reservations, the dual): the figures a
         metrics exporter sets per request, without building tenant_report()'s full record."""
-        tenant = self.tenants.get(tenant_id)
-        tenant.roll(now)
-        pacing = self._tenant_pacing.get(tenant_id)
-        dual = None if pacing is None else pacing.pacer.dual
-        return tenant.account.spent_usd, tenant.remaining(), dual
+        tenant, pacer = self._rolled(tenant_id, now)
+        return tenant.account.spent_usd, tenant.remaining(), None if pacer is None else pacer.dual
 
     def tenant_reports(self, now: float) -> list[dict]:
         return [self.tenant_report(t.id, now) for t in self.tenants]
