@@ -96,13 +96,15 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
 
     "padded" = one forward pass per batch; "length-sorted passes of C" = the batch sorted by
     length and run in passes of C prompts, as the Embedder does on CPU. Modes whose vectors
-    differ from the reference (truncation, ONNX Runtime) also report the cosine of their raw
-    embeddings and of their contexts to the reference's, over all the prompts."""
+    differ from the reference (truncation, ONNX Runtime, the static encoder) also report the
+    cosine of their raw embeddings and of their contexts to the reference's, over all the
+    prompts."""
     import torch
 
     from core.encoding.features import load_projection
     from core.encoding.minilm import MiniLMEncoder
     from core.encoding.minilm_onnx import OnnxMiniLMEncoder
+    from core.encoding.minilm_static import StaticMiniLMEncoder
     from core.service.settings import CPU_ENCODE_BATCH_SIZE as chunk
 
     threads = torch.get_num_threads()
@@ -118,6 +120,8 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
         ("onnx-int8, batch 32, passes of 1", None, 32),
         ("onnx-int8, batch 32, passes of 4", None, 32),
         ("onnx-int8-full (no smoothing), batch 32, passes of 1", None, 32),
+        ("static, 1 prompt per call", None, 1),
+        ("static, batch 32", None, 32),
     ]
     builders: dict[int, Callable[[], Any]] = {
         2: lambda: MiniLMEncoder(device="cpu", batch_size=chunk),
@@ -127,6 +131,8 @@ def bench_in_process(prompts: Sequence[str], repeats: int) -> list[dict[str, Any
         6: lambda: OnnxMiniLMEncoder("int8", batch_size=1, threads=threads),
         7: lambda: OnnxMiniLMEncoder("int8", batch_size=4, threads=threads),
         8: lambda: OnnxMiniLMEncoder("int8-full", batch_size=1, threads=threads),
+        9: lambda: StaticMiniLMEncoder(),
+        10: lambda: StaticMiniLMEncoder(),
     }
     encoders = [(n, e or builders[i](), b) for i, (n, e, b) in enumerate(encoders)]
 

@@ -120,10 +120,10 @@ class Embedder:
         self.args = EmbedderArgs.model_validate(args or {})
         self.max_prompt_chars = max_prompt_chars
         resources = _assigned_resources()
-        onnx = self.args.backend.startswith("onnx")
-        if onnx and self.args.device not in (None, "cpu"):
+        cpu_only = self.args.backend != "torch"
+        if cpu_only and self.args.device not in (None, "cpu"):
             raise ValueError(f"backend={self.args.backend!r} runs on the CPU only")
-        self.device = "cpu" if onnx else _resolve_device(self.args.device, resources)
+        self.device = "cpu" if cpu_only else _resolve_device(self.args.device, resources)
         self.torch_threads = _set_torch_threads(resources)
         if self.args.encode_batch_size:
             self.encode_batch_size = self.args.encode_batch_size
@@ -171,6 +171,10 @@ class Embedder:
                 max_seq_length=a.max_seq_length,
                 batch_size=self.encode_batch_size,  # sentence-transformers sorts by length
             )
+        if a.backend == "static":
+            from core.encoding.minilm_static import StaticMiniLMEncoder
+
+            return StaticMiniLMEncoder()
         from core.encoding.minilm_onnx import OnnxMiniLMEncoder
 
         return OnnxMiniLMEncoder(

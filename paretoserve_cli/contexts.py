@@ -10,17 +10,19 @@ import numpy as np
 from core.encoding.embedding_cache import cached_encode
 from core.encoding.features import Projection, load_projection
 from core.encoding.minilm import MiniLMEncoder, encoder_name
+from core.encoding.minilm_static import static_encoder_name
 from core.method.registry import ModelSpec
 from core.replay.data import PriceEntry, RewardData, load_prices
 
-ENCODERS = ("torch", "onnx-fp32", "onnx-int8")
+ENCODERS = ("torch", "onnx-fp32", "onnx-int8", "static")
 
 
 class LazyMiniLM:
     """The MiniLM encoder, loaded only on a cache miss (loading it takes seconds).
 
-    `backend` as `EmbedderArgs.backend`: torch (the reference) or an ONNX Runtime variant; the
-    name (the disk cache's key) differs per backend, so their embeddings never mix."""
+    `backend` as `EmbedderArgs.backend`: torch (the reference), an ONNX Runtime variant or the
+    static encoder; the name (the disk cache's key) differs per backend, so their embeddings
+    never mix."""
 
     dim = 384
 
@@ -30,6 +32,8 @@ class LazyMiniLM:
         self.backend = backend
         if backend == "torch":
             self.name = encoder_name()
+        elif backend == "static":
+            self.name = static_encoder_name()
         else:
             from core.encoding.minilm_onnx import onnx_encoder_name
 
@@ -40,6 +44,10 @@ class LazyMiniLM:
         if self._encoder is None:
             if self.backend == "torch":
                 self._encoder = MiniLMEncoder()
+            elif self.backend == "static":
+                from core.encoding.minilm_static import StaticMiniLMEncoder
+
+                self._encoder = StaticMiniLMEncoder()
             else:
                 from core.encoding.minilm_onnx import OnnxMiniLMEncoder
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.encoding.embedding_cache import cached_encode
 from core.encoding.features import DEFAULT_COMPONENTS, DEFAULT_PROJECTION_PATH, fit_projection
+from core.encoding.minilm_static import DEFAULT_MAP_PATH
 from core.encoding.onnx_smoothing import DEFAULT_ALPHA, DEFAULT_SMOOTHING_PATH
 from core.replay.data import load_reward_file
 
@@ -79,6 +80,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cal.set_defaults(func=run_calibrate_int8)
 
+    static = sub.add_parser(
+        "fit-static",
+        help="fit the static encoder's map to the torch MiniLM on reward-file prompts",
+        description="Embed the (deduplicated) prompts of the reward files with the torch MiniLM "
+        "and with the static token table, and fit the ridge map from the second to the first "
+        "(core/encoding/minilm_static.py). Only numbers are written, never prompts. A new map "
+        "changes the static encoder's name and so its cache keys.",
+    )
+    _add_data_argument(static)
+    static.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_MAP_PATH,
+        help="where to write the map (default: the packaged artifact)",
+    )
+    static.set_defaults(func=run_fit_static)
+
 
 def _unique_prompts(paths: list[Path]) -> tuple[list[str], str]:
     """The files' prompts, deduplicated in first-seen order, and a line saying where from."""
@@ -130,5 +148,22 @@ def run_calibrate_int8(args: argparse.Namespace) -> int:
         f"features calibrate-int8: {len(texts)} prompts ({fitted_on.split(';')[0]}), "
         f"{len(smoothing.maxima)} nodes, alpha {smoothing.alpha}, "
         f"{time.perf_counter() - start:.1f}s; fingerprint {smoothing.fingerprint} -> {args.out}"
+    )
+    return 0
+
+
+def run_fit_static(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from core.encoding.minilm import MiniLMEncoder  # loads torch only when this command runs
+    from core.encoding.minilm_static import StaticTokens, fit_map, save_map
+
+    texts, fitted_on = _unique_prompts(args.data)
+    start = time.perf_counter()
+    targets = cached_encode(texts, MiniLMEncoder(device="cpu"))
+    weights = fit_map(StaticTokens().pooled(texts), targets)
+    save_map(weights, args.out, fitted_on)
+    print(
+        f"features fit-static: {len(texts)} prompts ({fitted_on.split(';')[0]}), "
+        f"{time.perf_counter() - start:.1f}s -> {args.out}"
     )
     return 0

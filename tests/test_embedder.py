@@ -180,6 +180,22 @@ def test_local_onnx_int8_close_to_torch(onnx_handle, pipeline: FeaturePipeline) 
 
 
 @pytest.mark.ray
+def test_local_static_backend_serves_the_static_encoder() -> None:
+    from core.encoding.minilm_static import StaticMiniLMEncoder
+
+    handle = serve.run(
+        Embedder.bind({"backend": "static"}), name="embedder-static", _local_testing_mode=True
+    )
+    got = np.asarray(handle.embed_many.remote(PROMPTS).result())
+    want = FeaturePipeline(StaticMiniLMEncoder(), load_projection()).contexts(PROMPTS)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    info = handle.info.remote().result()
+    assert info["backend"] == "static" and "/static/" in info["encoder"]
+    with pytest.raises(ValueError, match="CPU only"):
+        Embedder.func_or_class({"backend": "static", "device": "cuda"})
+
+
+@pytest.mark.ray
 def test_local_cache_hits_return_identical_vectors(onnx_handle) -> None:
     before = onnx_handle.info.remote().result()
     text = "A prompt for the cache test: name three moons of Jupiter."

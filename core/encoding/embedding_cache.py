@@ -12,13 +12,13 @@ import functools
 import hashlib
 import io
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from core.encoding.built_files import cache_root
 from core.encoding.features import Encoder
 from core.persistence import write_atomic
 
@@ -45,9 +45,7 @@ def _library_versions() -> str:
 
 def default_cache_dir() -> Path:
     """$PARETOSERVE_CACHE_DIR/embeddings, else ~/.cache/paretoserve/embeddings."""
-    root = os.environ.get("PARETOSERVE_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "paretoserve"
-    return base / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def cache_key(texts: Sequence[str], encoder_name: str) -> str:

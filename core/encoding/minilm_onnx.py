@@ -29,7 +29,6 @@ The encoder's `name` says which backend made a vector, so the disk cache never m
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 
+from core.encoding.built_files import atomic_target, cache_root, weights_digest
 from core.encoding.minilm import _MAX_POSITIONS, default_model_path, encoder_name
 from core.encoding.onnx_smoothing import (
     DEFAULT_ALPHA,
@@ -66,22 +66,7 @@ _OPSET = 17
 
 def default_onnx_dir() -> Path:
     """$PARETOSERVE_CACHE_DIR/onnx, else ~/.cache/paretoserve/onnx (never in the repository)."""
-    root = os.environ.get("PARETOSERVE_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "paretoserve"
-    return base / "onnx"
-
-
-@functools.lru_cache(maxsize=4)
-def _weights_digest(model_path: Path) -> str:
-    """A digest of the model files (~90 MB read): once per process and path, as every artifact
-    name and calibration check of an encoder's start needs it."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        f = model_path / name
-        if f.is_file():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return cache_root() / "onnx"
 
 
 # Every input that changes a built graph. A change to any of them (or to a library version,
@@ -100,7 +85,7 @@ def build_inputs(model_path: Path, precision: str, smoothing: Smoothing | None) 
     """What the graph for `precision` is built from: recipe, weights, libraries, calibration."""
     from importlib.metadata import version
 
-    inputs = dict(_RECIPE) | {"precision": precision, "weights": _weights_digest(model_path)}
+    inputs = dict(_RECIPE) | {"precision": precision, "weights": weights_digest(model_path)}
     inputs |= {lib: version(lib) for lib in _BUILD_LIBRARIES}
     if precision != "fp32":
         inputs |= _INT8_RECIPE
@@ -134,12 +119,6 @@ def read_build_inputs(path: Path) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     prefix = "paretoserve."
     return {p.key[len(prefix) :]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
-
-
-def _atomic_target(dest: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def _export_fp32(model_path: Path, out: Path) -> None:
@@ -221,7 +200,7 @@ def load_smoothing(
         return None
     smoothing = Smoothing.load(DEFAULT_SMOOTHING_PATH if calibration is None else calibration)
     model_path = default_model_path() if model_path is None else Path(model_path)
-    if smoothing.weights_digest != _weights_digest(model_path):
+    if smoothing.weights_digest != weights_digest(model_path):
         raise ValueError(
             "the int8 calibration was measured on other MiniLM weights than the installed ones; "
             "re-run `paretoserve features calibrate-int8 --data FILE`"
@@ -259,7 +238,7 @@ def onnx_model_path(
         else:
             _quantize(fp32, final, smoothing)
         _record_inputs(final, build_inputs(model_path, precision, smoothing))
-        target = _atomic_target(dest)
+        target = atomic_target(dest)
         os.replace(final, target)
         os.replace(target, dest)
     return dest
@@ -297,7 +276,7 @@ def calibrate_int8(
             amax = np.abs(out.reshape(-1, out.shape[-1])).max(axis=0)
             maxima[tensor] = np.maximum(maxima.get(tensor, amax), amax)
     return Smoothing(
-        weights_digest=_weights_digest(model_path),
+        weights_digest=weights_digest(model_path),
         alpha=alpha,
         prompts=len(texts),
         fitted_on=fitted_on,

@@ -151,7 +151,7 @@ CPU_ENCODE_BATCH_SIZE = 4
 # prompt alone; in passes of 4 padding and pass-mates cost accuracy (cosine min 0.955) and
 # throughput (docs/benchmarks.md, "Embedder"). So int8 runs passes of 1 only.
 INT8_ENCODE_BATCH_SIZE = 1
-Backend = Literal["torch", "onnx-fp32", "onnx-int8"]
+Backend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
 
 
 class EmbedderArgs(BaseModel):
@@ -163,7 +163,10 @@ class EmbedderArgs(BaseModel):
         default="torch",
         description="torch = sentence-transformers (CPU or GPU, the reference vectors); "
         "onnx-fp32 / onnx-int8 = ONNX Runtime on CPU (core.encoding.minilm_onnx: built from "
-        "the packaged weights on first use and cached; int8: cosine >= 0.995 to torch)",
+        "the packaged weights on first use and cached; int8: cosine >= 0.995 to torch); "
+        "static = token vectors distilled from the same weights and mapped into torch's space "
+        "(core.encoding.minilm_static: ~20x cheaper than int8, routes within 0.002 of torch; "
+        "reads at most 256 tokens whatever max_seq_length says)",
     )
     cache_size: int = Field(
         default=0,
