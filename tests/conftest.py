@@ -16,6 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # it stops, so that HAProxy stops sending it requests first: a test cluster has no one to drain
 # for, and 30 s per teardown would add many minutes to the suite.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+# The throughput mode runs a handle's router on the caller's event loop, and then refuses a
+# handle's synchronous `.result()` (tests call handles from plain functions); the separate
+# router loop, Serve's default outside that mode, keeps them working. Replicas call handles
+# with `await` only, so this changes nothing they do.
+os.environ.setdefault("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "1")
 
 
 @pytest.fixture
