@@ -44,9 +44,9 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TIGHT, MODERATE = 2, 3  # indices of the paper's ceilings
 
 
-def halves(split: int):
+def halves(split: int, encoder: str = "torch"):
     d = load_reward_file(DATA / "val.jsonl")
-    X = contexts_for(d, load_projection())
+    X = contexts_for(d, load_projection(), encoder)
     first = np.array([in_first_half(p, split) for p in d.prompts])
     mk = lambda r: Outcomes(X[r], d.rewards[r], d.costs[r], tuple(d.models))  # noqa: E731
     return {"AB": (mk(first), mk(~first)), "BA": (mk(~first), mk(first))}, d.models
@@ -162,13 +162,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--split", type=int, default=0)
     ap.add_argument("--variants", type=str, default='{"default": {}}')
+    ap.add_argument(
+        "--encoder",
+        default="torch",
+        help="prompt encoder, as `paretoserve replay --encoder` (static: the committed map, "
+        "which saw every prompt; docs/research/static_encoder_eval.py fits it per half)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--tables", type=Path, help="print the markdown tables of a --json file")
     args = ap.parse_args()
     if args.tables:
         return tables(args.tables)
     variants = json.loads(args.variants)
-    pairs, models = halves(args.split)
+    pairs, models = halves(args.split, args.encoder)
     specs = load_specs(DATA / "prices.json", models)
     results: dict = {}
     for half, (warm, evals) in pairs.items():
