@@ -82,6 +82,9 @@ def test_encode_rejects_bad_input(static) -> None:
     with pytest.raises(TypeError, match="text 0 is int"):
         static.encode([3])  # type: ignore[list-item]
     assert static.encode([]).shape == (0, 384)
+    dropped = static.encode(["\u200b\u200b", "\u0301"])  # no tokens left: still a vector
+    assert np.isfinite(dropped).all()
+    np.testing.assert_allclose(np.linalg.norm(dropped, axis=1), 1.0, atol=1e-5)
 
 
 def test_table_is_cached_under_a_name_that_follows_its_inputs(static) -> None:

@@ -38,10 +38,6 @@ from core.persistence import write_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAP_PATH = Path(__file__).parent.parent / "artifacts" / "minilm_static_map.npz"
-FIT_COMMAND = (
-    "paretoserve features fit-static --data ../shared/data/val.jsonl "
-    "--data ../shared/data/val_k4.jsonl"
-)
 MAX_TOKENS = 256  # tokens read per prompt, as the torch encoder's max_seq_length
 MAP_RIDGE = 0.01  # ridge on the map's weights; 0.1 and 1.0 cost replay reward (benchmarks.md)
 # Bump "table" when the distillation below changes: a new name, so no old table is reused.
@@ -112,10 +108,12 @@ class StaticTokens:
 
     def pooled(self, texts: Sequence[str]) -> np.ndarray:
         encs = self._tok.encode_batch([t.strip() for t in texts], add_special_tokens=False)
-        out = np.empty((len(texts), self.table.shape[1]), dtype=np.float64)
+        # A text of characters the tokenizer drops (zero-width spaces, lone accents) has no
+        # tokens: its row stays 0, so the map gives it its bias, a vector like any other.
+        out = np.zeros((len(texts), self.table.shape[1]), dtype=np.float64)
         for i, enc in enumerate(encs):
-            # An empty token list cannot come from a non-blank text: [UNK] stands for the unknown.
-            out[i] = self.table[enc.ids].mean(axis=0)
+            if enc.ids:
+                out[i] = self.table[enc.ids].mean(axis=0)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -133,7 +131,9 @@ def save_map(weights: np.ndarray, path: Path, fitted_on: str) -> None:
 
 
 def load_map(path: Path = DEFAULT_MAP_PATH) -> tuple[np.ndarray, str]:
-    """(weights, digest) of a map file; the digest names the encoder, so caches never mix."""
+    """(weights, digest) of a map file; the digest names the encoder, so caches never mix.
+    The committed one: `paretoserve features fit-static --data ../shared/data/val.jsonl --data
+    ../shared/data/val_k4.jsonl`."""
     raw = Path(path).read_bytes()
     with np.load(path, allow_pickle=False) as f:
         weights = f["weights"].astype(np.float64)
