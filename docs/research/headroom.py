@@ -13,7 +13,12 @@ x 0.1/5.625) at the tight and moderate ceilings, and for the loosest ceiling:
 - the per-benchmark pick: each benchmark's best model on the warm-up half, used for all of
   its prompts on the evaluation half (a router that knew each prompt's benchmark);
 - the per-prompt oracle within the budget (same Lagrangian on the true rewards);
-- the most a router could spend: each prompt sent to its dearest model.
+- the most a router could spend: each prompt sent to its dearest model;
+- with `--predictors`, the same full-information policy with other quality models fitted on
+  the warm-up half: ridge on 10 / 50 / 100 PCA components of the raw MiniLM embedding (fitted
+  on the warm-up half), ridge on the raw 384-d embedding, and a kNN regression (cosine,
+  softmax-weighted, k = 30 / 100) on it: whether a richer or nonlinear model of the same
+  prompt would lift the bound.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from method_eval import DATA, halves  # noqa: E402
 
+from core.encoding.embedding_cache import cached_encode  # noqa: E402
 from core.replay.data import in_first_half, load_reward_file  # noqa: E402
 from core.replay.protocol import paper_ceilings  # noqa: E402
+from paretoserve_cli.contexts import LazyMiniLM  # noqa: E402
 
 CUT_MODEL, CUT = "google/gemini-2.5-pro", 0.1 / 5.625
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-4, 1e5, 600)])
@@ -62,12 +69,40 @@ def context_free(rewards: np.ndarray, costs: np.ndarray, budget: float) -> float
     return float(best)
 
 
+def _ridge(w: np.ndarray, y: np.ndarray, x: np.ndarray, lam: float = 1.0) -> np.ndarray:
+    return x @ np.linalg.solve(w.T @ w + lam * np.eye(w.shape[1]), w.T @ y)
+
+
+def _with_bias(a: np.ndarray) -> np.ndarray:
+    return np.hstack([a, np.ones((len(a), 1))])
+
+
+def other_predictors(emb_w: np.ndarray, y_w: np.ndarray, emb_e: np.ndarray) -> dict:
+    """Quality predictions on the evaluation half from richer or nonlinear models (see above)."""
+    out = {}
+    mu = emb_w.mean(axis=0)
+    _, sv, vt = np.linalg.svd(emb_w - mu, full_matrices=False)
+    for k in (10, 50, 100):
+        proj = lambda a, k=k: _with_bias((a - mu) @ vt[:k].T / (sv[:k] / np.sqrt(len(a))))  # noqa: E731
+        out[f"ridge, {k} PCA comps"] = _ridge(proj(emb_w), y_w, proj(emb_e))
+    out["ridge, raw 384-d (lam 10)"] = _ridge(_with_bias(emb_w), y_w, _with_bias(emb_e), 10.0)
+    sims = emb_e @ emb_w.T
+    for k in (30, 100):
+        idx = np.argsort(-sims, axis=1)[:, :k]
+        wts = np.exp(10.0 * np.take_along_axis(sims, idx, axis=1))
+        wts /= wts.sum(axis=1, keepdims=True)
+        out[f"kNN-{k}"] = np.einsum("nk,nkm->nm", wts, y_w[idx])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--split", type=int, default=0)
+    ap.add_argument("--predictors", action="store_true", help="also the other quality models")
     args = ap.parse_args()
     pairs, models = halves(args.split)
     data = load_reward_file(DATA / "val.jsonl")
+    emb = cached_encode(data.prompts, LazyMiniLM("torch")) if args.predictors else None
     first = np.array([in_first_half(p, args.split) for p in data.prompts])
     sources = np.array([s.split("/")[0] for s in data.sources])
     src = {"AB": (sources[first], sources[~first]), "BA": (sources[~first], sources[first])}
@@ -80,6 +115,8 @@ def main() -> None:
         cut = ev.costs.copy()
         cut[:, cut_col] *= CUT
         print(f"\n[{half}] evaluation half: {len(R)} prompts")
+        w_rows = first if half == "AB" else ~first
+        others = {} if emb is None else other_predictors(emb[w_rows], warm.rewards, emb[~w_rows])
         for label, costs, budget in (
             ("price cut P2, tight", cut, ceilings[2]),
             ("price cut P2, moderate", cut, ceilings[3]),
@@ -93,6 +130,8 @@ def main() -> None:
                 f"full-information ridge {lin[0]:.4f} (spend {lin[1]:.3f}) | oracle "
                 f"{orc[0]:.4f} | dearest-model spend {costs.max(axis=1).mean() / budget:.3f}"
             )
+            for name, q in others.items():
+                print(f"    full-information {name}: {best_within(q, R, costs, budget)[0]:.4f}")
         warm_src, ev_src = src[half]
         picked = 0.0
         for s in np.unique(ev_src):
