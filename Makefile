@@ -8,6 +8,12 @@ LOCK := requirements.lock
 SYS_PY := $(shell command -v $(PY) || command -v python3)
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# Serve's fast paths, read when a cluster starts (README "Speed"): user code on each replica's
+# event loop, gRPC between deployments, HAProxy in front of the Ingress. `make run` serves with
+# them and `make test` tests under them; set one to 0 to turn it off (`make run VAR=0`).
+export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
+export RAY_SERVE_USE_GRPC_BY_DEFAULT ?= 1
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
 .PHONY: run test install lint results bench lock
 
