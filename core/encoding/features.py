@@ -47,6 +47,18 @@ class Encoder(Protocol):
         ...
 
 
+def check_texts(texts: Sequence[str]) -> None:
+    """What every encoder refuses: a bare str (it is a Sequence[str] too: a classic silent bug),
+    a non-str item, an empty or whitespace-only text."""
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a sequence of texts, not a single str")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str")
+        if not text.strip():
+            raise ValueError(f"text {i} is empty or whitespace-only")
+
+
 def _round_sig(a: np.ndarray, digits: int = _SIG_DIGITS) -> np.ndarray:
     """Round to `digits` significant digits so JSON holds short numbers that reload bit-exactly."""
     flat = [float(f"{v:.{digits}g}") for v in np.asarray(a, dtype=np.float64).ravel()]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.encoding.features import check_texts
+
 MODEL_NAME = "all-MiniLM-L6-v2"
 _MAX_POSITIONS = 512  # BERT position embeddings; longer max_seq_length would crash
 
@@ -75,13 +77,7 @@ class MiniLMEncoder:
         self.dim = int(get_dim())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):  # a str is a Sequence[str]: a classic silent bug
-            raise TypeError("encode() takes a sequence of texts, not a single str")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"text {i} is empty or whitespace-only")
+        check_texts(texts)
         if len(texts) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         out = self._model.encode(

@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 
 from core.encoding.built_files import atomic_target, cache_root, weights_digest
+from core.encoding.features import check_texts
 from core.encoding.minilm import _MAX_POSITIONS, default_model_path, encoder_name
 from core.encoding.onnx_smoothing import (
     DEFAULT_ALPHA,
@@ -386,13 +387,7 @@ class OnnxMiniLMEncoder:
         return [e.ids for e in self._tok.encode_batch([t.strip() for t in texts])]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts, not a single str")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"text {i} is empty or whitespace-only")
+        check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out

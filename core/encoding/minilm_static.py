@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from core.encoding.built_files import cache_root, weights_digest
+from core.encoding.features import check_texts
 from core.encoding.minilm import MODEL_NAME, default_model_path, encoder_name
 from core.persistence import write_atomic
 
@@ -168,13 +169,7 @@ class StaticMiniLMEncoder:
         self.device = "cpu"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts, not a single str")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            if not text.strip():
-                raise ValueError(f"text {i} is empty or whitespace-only")
+        check_texts(texts)
         if len(texts) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         out = self._tokens.pooled(texts) @ self._map[:-1] + self._map[-1]
