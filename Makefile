@@ -38,8 +38,9 @@ lock:
 
 install: $(STAMP)
 
+# serve run, stopped cleanly by SIGTERM as by Ctrl-C (tools/serve_run.py says why)
 run: $(STAMP)
-	$(BIN)/serve run serve_config.yaml
+	$(BIN)/python tools/serve_run.py serve_config.yaml
 
 test: $(STAMP)
 	$(SYS_PY) tools/lockfile.py check
