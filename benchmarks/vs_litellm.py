@@ -107,8 +107,10 @@ def litellm_config(upstream: str, models: list[str]) -> dict:
     }
 
 
-def paretoserve_args(upstream: str, workdir: Path) -> dict:
+def paretoserve_args(upstream: str, workdir: Path, embedder_backend: str | None = None) -> dict:
     args = base_config()["applications"][0]["args"]
+    if embedder_backend:
+        args["embedder"] = {**args.get("embedder", {}), "backend": embedder_backend}
     for m in args["models"]:
         m["provider"] = "openai"
     # The simulated provider stays (serve_config.yaml configures its deployment), unused.
@@ -248,7 +250,8 @@ def run(args: argparse.Namespace) -> dict:
         targets.append(("litellm", ll_chat, "auto", False, ll.pid))
 
         os.environ.setdefault("OPENAI_API_KEY", "fake")
-        app = stack.enter_context(serve_app(paretoserve_args(upstream, workdir), workdir / "ps"))
+        ps_args = paretoserve_args(upstream, workdir, args.embedder_backend)
+        app = stack.enter_context(serve_app(ps_args, workdir / "ps"))
         chat = f"{app.base_url}/v1/chat/completions"
         targets.append(("paretoserve_repeated", chat, "auto", False, None))
         targets.append(("paretoserve_unique", chat, "auto", True, None))
@@ -310,6 +313,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     p.add_argument("--litellm-venv", default=str(REPO / ".venv-litellm"))
+    p.add_argument(
+        "--embedder-backend",
+        choices=["torch", "onnx-fp32", "onnx-int8", "static"],
+        help="paretoserve's embedder.backend (default: serve_config.yaml's)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     report = run(args)
