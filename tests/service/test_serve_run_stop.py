@@ -54,6 +54,9 @@ def test_sigterm_stops_serve_run_and_haproxy(tmp_path: Path) -> None:
         stdout=open(tmp_path / "serve_run.log", "wb"),  # noqa: SIM115 (the child keeps it)
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # As a launcher started in the background by a shell: SIGINT ignored, which `serve run`
+        # would inherit unless the launcher sees to it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 300
@@ -71,7 +74,7 @@ def test_sigterm_stops_serve_run_and_haproxy(tmp_path: Path) -> None:
         ), "the fast paths' HAProxy did not start"
 
         os.killpg(launcher.pid, signal.SIGTERM)  # what a process manager sends
-        assert launcher.wait(timeout=120) == 0
+        assert launcher.wait(timeout=240) == 0
         deadline = time.monotonic() + 30
         while pids_of_ray_dir(ray_dir) and time.monotonic() < deadline:
             time.sleep(1.0)
