@@ -208,13 +208,13 @@ SERVE_CONFIGS: list[tuple[str, dict[str, Any], int, str]] = [
     ("onnx-int8-2rep", {"backend": "onnx-int8"}, 2, "same"),
     (
         "onnx-int8-lru-unique",
-        {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05, "cache_size": 8192},
+        {"backend": "onnx-int8", "cache_size": 8192},
         1,
         "unique",
     ),
     (
         "onnx-int8-lru-repeats",
-        {"backend": "onnx-int8", "batch_wait_timeout_s": 0.05, "cache_size": 8192},
+        {"backend": "onnx-int8", "cache_size": 8192},
         1,
         "repeats",
     ),
@@ -281,10 +281,7 @@ async def _serve_rounds(
     modes: list[tuple[str, str, Callable[[str], Any], str]] = []
     for label, _, replicas, stream in SERVE_CONFIGS:
         h = handles[label]
-        args = dict(next(c[1] for c in SERVE_CONFIGS if c[0] == label))
-        desc = f"Serve `embed`, {label}, {replicas} replica{'s' * (replicas > 1)}, " + (
-            f"wait {args['batch_wait_timeout_s'] * 1000:g} ms, {stream} prompts"
-        )
+        desc = f"Serve `embed`, {label}, {replicas} replica{'s' * (replicas > 1)}, {stream} prompts"
 
         async def embed(p: str, h: Any = h) -> object:
             return await h.embed.remote(p)
