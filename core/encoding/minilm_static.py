@@ -131,20 +131,28 @@ def save_map(weights: np.ndarray, path: Path, fitted_on: str) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _name(map_digest: str) -> str:
+    return f"{MODEL_NAME}/static/max{MAX_TOKENS}/map-{map_digest}"
+
+
 def load_map(path: Path = DEFAULT_MAP_PATH) -> tuple[np.ndarray, str]:
-    """(weights, digest) of a map file; the digest names the encoder, so caches never mix.
-    The committed one: `paretoserve features fit-static --data ../shared/data/val.jsonl --data
-    ../shared/data/val_k4.jsonl`."""
+    """(weights, digest) of a map file, read once; the digest names the encoder, so caches
+    never mix. The committed one: `paretoserve features fit-static --data
+    ../shared/data/val.jsonl --data ../shared/data/val_k4.jsonl`."""
     raw = Path(path).read_bytes()
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as f:
         weights = f["weights"].astype(np.float64)
-    return weights, hashlib.sha256(raw).hexdigest()[:12]
+    return weights, _digest(raw)
 
 
 def static_encoder_name(map_path: Path = DEFAULT_MAP_PATH) -> str:
     """The encoder's name (cache key): the map's digest in it, so a refit map never reuses
     vectors made with the old one."""
-    return f"{MODEL_NAME}/static/max{MAX_TOKENS}/map-{load_map(map_path)[1]}"
+    return _name(_digest(Path(map_path).read_bytes()))
 
 
 class StaticMiniLMEncoder:
@@ -160,10 +168,10 @@ class StaticMiniLMEncoder:
         cache_dir: Path | None = None,
     ) -> None:
         self._tokens = StaticTokens(model_path, cache_dir)
-        self._map, _ = load_map(map_path)
+        self._map, digest = load_map(map_path)
         if self._map.shape != (self._tokens.table.shape[1] + 1, self.dim):
             raise ValueError(f"{map_path}: map of shape {self._map.shape}, not (385, 384)")
-        self.name = static_encoder_name(map_path)
+        self.name = _name(digest)
         # The map's target: a projection fitted for the torch encoder is valid here.
         self.approximates = encoder_name(MAX_TOKENS, True)
         self.device = "cpu"
