@@ -37,12 +37,14 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import get_args
 
 import aiohttp
 import numpy as np
 import yaml
 
 from core.net import free_port
+from core.service.settings import Backend
 from loadtest.server import REPO, base_config, serve_app
 
 LITELLM = "litellm[proxy]==1.80.0"
@@ -315,7 +317,7 @@ def main() -> None:
     p.add_argument("--litellm-venv", default=str(REPO / ".venv-litellm"))
     p.add_argument(
         "--embedder-backend",
-        choices=["torch", "onnx-fp32", "onnx-int8", "static"],
+        choices=get_args(Backend),
         help="paretoserve's embedder.backend (default: serve_config.yaml's)",
     )
     p.add_argument("--json", type=Path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -13,8 +14,9 @@ from core.encoding.minilm import MiniLMEncoder, encoder_name
 from core.encoding.minilm_static import static_encoder_name
 from core.method.registry import ModelSpec
 from core.replay.data import PriceEntry, RewardData, load_prices
+from core.service.settings import Backend
 
-ENCODERS = ("torch", "onnx-fp32", "onnx-int8", "static")
+ENCODERS: tuple[str, ...] = get_args(Backend)  # what EmbedderArgs.backend accepts
 
 
 class LazyMiniLM:
