@@ -25,6 +25,15 @@ def _add_data_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_out_argument(parser: argparse.ArgumentParser, default: Path, what: str) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=default,
+        help=f"where to write the {what} (default: the packaged artifact)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("features", help="prompt features (embedding projection)")
     sub = parser.add_subparsers(dest="features_command", required=True)
@@ -41,12 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_COMPONENTS,
         help="PCA components k; the context dimension is k+1 (default %(default)s)",
     )
-    fit.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_PROJECTION_PATH,
-        help="where to write the projection JSON (default: the packaged artifact)",
-    )
+    _add_out_argument(fit, DEFAULT_PROJECTION_PATH, "projection JSON")
     fit.add_argument(
         "--cache-dir",
         type=Path,
@@ -72,12 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_ALPHA,
         help="migration strength in (0, 1] (default %(default)s)",
     )
-    cal.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_SMOOTHING_PATH,
-        help="where to write the calibration JSON (default: the packaged artifact)",
-    )
+    _add_out_argument(cal, DEFAULT_SMOOTHING_PATH, "calibration JSON")
     cal.set_defaults(func=run_calibrate_int8)
 
     static = sub.add_parser(
@@ -89,12 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "changes the static encoder's name and so its cache keys.",
     )
     _add_data_argument(static)
-    static.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_MAP_PATH,
-        help="where to write the map (default: the packaged artifact)",
-    )
+    _add_out_argument(static, DEFAULT_MAP_PATH, "map")
     static.set_defaults(func=run_fit_static)
 
 
