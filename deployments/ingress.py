@@ -252,6 +252,10 @@ class Ingress:
             else (ServeJudge(judge), JudgeSampler(judge_sample_rate, judge_seed)),
         )
 
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: the answered requests' charges still land."""
+        await self.chats.settle_charges()
+
     def _observe(self, hop: str, ms: float) -> None:
         self._m_hop.observe(ms, tags={"hop": hop})
 
@@ -397,6 +401,7 @@ class Ingress:
     @app.get("/admin/state")
     async def admin_state(self) -> dict:
         """The Router's state, with the Judge's figures under `judge`."""
+        await self.chats.settle_charges()  # this replica's answers are in the books read
         state = await self._call("router", self.router.state.remote())
         if self.judge is None:
             state["judge"] = {"enabled": False}
@@ -418,10 +423,12 @@ class Ingress:
 
     @app.get("/admin/tenants")
     async def admin_tenants(self) -> list[dict]:
+        await self.chats.settle_charges()
         return await self._call("router", self.router.tenants.remote())
 
     @app.get("/admin/tenants/{tenant_id}")
     async def admin_tenant(self, tenant_id: str) -> dict:
+        await self.chats.settle_charges()
         return await self._call("router", self.router.tenant.remote(tenant_id))
 
     @app.patch("/admin/tenants/{tenant_id}")

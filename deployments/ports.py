@@ -2,8 +2,9 @@
 
 `ServeRouter` calls ride out a Router restart (deployments/router_calls.py): a route whose
 decision survived is picked up with `resume`, a charge is repeated (a journalled one answers
-"duplicate"). A provider's own failure comes back as the `ProviderError` it is, not Ray's
-wrapper, so the request can fall back.
+"duplicate"). Charges go in batches: one Router call for those that arrive while one runs.
+A provider's own failure comes back as the `ProviderError` it is, not Ray's wrapper, so the
+request can fall back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TypeVar
 from ray.serve.handle import DeploymentHandle
 
 from core.encoding.embedding_cache import ContextLRU
+from core.service.busy_batcher import BusyBatcher
 from core.service.decision import RouteDecision
 from core.service.judge_rubric import JudgedExchange
 from core.service.ports import ProviderError
@@ -53,11 +55,16 @@ class ServeEmbedder:
         return x
 
 
+# Charges one Ingress gathers while its previous charge call runs, sent as one Router call.
+CHARGE_BATCH = 256
+
+
 class ServeRouter:
     def __init__(
         self, handle: DeploymentHandle, observe: Observe, on_retry: Callable[[], None]
     ) -> None:
         self.handle, self.observe, self.on_retry = handle, observe, on_retry
+        self._charges = BusyBatcher(self._charge_many, CHARGE_BATCH)
 
     async def route(
         self,
@@ -113,11 +120,16 @@ class ServeRouter:
         forced: bool,
         tenant: str | None = None,
     ) -> str:
-        call = self.handle.charge.remote
-        charged = retrying(
-            lambda: call(request_id, cost_usd, model, x, forced, tenant), self.on_retry
-        )
-        return await timed(self.observe, "charge", charged)
+        """Charge through the batcher: a lone charge goes at once; those that come while a
+        charge call runs go together in the next (one Router call, one journal write)."""
+        charge = (request_id, cost_usd, model, x, forced, tenant)
+        status = await timed(self.observe, "charge", self._charges.submit(charge))
+        if isinstance(status, Exception):
+            raise status
+        return status
+
+    async def _charge_many(self, charges: list[tuple]) -> list[str | Exception]:
+        return await retrying(lambda: self.handle.charge_many.remote(charges), self.on_retry)
 
 
 class ServeJudge:

@@ -10,6 +10,7 @@ exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -228,6 +229,11 @@ class RouterDeployment:
         if tenant is not None and tenant in self.durable.router.tenants:
             self._publish_tenant(tenant)
         return status.value
+
+    async def charge_many(self, charges: list[tuple]) -> list[str | Exception]:
+        """`charge(*c)` for each of the charges an Ingress gathered, journalled in one writer
+        batch (one fsync); a charge that fails gives its exception, the others still land."""
+        return await asyncio.gather(*(self.charge(*c) for c in charges), return_exceptions=True)
 
     async def feedback(self, request_id: str, reward: float) -> str:
         status = await self.durable.feedback(request_id, reward, time.time())

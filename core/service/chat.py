@@ -11,7 +11,9 @@ and keeps HTTP, auth and error mapping; tests plug in-memory ports (tests/unit/t
 - Answers carry what the provider returned: text, tool calls (finish reason `tool_calls`;
   streamed as OpenAI's tool-call deltas, which the SDKs assemble) and logprobs.
 - Charges run in tasks of their own, outside the request's context: when a client hangs up,
-  Serve cancels every call its request made, and a charge must land anyway. An abandoned or
+  Serve cancels every call its request made, and a charge must land anyway. The answer does
+  not wait for its charge (one Router hop less on every request); `settle_charges()` waits
+  for those in flight (before a read of the Router's books, and at shutdown). An abandoned or
   failed stream is charged for what was streamed. Each answered request is charged once.
 """
 
@@ -152,6 +154,7 @@ class ChatService:
         self.log = log or logging.getLogger(__name__)
         self.judge = judge
         self._detached: set[asyncio.Task] = set()
+        self._charges: set[asyncio.Task] = set()
 
     # ---- the steps ------------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class ChatService:
         a = await self._decide(request_id, body, tenant)
         resp = await self._with_fallback(a, self.providers.complete)
         cost = cost_usd(a.decision.spec, resp.usage)
-        await asyncio.shield(self._charge(a, cost))
+        self._charge(a, cost)  # lands on its own: settle_charges() waits for it
         self._judge_later(a, answer_text(resp))
         info = a.info(cost, resp.recorded_reward)
         return Answer(a.decision, cost, ChatCompletionResponse.build(resp, info), resp, info)
@@ -256,12 +259,19 @@ class ChatService:
                 self.log.exception("charge of %s ($%.6g to %s) failed", d.request_id, cost, d.model)
                 raise
 
-        return self._detach(charge())
+        return self._detach(charge(), self._charges)
 
-    def _detach(self, work: Awaitable[None]) -> asyncio.Task:
+    async def settle_charges(self) -> None:
+        """Wait until the charges started so far have landed (or failed, which is logged): a
+        read of the Router's books after an answer then sees that answer's charge."""
+        if self._charges:
+            await asyncio.gather(*self._charges, return_exceptions=True)
+
+    def _detach(self, work: Awaitable[None], into: set[asyncio.Task] | None = None) -> asyncio.Task:
+        tasks = self._detached if into is None else into
         task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
-        self._detached.add(task)  # kept referenced until done
-        task.add_done_callback(self._detached.discard)
+        tasks.add(task)  # kept referenced until done
+        task.add_done_callback(tasks.discard)
         return task
 
     # ---- judging --------------------------------------------------------------------------
@@ -412,7 +422,7 @@ class ChatStream:
                 await close_stream(chunks)  # stop the upstream generation
         usage = last.usage or usage_so_far(req, streamed)  # some servers send no usage
         cost = cost_usd(spec, usage)
-        await asyncio.shield(self._charge(cost))
+        self._charge(cost)  # lands on its own, as a plain answer's
         self._judge_later("".join(streamed))
         info = a.info(cost, last.recorded_reward)
         end = StreamEnd(last.finish_reason or "stop", last.stop_sequence, usage, info)

@@ -403,19 +403,29 @@ class DurableRouter:
     async def _write(self, items: list[tuple[Event | None, asyncio.Future]]) -> None:
         await self.flush_decisions()  # decisions first: an event needs its context
         force = False
+        journalled = []
         for ev, done in items:
             if ev is _RECORD:
                 done.set_result(None)  # flushed above
-                continue
-            if ev is None:
+            elif ev is None:
                 force = True
-                continue
+            else:
+                journalled.append((ev, done))
+        if journalled:
+            # One transaction (one fsync) for the batch, then applied in journal order.
             try:
-                seq, fresh = await asyncio.to_thread(self.store.append_event, ev)
-                status = self._apply(ev, seq) if fresh else FeedbackStatus.DUPLICATE
-                done.set_result(status)
+                written = await asyncio.to_thread(
+                    self.store.append_events, [ev for ev, _ in journalled]
+                )
             except Exception as exc:
-                done.set_exception(exc)
+                for _, done in journalled:
+                    done.set_exception(exc)
+            else:
+                for (ev, done), (seq, fresh) in zip(journalled, written, strict=True):
+                    try:
+                        done.set_result(self._apply(ev, seq) if fresh else FeedbackStatus.DUPLICATE)
+                    except Exception as exc:
+                        done.set_exception(exc)
         now = self._clock()
         if force or self._snapshot_due(now):
             blob, t, seq = self._take_snapshot(now)

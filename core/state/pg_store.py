@@ -327,19 +327,28 @@ class PgStateStore:
     def append_event(self, ev: Event) -> tuple[int, bool]:
         """(seq, True) when applied; (seq of the original, False) for a repeat (request_id, kind).
         The row is committed (WAL flushed on the server) before this returns."""
+        return self.append_events([ev])[0]
+
+    def append_events(self, events: Sequence[Event]) -> list[tuple[int, bool]]:
+        """`append_event` for each event, in order, in one transaction (one commit): a repeat
+        of an earlier event of the same call is a repeat too."""
+        out = []
         with self._write() as conn:
-            # Look first: the write lock is held, so nobody can insert in between.
-            sql = "SELECT seq FROM events WHERE request_id = %s AND kind = %s"
-            row = conn.execute(sql, (ev.request_id, ev.kind)).fetchone()
-            if row is not None:
-                return int(row[0]), False
-            seq = int(conn.execute(_NEXT, ("events",)).fetchone()[0])
-            conn.execute(
-                "INSERT INTO events (seq, request_id, kind, value, t, at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (seq, ev.request_id, ev.kind, float(ev.value), int(ev.t), float(ev.at)),
-            )
-            return seq, True
+            for ev in events:
+                # Look first: the write lock is held, so nobody can insert in between.
+                sql = "SELECT seq FROM events WHERE request_id = %s AND kind = %s"
+                row = conn.execute(sql, (ev.request_id, ev.kind)).fetchone()
+                if row is not None:
+                    out.append((int(row[0]), False))
+                    continue
+                seq = int(conn.execute(_NEXT, ("events",)).fetchone()[0])
+                conn.execute(
+                    "INSERT INTO events (seq, request_id, kind, value, t, at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (seq, ev.request_id, ev.kind, float(ev.value), int(ev.t), float(ev.at)),
+                )
+                out.append((seq, True))
+        return out
 
     def has_event(self, request_id: str, kind: EventKind) -> bool:
         sql = "SELECT 1 FROM events WHERE request_id = %s AND kind = %s"

@@ -353,18 +353,27 @@ class StateStore:
     def append_event(self, ev: Event) -> tuple[int, bool]:
         """(seq, True) when applied; (seq of the original, False) for a repeat (request_id, kind).
         The row is on disk (WAL fsynced) before this returns."""
+        return self.append_events([ev])[0]
+
+    def append_events(self, events: Sequence[Event]) -> list[tuple[int, bool]]:
+        """`append_event` for each event, in order, in one transaction (one fsync): a repeat
+        of an earlier event of the same call is a repeat too."""
+        out = []
         with self._write() as conn:
-            # Look first: the write lock is held, so nobody can insert in between, and an
-            # INSERT .. ON CONFLICT DO NOTHING would burn an AUTOINCREMENT seq on a repeat.
-            sql = "SELECT seq FROM events WHERE request_id = ? AND kind = ?"
-            row = conn.execute(sql, (ev.request_id, ev.kind)).fetchone()
-            if row is not None:
-                return int(row[0]), False
-            cur = conn.execute(
-                "INSERT INTO events (request_id, kind, value, t, at) VALUES (?, ?, ?, ?, ?)",
-                (ev.request_id, ev.kind, ev.value, ev.t, ev.at),
-            )
-            return cast(int, cur.lastrowid), True
+            for ev in events:
+                # Look first: the write lock is held, so nobody can insert in between, and an
+                # INSERT .. ON CONFLICT DO NOTHING would burn an AUTOINCREMENT seq on a repeat.
+                sql = "SELECT seq FROM events WHERE request_id = ? AND kind = ?"
+                row = conn.execute(sql, (ev.request_id, ev.kind)).fetchone()
+                if row is not None:
+                    out.append((int(row[0]), False))
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO events (request_id, kind, value, t, at) VALUES (?, ?, ?, ?, ?)",
+                    (ev.request_id, ev.kind, ev.value, ev.t, ev.at),
+                )
+                out.append((cast(int, cur.lastrowid), True))
+        return out
 
     def has_event(self, request_id: str, kind: EventKind) -> bool:
         sql = "SELECT 1 FROM events WHERE request_id = ? AND kind = ?"

@@ -155,6 +155,20 @@ def test_duplicate_event_returns_the_original_seq(store: Store) -> None:
     assert store.count_events("charge") == 1 and store.count_events("feedback") == 3
 
 
+def test_events_appended_together_are_one_transaction_with_per_event_dedup(store: Store) -> None:
+    """The Router's writer journals a batch at once: each event is fresh or a repeat exactly as
+    if appended alone, a repeat inside the batch included, and a failed batch writes none."""
+    assert store.append_event(_ev("a", "charge")) == (1, True)
+    batch = [_ev("b", "charge"), _ev("a", "charge"), _ev("c", "charge"), _ev("b", "charge")]
+    assert store.append_events(batch) == [(2, True), (1, False), (3, True), (2, False)]
+    assert store.count_events("charge") == 3
+    bad = Event(None, "d", "charge", 1.0, 0, at=None)  # NOT NULL `at`: the insert fails
+    with pytest.raises((sqlite3.IntegrityError, TypeError)):  # SQLite's NOT NULL; psycopg's float()
+        store.append_events([_ev("e", "charge"), bad])
+    assert not store.has_event("e", "charge")  # rolled back with the failing one
+    assert store.append_events([]) == []
+
+
 def test_events_after_is_ordered_and_round_trips(store: Store) -> None:
     rng = np.random.default_rng(0)
     sent = [
