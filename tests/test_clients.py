@@ -320,12 +320,16 @@ def assert_stream_shape(chunks: list[ProviderChunk], text: str) -> None:
 # ------------------------------------------------------------------ OpenAI
 
 
-@pytest.fixture
+@pytest.fixture(params=["aiohttp", "httpx"])  # the SDK's two HTTP transports
 async def openai_client(
-    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> AsyncIterator[OpenAIClient]:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-123")
-    client = OpenAIClient(api_key_env="TEST_OPENAI_KEY", default_base_url=fake.url + "/v1")
+    client = OpenAIClient(
+        api_key_env="TEST_OPENAI_KEY",
+        default_base_url=fake.url + "/v1",
+        http_transport=request.param,
+    )
     yield client
     await client.aclose()  # SDK connections belong to this test's event loop
 
@@ -557,12 +561,14 @@ async def test_openai_streams_logprobs(openai_client: OpenAIClient) -> None:
 # ------------------------------------------------------------------ Anthropic
 
 
-@pytest.fixture
+@pytest.fixture(params=["aiohttp", "httpx"])
 async def anthropic_client(
-    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> AsyncIterator[AnthropicClient]:
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test")
-    client = AnthropicClient(api_key_env="TEST_ANTHROPIC_KEY", default_base_url=fake.url)
+    client = AnthropicClient(
+        api_key_env="TEST_ANTHROPIC_KEY", default_base_url=fake.url, http_transport=request.param
+    )
     yield client
     await client.aclose()
 

@@ -26,7 +26,7 @@ from core.service.anthropic_upstream import (
 )
 from core.service.protocol import ProviderChunk, ProviderRequest, ProviderResponse
 from deployments.clients.errors import ProviderError, is_retryable_status, status_error
-from deployments.clients.pool import ClientPool
+from deployments.clients.pool import ClientPool, HttpTransport
 
 __all__ = ["AnthropicClient", "finish_reason", "to_anthropic", "translate_error"]
 
@@ -60,6 +60,7 @@ class AnthropicClient:
         default_base_url: str | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 0,
+        http_transport: HttpTransport = "aiohttp",
         default_max_tokens: int = 1024,
         send_sampling_params: bool = False,
     ) -> None:
@@ -73,7 +74,12 @@ class AnthropicClient:
         # and Anthropic-compatible servers that still take them.
         self.send_sampling_params = send_sampling_params
         self._pool = ClientPool(
-            anthropic.AsyncAnthropic, api_key_env, default_base_url, timeout_s, max_retries
+            anthropic.AsyncAnthropic,
+            api_key_env,
+            default_base_url,
+            timeout_s,
+            max_retries,
+            anthropic.DefaultAioHttpClient if http_transport == "aiohttp" else None,
         )
 
     def _client(self, req: ProviderRequest) -> anthropic.AsyncAnthropic:

@@ -31,7 +31,7 @@ from core.service.protocol import (
     tool_calls_text,
 )
 from deployments.clients.errors import ProviderError, status_error
-from deployments.clients.pool import ClientPool
+from deployments.clients.pool import ClientPool, HttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class OpenAIClient:
         default_base_url: str | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 0,
+        http_transport: HttpTransport = "aiohttp",
         max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:
         self.api_key_env = api_key_env
@@ -89,7 +90,12 @@ class OpenAIClient:
         # know only max_tokens.
         self.max_tokens_field = max_tokens_field
         self._pool = ClientPool(
-            openai.AsyncOpenAI, api_key_env, default_base_url, timeout_s, max_retries
+            openai.AsyncOpenAI,
+            api_key_env,
+            default_base_url,
+            timeout_s,
+            max_retries,
+            openai.DefaultAioHttpClient if http_transport == "aiohttp" else None,
         )
 
     def _client(self, req: ProviderRequest) -> openai.AsyncOpenAI:
