@@ -19,7 +19,7 @@ def _app() -> dict:
 
 def test_serve_config_args_validate_into_one_typed_tree() -> None:
     cfg = AppArgs.model_validate(_app()["args"])
-    assert isinstance(cfg.embedder, EmbedderArgs) and cfg.embedder.backend == "onnx-int8"
+    assert isinstance(cfg.embedder, EmbedderArgs) and cfg.embedder.backend == "static"
     assert cfg.deployments == Deployments()
 
 
