@@ -241,6 +241,9 @@ class Ingress:
         self._m_router_retries = Counter(
             "paretoserve_router_retries", "Router calls repeated after the Router replica died"
         )
+        self._m_charges_failed = Counter(
+            "paretoserve_charges_failed", "answered requests whose charge failed after retries"
+        )
         self.chats = ChatService(
             ServeEmbedder(embedder, self._observe, context_cache_size),
             ServeRouter(router, self._observe, self._m_router_retries.inc),
@@ -250,6 +253,7 @@ class Ingress:
             judge=None
             if judge is None
             else (ServeJudge(judge), JudgeSampler(judge_sample_rate, judge_seed)),
+            charge_failed=self._m_charges_failed.inc,
         )
 
     async def __del__(self) -> None:

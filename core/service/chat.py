@@ -148,11 +148,13 @@ class ChatService:
         stream_error: ErrorPayload,
         log: logging.Logger | None = None,
         judge: tuple[JudgeOffer, JudgeSampler] | None = None,
+        charge_failed: Callable[[], None] = lambda: None,
     ) -> None:
         self.embedder, self.router, self.providers = embedder, router, providers
         self.stream_error = stream_error
         self.log = log or logging.getLogger(__name__)
         self.judge = judge
+        self.charge_failed = charge_failed  # counts a charge that could not land (logged too)
         self._detached: set[asyncio.Task] = set()
         self._charges: set[asyncio.Task] = set()
 
@@ -255,17 +257,17 @@ class ChatService:
         async def charge() -> None:
             try:
                 await self.router.charge(d.request_id, cost, d.model, x, d.forced, d.tenant)
-            except Exception:
+            except Exception:  # after the Router call's own retries: the answer went out
                 self.log.exception("charge of %s ($%.6g to %s) failed", d.request_id, cost, d.model)
-                raise
+                self.charge_failed()
 
         return self._detach(charge(), self._charges)
 
     async def settle_charges(self) -> None:
-        """Wait until the charges started so far have landed (or failed, which is logged): a
-        read of the Router's books after an answer then sees that answer's charge."""
+        """Wait until the charges started so far have landed (or failed: logged and counted):
+        a read of the Router's books after an answer then sees that answer's charge."""
         if self._charges:
-            await asyncio.gather(*self._charges, return_exceptions=True)
+            await asyncio.gather(*self._charges)
 
     def _detach(self, work: Awaitable[None], into: set[asyncio.Task] | None = None) -> asyncio.Task:
         tasks = self._detached if into is None else into

@@ -413,6 +413,21 @@ def test_the_answer_does_not_wait_for_its_charge_which_lands_outside_the_request
     assert router.charge_contexts == ["none"]  # not the request's context
 
 
+def test_a_charge_that_fails_is_logged_and_counted_and_the_answer_stands(caplog) -> None:
+    class DownRouter(LocalRouter):
+        async def charge(self, *args, **kw) -> str:
+            raise RuntimeError("the Router is gone for good")
+
+    failed = []
+    router, providers = DownRouter(_core_router()), ScriptedProviders({})
+    chat = ChatService(
+        FixedEmbedder(), router, providers, _stream_error, charge_failed=lambda: failed.append(1)
+    )
+    answer = _run(chat, chat.complete("r1", _body()))  # settling does not raise either
+    assert answer.response.model == "c" and failed == [1]
+    assert "charge of r1" in caplog.text and "the Router is gone for good" in caplog.text
+
+
 # ---------------------------------------------------------------- judging
 
 
