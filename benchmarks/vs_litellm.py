@@ -82,6 +82,16 @@ def _process(cmd: list[str], log: Path, env: dict | None = None) -> Iterator[sub
             os.killpg(proc.pid, 9)
 
 
+@contextlib.contextmanager
+def fake_upstream(workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The instant fake OpenAI upstream on a free port: (its base URL, its process)."""
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    cmd = [sys.executable, "-m", "benchmarks.fake_openai", "--port", str(port)]
+    with _process(cmd, workdir / "upstream.log") as proc:
+        _wait_http(f"{url}/v1/models", 30, proc, "the fake upstream")
+        yield url, proc
+
+
 def litellm_bin(venv: Path) -> Path:
     """The proxy's executable, installing LITELLM into `venv` on first use."""
     exe = venv / "bin" / "litellm"
@@ -227,18 +237,11 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="vs-litellm-"))
     load_before = os.getloadavg()
     models = [m["id"] for m in base_config()["applications"][0]["args"]["models"]]
-    up_port, ll_port = free_port(), free_port()
-    upstream = f"http://127.0.0.1:{up_port}"
+    ll_port = free_port()
     results: dict = {}
     targets = []
     with contextlib.ExitStack() as stack:
-        up = stack.enter_context(
-            _process(
-                [sys.executable, "-m", "benchmarks.fake_openai", "--port", str(up_port)],
-                workdir / "upstream.log",
-            )
-        )
-        _wait_http(f"{upstream}/v1/models", 30, up, "the fake upstream")
+        upstream, up = stack.enter_context(fake_upstream(workdir))
         targets.append(("direct", f"{upstream}/v1/chat/completions", models[0], False, up.pid))
 
         cfg = workdir / "litellm.yaml"
