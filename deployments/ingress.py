@@ -241,9 +241,6 @@ class Ingress:
         self._m_router_retries = Counter(
             "paretoserve_router_retries", "Router calls repeated after the Router replica died"
         )
-        self._m_charges_failed = Counter(
-            "paretoserve_charges_failed", "answered requests whose charge failed after retries"
-        )
         self.chats = ChatService(
             ServeEmbedder(embedder, self._observe, context_cache_size),
             ServeRouter(router, self._observe, self._m_router_retries.inc),
@@ -253,12 +250,7 @@ class Ingress:
             judge=None
             if judge is None
             else (ServeJudge(judge), JudgeSampler(judge_sample_rate, judge_seed)),
-            charge_failed=self._m_charges_failed.inc,
         )
-
-    async def __del__(self) -> None:
-        """Serve's graceful shutdown: the answered requests' charges still land."""
-        await self.chats.settle_charges()
 
     def _observe(self, hop: str, ms: float) -> None:
         self._m_hop.observe(ms, tags={"hop": hop})
@@ -405,7 +397,6 @@ class Ingress:
     @app.get("/admin/state")
     async def admin_state(self) -> dict:
         """The Router's state, with the Judge's figures under `judge`."""
-        await self.chats.settle_charges()  # this replica's answers are in the books read
         state = await self._call("router", self.router.state.remote())
         if self.judge is None:
             state["judge"] = {"enabled": False}
@@ -427,12 +418,10 @@ class Ingress:
 
     @app.get("/admin/tenants")
     async def admin_tenants(self) -> list[dict]:
-        await self.chats.settle_charges()
         return await self._call("router", self.router.tenants.remote())
 
     @app.get("/admin/tenants/{tenant_id}")
     async def admin_tenant(self, tenant_id: str) -> dict:
-        await self.chats.settle_charges()
         return await self._call("router", self.router.tenant.remote(tenant_id))
 
     @app.patch("/admin/tenants/{tenant_id}")

@@ -11,9 +11,7 @@ and keeps HTTP, auth and error mapping; tests plug in-memory ports (tests/unit/t
 - Answers carry what the provider returned: text, tool calls (finish reason `tool_calls`;
   streamed as OpenAI's tool-call deltas, which the SDKs assemble) and logprobs.
 - Charges run in tasks of their own, outside the request's context: when a client hangs up,
-  Serve cancels every call its request made, and a charge must land anyway. The answer does
-  not wait for its charge (one Router hop less on every request); `settle_charges()` waits
-  for those in flight (before a read of the Router's books, and at shutdown). An abandoned or
+  Serve cancels every call its request made, and a charge must land anyway. An abandoned or
   failed stream is charged for what was streamed. Each answered request is charged once.
 """
 
@@ -148,15 +146,12 @@ class ChatService:
         stream_error: ErrorPayload,
         log: logging.Logger | None = None,
         judge: tuple[JudgeOffer, JudgeSampler] | None = None,
-        charge_failed: Callable[[], None] = lambda: None,
     ) -> None:
         self.embedder, self.router, self.providers = embedder, router, providers
         self.stream_error = stream_error
         self.log = log or logging.getLogger(__name__)
         self.judge = judge
-        self.charge_failed = charge_failed  # counts a charge that could not land (logged too)
         self._detached: set[asyncio.Task] = set()
-        self._charges: set[asyncio.Task] = set()
 
     # ---- the steps ------------------------------------------------------------------------
 
@@ -168,7 +163,7 @@ class ChatService:
         a = await self._decide(request_id, body, tenant)
         resp = await self._with_fallback(a, self.providers.complete)
         cost = cost_usd(a.decision.spec, resp.usage)
-        self._charge(a, cost)  # lands on its own: settle_charges() waits for it
+        await asyncio.shield(self._charge(a, cost))
         self._judge_later(a, answer_text(resp))
         info = a.info(cost, resp.recorded_reward)
         return Answer(a.decision, cost, ChatCompletionResponse.build(resp, info), resp, info)
@@ -257,23 +252,16 @@ class ChatService:
         async def charge() -> None:
             try:
                 await self.router.charge(d.request_id, cost, d.model, x, d.forced, d.tenant)
-            except Exception:  # after the Router call's own retries: the answer went out
+            except Exception:
                 self.log.exception("charge of %s ($%.6g to %s) failed", d.request_id, cost, d.model)
-                self.charge_failed()
+                raise
 
-        return self._detach(charge(), self._charges)
+        return self._detach(charge())
 
-    async def settle_charges(self) -> None:
-        """Wait until the charges started so far have landed (or failed: logged and counted):
-        a read of the Router's books after an answer then sees that answer's charge."""
-        if self._charges:
-            await asyncio.gather(*self._charges)
-
-    def _detach(self, work: Awaitable[None], into: set[asyncio.Task] | None = None) -> asyncio.Task:
-        tasks = self._detached if into is None else into
+    def _detach(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
-        tasks.add(task)  # kept referenced until done
-        task.add_done_callback(tasks.discard)
+        self._detached.add(task)  # kept referenced until done
+        task.add_done_callback(self._detached.discard)
         return task
 
     # ---- judging --------------------------------------------------------------------------
@@ -424,7 +412,7 @@ class ChatStream:
                 await close_stream(chunks)  # stop the upstream generation
         usage = last.usage or usage_so_far(req, streamed)  # some servers send no usage
         cost = cost_usd(spec, usage)
-        self._charge(cost)  # lands on its own, as a plain answer's
+        await asyncio.shield(self._charge(cost))
         self._judge_later("".join(streamed))
         info = a.info(cost, last.recorded_reward)
         end = StreamEnd(last.finish_reason or "stop", last.stop_sequence, usage, info)
