@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from benchmarks.vs_litellm import PROMPT, cpu_seconds, fake_upstream, measure
+from benchmarks.vs_litellm import PROMPT, cpu_seconds, fake_upstream, machine, measure
 from benchmarks.vs_litellm import paretoserve_args as over_upstream
 from core.service.settings import Backend
 from loadtest.server import ray_env, serve_app
@@ -111,13 +112,10 @@ def run(args: argparse.Namespace) -> dict:
             driver, env=ray_env(app.ray_dir), capture_output=True, text=True, check=True
         )
         hops = json.loads(out.stdout.strip().splitlines()[-1])
+    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "command": " ".join(["python -m benchmarks.path_profile", *sys.argv[1:]]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
+        "machine": machine(load_before),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "loop": loop[f"c{args.clients}"] | {"clients": args.clients},
         "cpu_ms_per_request_by_process": dict(sorted(per_process.items(), key=lambda kv: -kv[1])),

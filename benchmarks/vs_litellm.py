@@ -274,22 +274,27 @@ def run(args: argparse.Namespace) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "command": " ".join(["python -m benchmarks.vs_litellm", *sys.argv[1:]]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-            "serve_env": {
-                k: os.environ.get(k)
-                for k in (
-                    "RAY_SERVE_THROUGHPUT_OPTIMIZED",
-                    "RAY_SERVE_USE_GRPC_BY_DEFAULT",
-                    "RAY_SERVE_ENABLE_HA_PROXY",
-                )
-            },
-        },
+        "machine": machine(load_before),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "litellm": LITELLM,
         "results": results,
+    }
+
+
+SERVE_FAST_PATHS = (
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT",
+    "RAY_SERVE_ENABLE_HA_PROXY",
+)
+
+
+def machine(load_before: tuple[float, float, float]) -> dict:
+    """The machine of a run: cores, load averages before and now, Serve's fast-path settings."""
+    return {
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "serve_env": {k: os.environ.get(k) for k in SERVE_FAST_PATHS},
     }
 
 

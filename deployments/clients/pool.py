@@ -5,9 +5,9 @@ overrides the provider default. The
 API key comes from an environment variable; a custom base URL may go without one (a placeholder
 is sent), the provider's own endpoint may not. The key is never logged.
 
-`http_transport`: "aiohttp" (the default) gives each SDK client the SDK's own aiohttp transport
-(`DefaultAioHttpClient`, vendored by both SDKs), about a quarter less CPU per call than its
-httpx default ("httpx"), measured in docs/benchmarks.md.
+The clients' `http_transport` option: "aiohttp" (the default) hands the pool the SDK's own
+aiohttp transport (`DefaultAioHttpClient`, vendored by both SDKs), about a quarter less CPU per
+call than its httpx default ("httpx"; `python -m benchmarks.sdk_transport`).
 """
 
 from __future__ import annotations
